@@ -1,0 +1,345 @@
+//! Job vocabulary shared by the machine, the stores and the executors.
+//!
+//! Plain data only: nothing here does I/O, so the pure machine can use it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Most bytes of a job's captured output kept (the tail is kept).
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Default number of interruptions by shutdown or lost workers before a job
+/// is failed instead of requeued (invariant 7).
+pub const DEFAULT_MAX_INTERRUPTIONS: u32 = 3;
+
+/// A job's id in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The fencing token of one claim of a job: a new value on every claim, so a
+/// write from an older claim (a stale lease) can be recognised and refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(pub i64);
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One claim of one job: every write about a running job carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lease {
+    /// The job.
+    pub job: JobId,
+    /// The token handed out by the claim.
+    pub token: LeaseToken,
+}
+
+/// What to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Program and arguments; never empty in a stored job.
+    pub command: Vec<String>,
+    /// Container image; `None` runs the command as a local process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment given to the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Per-job timeout in milliseconds: the job is stopped and counts as a
+    /// failed attempt when it runs longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl JobSpec {
+    /// The per-job timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+}
+
+/// A job to enqueue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    /// Queue name.
+    pub queue: String,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Runs that may end in failure before the job is `failed`.
+    pub max_attempts: u32,
+    /// Not before this long after enqueue.
+    pub delay: Duration,
+}
+
+impl NewJob {
+    /// A job on the `default` queue with default settings.
+    pub fn new(command: Vec<String>) -> Self {
+        NewJob {
+            queue: "default".to_string(),
+            spec: JobSpec {
+                command,
+                ..JobSpec::default()
+            },
+            priority: 0,
+            max_attempts: 3,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A job handed to a worker by a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedJob {
+    /// The claim: job id and fencing token.
+    pub lease: Lease,
+    /// Queue it came from.
+    pub queue: String,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Runs so far that ended in success or failure.
+    pub attempts: u32,
+    /// Runs so far that were interrupted.
+    pub interruptions: u32,
+}
+
+/// Lifecycle state of a job in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be claimed (possibly not before `run_at`).
+    Queued,
+    /// Claimed by a worker holding a lease.
+    Running,
+    /// Finished with exit code 0.
+    Succeeded,
+    /// Out of attempts, or interrupted too often.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// All states, in lifecycle order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name used in the database, the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether no further transition happens without a user's `retry`.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown job state {s:?} (expected queued, running, succeeded, failed or cancelled)")
+            })
+    }
+}
+
+/// How a job's process or container ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this code; 0 is success.
+    Code(i32),
+    /// Ended by this signal number.
+    Signal(i32),
+}
+
+impl Exit {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    /// The exit code, if it exited rather than being signalled.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(code) => Some(code),
+            Exit::Signal(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exit code {code}"),
+            Exit::Signal(9) => f.write_str("killed (SIGKILL)"),
+            Exit::Signal(15) => f.write_str("terminated (SIGTERM)"),
+            Exit::Signal(sig) => write!(f, "killed by signal {sig}"),
+        }
+    }
+}
+
+/// What a worker reports about a claimed job when it is done with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ran to the end with exit code 0.
+    Succeeded,
+    /// A run that counts as an attempt and failed: the store retries it with
+    /// backoff until `max_attempts`, then marks it `failed`.
+    Failed {
+        /// Exit code when the job exited on its own.
+        exit_code: Option<i32>,
+        /// Why, in words.
+        error: String,
+    },
+    /// Stopped by a shutdown: back to `queued` without using an attempt
+    /// (`failed` after `max_interruptions`).
+    Interrupted {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Stopped because a user cancelled it.
+    Cancelled,
+    /// Claimed but never started (the claim reply came after the shutdown
+    /// signal): back to `queued`, no counter changes.
+    HandBack,
+}
+
+impl Outcome {
+    /// Short name for traces and events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Interrupted { .. } => "interrupted",
+            Outcome::Cancelled => "cancelled",
+            Outcome::HandBack => "handed back",
+        }
+    }
+}
+
+/// An outcome to record, fenced by the lease it was claimed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The claim this outcome belongs to.
+    pub lease: Lease,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Tail of the captured output (at most [`OUTPUT_LIMIT`] bytes).
+    pub output: String,
+}
+
+/// The store's answer for one completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordResult {
+    /// Written.
+    Recorded,
+    /// Refused: the lease is stale or belongs to another worker; nothing changed.
+    Refused,
+}
+
+/// Keep at most `limit` bytes of the end of `text`, cut at a char boundary.
+pub fn tail(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut start = text.len() - limit;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// Whether an environment variable's value must never be shown.
+pub fn is_secret_key(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"]
+        .iter()
+        .any(|word| upper.contains(word))
+}
+
+/// The environment with secret values replaced, for display.
+pub fn redacted_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|(key, value)| {
+            let shown = if is_secret_key(key) {
+                "[redacted]".to_string()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_end_on_a_char_boundary() {
+        assert_eq!(tail("hello", 10), "hello");
+        assert_eq!(tail("hello", 3), "llo");
+        assert_eq!(tail("héllo", 4), "llo");
+    }
+
+    #[test]
+    fn secret_keys_are_recognised() {
+        assert!(is_secret_key("API_TOKEN"));
+        assert!(is_secret_key("db_password"));
+        assert!(is_secret_key("AWS_SECRET_ACCESS_KEY"));
+        assert!(!is_secret_key("PATH"));
+        let env = BTreeMap::from([
+            ("API_TOKEN".to_string(), "s3cr3t".to_string()),
+            ("MODE".to_string(), "fast".to_string()),
+        ]);
+        let shown = redacted_env(&env);
+        assert_eq!(shown["API_TOKEN"], "[redacted]");
+        assert_eq!(shown["MODE"], "fast");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        assert!("done".parse::<JobState>().is_err());
+    }
+}

@@ -1,0 +1,1037 @@
+//! A model of the world around the machine, and a checker of its invariants.
+//!
+//! The harness plays the store, the executor and the clock. It is driven by
+//! typed operations ([`Op`]) — from proptest strategies, from the fuzzer's
+//! bytes, or written by hand in snapshot scenarios — and checks every
+//! invariant from DESIGN.md that the machine alone must keep, after every
+//! step, independently of the machine's own assertions. [`Harness::finish`]
+//! then heals every fault and requires the machine to stop within its bound.
+//!
+//! Public so the fuzz target and the simulation can use it; not part of the
+//! stable API.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+
+use super::trace::Trace;
+use super::{
+    Action, Config, Event, HeartbeatAnswer, Instant, JobSignal, Machine, Phase, Signal,
+    StoreFailure, EXIT_INTERRUPTED, EXIT_OK,
+};
+use crate::job::{
+    ClaimedJob, Completion, Exit, JobId, JobSpec, Lease, LeaseToken, Outcome, RecordResult,
+};
+
+/// How a simulated job behaves once started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Arbitrary)]
+pub struct Behavior {
+    /// Runs this long then exits; `None`: never exits on its own (stuck).
+    pub run_ms: Option<u16>,
+    /// Ignores TERM (only KILL ends it).
+    pub ignores_term: bool,
+    /// Exit code when it exits on its own.
+    pub exit_code: u8,
+    /// Per-job timeout, if any.
+    pub timeout_ms: Option<u16>,
+}
+
+impl Behavior {
+    /// Exits with 0 after `ms`.
+    pub fn quick(ms: u16) -> Self {
+        Behavior {
+            run_ms: Some(ms),
+            ignores_term: false,
+            exit_code: 0,
+            timeout_ms: None,
+        }
+    }
+
+    /// Never exits on its own and ignores TERM.
+    pub fn stuck() -> Self {
+        Behavior {
+            run_ms: None,
+            ignores_term: true,
+            exit_code: 0,
+            timeout_ms: None,
+        }
+    }
+}
+
+/// Which signal the operator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Arbitrary)]
+pub enum SignalOp {
+    /// SIGTERM.
+    Term,
+    /// SIGINT.
+    Int,
+    /// SIGUSR1.
+    Usr1,
+}
+
+/// One step of a test: time passing, a signal, or one reply from the world.
+#[derive(Clone, Debug, PartialEq, Eq, Arbitrary)]
+pub enum Op {
+    /// Let this many milliseconds pass (timers and job exits happen in order).
+    Advance(u16),
+    /// The operator sends a signal.
+    Signal(SignalOp),
+    /// Answer the claim in flight with these jobs (cut to what was asked).
+    ClaimOk(Vec<Behavior>),
+    /// The claim in flight fails.
+    ClaimErr,
+    /// The oldest pending start succeeds.
+    StartOk,
+    /// The oldest pending start fails.
+    StartErr,
+    /// The oldest record batch is written.
+    RecordOk,
+    /// The oldest record batch fails.
+    RecordErr,
+    /// The oldest record batch is written except its first item, refused (stale lease).
+    RecordRefuseFirst,
+    /// The oldest heartbeat succeeds.
+    HeartbeatOk,
+    /// The oldest heartbeat fails.
+    HeartbeatErr,
+    /// The oldest heartbeat reports the first of its leases lost.
+    HeartbeatLoseFirst,
+    /// The oldest heartbeat reports a cancel of the first of its jobs.
+    HeartbeatCancelFirst,
+    /// The n-th live job exits on its own now with this code.
+    Exit(u8, u8),
+    /// A cancel for the n-th live job arrives.
+    Cancel(u8),
+    /// The lease of the n-th live job is lost.
+    LeaseLost(u8),
+    /// The store reports itself unreachable.
+    StoreDown,
+    /// The store reports itself reachable.
+    StoreUp,
+    /// A new-jobs wake-up.
+    Wake,
+    /// The last event is delivered again (duplicates and late replies).
+    Duplicate,
+}
+
+/// Small configurations the fuzzer and property tests choose among.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Arbitrary)]
+pub struct ConfigChoice {
+    /// 1..=4 after mapping.
+    pub concurrency: u8,
+    /// 1..=3 after mapping.
+    pub batch: u8,
+    /// Selects among a few timing sets.
+    pub timing: u8,
+}
+
+impl ConfigChoice {
+    /// The machine configuration this choice stands for.
+    pub fn config(self) -> Config {
+        let (poll, shutdown, grace, lease) = match self.timing % 3 {
+            0 => (100, 1000, 500, 3000),
+            1 => (250, 3000, 1000, 900),
+            _ => (50, 0, 200, 600),
+        };
+        Config {
+            concurrency: u32::from(self.concurrency % 4) + 1,
+            batch_max: u32::from(self.batch % 3) + 1,
+            poll_interval: Duration::from_millis(poll),
+            shutdown_timeout: Duration::from_millis(shutdown),
+            kill_grace: Duration::from_millis(grace),
+            lease: Duration::from_millis(lease),
+            store_grace: Duration::from_millis(700),
+            max_store_backoff: Duration::from_millis(400),
+        }
+    }
+}
+
+/// A whole fuzz or property case.
+#[derive(Clone, Debug, Arbitrary)]
+pub struct Case {
+    /// The configuration.
+    pub config: ConfigChoice,
+    /// The steps.
+    pub ops: Vec<Op>,
+}
+
+/// Most ops one case runs, so a fuzz input cannot run forever.
+pub const MAX_OPS: usize = 2_000;
+
+#[derive(Clone, Debug)]
+struct Proc {
+    behavior: Behavior,
+    started_at: Instant,
+    exit_at: Option<Instant>,
+    signalled: bool,
+    /// Set when the proc got TERM/KILL for a reason the harness knows is not
+    /// a shutdown (its own timeout or a cancel).
+    not_shutdown: bool,
+}
+
+/// The world around one machine, and what the checker remembers.
+pub struct Harness {
+    machine: Machine,
+    config: Config,
+    now: Instant,
+    trace: Trace,
+    record_trace: bool,
+    auto: bool,
+    hold_claims: bool,
+    claimed_once: bool,
+    next_id: i64,
+    behaviors: BTreeMap<JobId, Behavior>,
+    claim_pending: Option<(u64, u32)>,
+    starts: VecDeque<JobId>,
+    procs: BTreeMap<JobId, Proc>,
+    records: VecDeque<(u64, Vec<Completion>)>,
+    heartbeats: VecDeque<(u64, Vec<Lease>)>,
+    held_leases: BTreeMap<JobId, Lease>,
+    due_exits: VecDeque<(JobId, Exit)>,
+    last_event: Option<Event>,
+    // checker memory
+    first_signal: Option<Instant>,
+    handed_back_ok: BTreeSet<JobId>,
+    started: BTreeSet<JobId>,
+    acked: BTreeSet<JobId>,
+    cancelled: BTreeSet<JobId>,
+    lost: BTreeSet<JobId>,
+    stopped_by_shutdown: BTreeSet<JobId>,
+    interrupted_emitted: bool,
+    exit: Option<(Instant, i32)>,
+    store_healthy: bool,
+}
+
+/// A broken invariant, with the trace that led to it.
+#[derive(Debug)]
+pub struct Violation {
+    /// What was broken.
+    pub message: String,
+    /// The last trace lines.
+    pub trace_tail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- trace tail ---\n{}",
+            self.message, self.trace_tail
+        )
+    }
+}
+
+type Check = Result<(), Violation>;
+
+impl Harness {
+    /// A harness around a new machine. `auto` answers starts, records and
+    /// heartbeats at once (for readable scenarios); otherwise only ops do.
+    pub fn new(config: Config, auto: bool) -> Self {
+        let machine = match Machine::new(config.clone(), Instant::ZERO) {
+            Ok(machine) => machine,
+            Err(error) => panic!("harness config must be valid: {error}"),
+        };
+        let mut harness = Harness {
+            machine,
+            config,
+            now: Instant::ZERO,
+            trace: Trace::new(Instant::ZERO),
+            record_trace: true,
+            auto,
+            hold_claims: false,
+            claimed_once: false,
+            next_id: 1,
+            behaviors: BTreeMap::new(),
+            claim_pending: None,
+            starts: VecDeque::new(),
+            procs: BTreeMap::new(),
+            records: VecDeque::new(),
+            heartbeats: VecDeque::new(),
+            held_leases: BTreeMap::new(),
+            due_exits: VecDeque::new(),
+            last_event: None,
+            first_signal: None,
+            handed_back_ok: BTreeSet::new(),
+            started: BTreeSet::new(),
+            acked: BTreeSet::new(),
+            cancelled: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            stopped_by_shutdown: BTreeSet::new(),
+            interrupted_emitted: false,
+            exit: None,
+            store_healthy: true,
+        };
+        // The machine's first actions (its claim) come out of `new`.
+        if let Err(violation) = harness.drain() {
+            panic!("{violation}");
+        }
+        harness
+    }
+
+    /// Keep only a short trace (fuzzing and property runs).
+    pub fn quiet(mut self) -> Self {
+        self.record_trace = false;
+        self
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> String {
+        self.trace.render()
+    }
+
+    /// The machine under test.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Current time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The exit, once the machine stopped: when and with which code.
+    pub fn exit(&self) -> Option<(Instant, i32)> {
+        self.exit
+    }
+
+    /// Run a whole case: its ops, then the healing phase.
+    pub fn run_case(case: &Case) -> Check {
+        let mut harness = Harness::new(case.config.config(), false).quiet();
+        for op in case.ops.iter().take(MAX_OPS) {
+            harness.step(op)?;
+        }
+        harness.finish()
+    }
+
+    /// Apply one op.
+    pub fn step(&mut self, op: &Op) -> Check {
+        match op {
+            Op::Advance(ms) => self.advance(Duration::from_millis(u64::from(*ms)))?,
+            Op::Signal(signal) => {
+                let signal = match signal {
+                    SignalOp::Term => Signal::Term,
+                    SignalOp::Int => Signal::Int,
+                    SignalOp::Usr1 => Signal::Usr1,
+                };
+                self.signal(signal)?;
+            }
+            Op::ClaimOk(behaviors) => {
+                if let Some((request, max)) = self.claim_pending.take() {
+                    let jobs = behaviors
+                        .iter()
+                        .take(max as usize)
+                        .map(|b| self.new_job(*b))
+                        .collect();
+                    self.deliver(Event::ClaimReply {
+                        request,
+                        result: Ok(jobs),
+                    })?;
+                }
+            }
+            Op::ClaimErr => {
+                if let Some((request, _)) = self.claim_pending.take() {
+                    let result = Err(StoreFailure("connection refused".into()));
+                    self.deliver(Event::ClaimReply { request, result })?;
+                }
+            }
+            Op::StartOk => {
+                if let Some(id) = self.starts.pop_front() {
+                    self.start_ok(id)?;
+                }
+            }
+            Op::StartErr => {
+                if let Some(id) = self.starts.pop_front() {
+                    self.deliver(Event::StartFailed {
+                        job: id,
+                        error: "no such file or directory".into(),
+                    })?;
+                }
+            }
+            Op::RecordOk => self.answer_record(false, false)?,
+            Op::RecordErr => self.answer_record(true, false)?,
+            Op::RecordRefuseFirst => self.answer_record(false, true)?,
+            Op::HeartbeatOk => self.answer_heartbeat(HbAnswer::Ok)?,
+            Op::HeartbeatErr => self.answer_heartbeat(HbAnswer::Err)?,
+            Op::HeartbeatLoseFirst => self.answer_heartbeat(HbAnswer::LoseFirst)?,
+            Op::HeartbeatCancelFirst => self.answer_heartbeat(HbAnswer::CancelFirst)?,
+            Op::Exit(n, code) => {
+                if let Some(id) = self.nth_proc(*n) {
+                    self.procs.remove(&id);
+                    self.deliver(Event::JobExited {
+                        job: id,
+                        exit: Exit::Code(i32::from(*code)),
+                        output: format!("job {id} output\n"),
+                    })?;
+                }
+            }
+            Op::Cancel(n) => {
+                if let Some(id) = self.nth_proc(*n) {
+                    self.cancelled.insert(id);
+                    self.deliver(Event::CancelRequested { job: id })?;
+                }
+            }
+            Op::LeaseLost(n) => {
+                if let Some(id) = self.nth_proc(*n) {
+                    self.lost.insert(id);
+                    self.deliver(Event::LeaseLost { job: id })?;
+                }
+            }
+            Op::StoreDown => {
+                self.store_healthy = false;
+                self.deliver(Event::StoreUnreachable)?;
+            }
+            Op::StoreUp => {
+                self.store_healthy = true;
+                self.deliver(Event::StoreReachable)?;
+            }
+            Op::Wake => self.deliver(Event::Wake)?,
+            Op::Duplicate => {
+                if let Some(event) = self.last_event.clone() {
+                    // A repeated exit of a job that is gone, or a repeated
+                    // reply, must change nothing harmful.
+                    self.deliver(event)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a signal.
+    pub fn signal(&mut self, signal: Signal) -> Check {
+        if signal == Signal::Usr1 {
+            let before = self.machine.status();
+            let phase = self.machine.phase();
+            self.trace_event(&Event::Signal(signal));
+            self.machine.handle(Event::Signal(signal), self.now);
+            let mut reports = 0;
+            let mut others = Vec::new();
+            while let Some(action) = self.machine.poll_action() {
+                self.trace_action(&action);
+                match action {
+                    Action::ReportStatus(status) => {
+                        reports += 1;
+                        if !same_state(&status, &before) {
+                            return self.violation("SIGUSR1 report differs from the state");
+                        }
+                    }
+                    other => others.push(other),
+                }
+            }
+            self.drain_notes();
+            let stopped = phase == Phase::Stopped;
+            if (!stopped && reports != 1) || !others.is_empty() || self.machine.phase() != phase {
+                return self.violation("SIGUSR1 must emit one report and change nothing");
+            }
+            if !same_state(&self.machine.status(), &before) {
+                return self.violation("SIGUSR1 changed the machine's state");
+            }
+            return Ok(());
+        }
+        let first = self.first_signal.is_none() && self.exit.is_none();
+        let idle = first
+            && self.procs.is_empty()
+            && self.starts.is_empty()
+            && self.claim_pending.is_none()
+            && self.machine.held() == 0;
+        if first {
+            self.first_signal = Some(self.now);
+        }
+        self.deliver(Event::Signal(signal))?;
+        if idle && self.exit.is_none() {
+            return self.violation("an idle worker did not exit at once on its first signal");
+        }
+        Ok(())
+    }
+
+    /// Let time pass, firing timers and job exits in order.
+    pub fn advance(&mut self, by: Duration) -> Check {
+        let target = self.now + by;
+        loop {
+            if self.exit.is_some() {
+                break;
+            }
+            let next_exit = self
+                .procs
+                .iter()
+                .filter_map(|(id, p)| p.exit_at.map(|at| (at, *id)))
+                .min();
+            let next_timer = self.machine.poll_timeout();
+            let next = match (next_exit, next_timer) {
+                (Some((e, _)), Some(t)) => e.min(t),
+                (Some((e, _)), None) => e,
+                (None, Some(t)) => t,
+                (None, None) => break,
+            };
+            if next > target {
+                break;
+            }
+            self.now = self.now.max(next);
+            match next_exit {
+                Some((at, id)) if at <= next => {
+                    let Some(proc_) = self.procs.remove(&id) else {
+                        continue;
+                    };
+                    let exit = Exit::Code(i32::from(proc_.behavior.exit_code % 3));
+                    self.deliver(Event::JobExited {
+                        job: id,
+                        exit,
+                        output: format!("job {id} output\n"),
+                    })?;
+                }
+                _ => self.deliver(Event::TimerFired)?,
+            }
+        }
+        self.now = self.now.max(target);
+        Ok(())
+    }
+
+    /// In auto mode, make the store fail (or work again) for records and
+    /// heartbeats, as an outage would (scenarios).
+    pub fn set_store_healthy(&mut self, healthy: bool) -> Check {
+        self.store_healthy = healthy;
+        if healthy {
+            self.deliver(Event::StoreReachable)
+        } else {
+            self.drain()
+        }
+    }
+
+    /// Answer the claim in flight with these jobs (scenarios). In auto mode,
+    /// later claims are answered with no jobs unless held.
+    pub fn answer_claim(&mut self, behaviors: &[Behavior]) -> Check {
+        self.claimed_once = true;
+        self.step(&Op::ClaimOk(behaviors.to_vec()))
+    }
+
+    /// In auto mode, leave claims unanswered until [`Harness::answer_claim`].
+    pub fn hold_claims(&mut self, hold: bool) {
+        self.hold_claims = hold;
+    }
+
+    /// Deliver any event (scenarios).
+    pub fn deliver(&mut self, event: Event) -> Check {
+        if let Some((_, _)) = self.exit {
+            self.machine.handle(event, self.now);
+            if self.machine.poll_action().is_some() {
+                return self.violation("an action after the exit");
+            }
+            return Ok(());
+        }
+        self.trace_event(&event);
+        self.last_event = Some(event.clone());
+        self.machine.handle(event, self.now);
+        self.drain()
+    }
+
+    /// Heal every fault, stop the worker if nobody did, and require it to
+    /// exit within its bound (liveness).
+    pub fn finish(mut self) -> Check {
+        self.auto = true;
+        self.store_healthy = true;
+        if self.exit.is_none() {
+            self.deliver(Event::StoreReachable)?;
+        }
+        if let Some((request, _)) = self.claim_pending.take() {
+            self.deliver(Event::ClaimReply {
+                request,
+                result: Ok(Vec::new()),
+            })?;
+        }
+        self.answer_everything()?;
+        if self.first_signal.is_none() && self.exit.is_none() {
+            self.signal(Signal::Term)?;
+        }
+        let Some(signal_at) = self.first_signal else {
+            return Ok(());
+        };
+        let bound = self.config.exit_bound();
+        let mut rounds = 0;
+        while self.exit.is_none() {
+            rounds += 1;
+            if rounds > 100_000 {
+                return self.violation("the healing phase did not converge");
+            }
+            self.answer_everything()?;
+            if self.exit.is_some() {
+                break;
+            }
+            let step = Duration::from_millis(50);
+            if self.now.saturating_since(signal_at) > bound + step {
+                return self.violation(&format!(
+                    "not stopped {} after the first signal (bound {}): liveness broken",
+                    super::fmt_duration(self.now.saturating_since(signal_at)),
+                    super::fmt_duration(bound)
+                ));
+            }
+            self.advance(step)?;
+        }
+        Ok(())
+    }
+
+    fn answer_everything(&mut self) -> Check {
+        for _ in 0..10_000 {
+            if let Some(id) = self.starts.pop_front() {
+                self.start_ok(id)?;
+            } else if !self.records.is_empty() {
+                self.answer_record(false, false)?;
+            } else if !self.heartbeats.is_empty() {
+                self.answer_heartbeat(HbAnswer::Ok)?;
+            } else if let Some((request, _)) = self.claim_pending.take() {
+                self.deliver(Event::ClaimReply {
+                    request,
+                    result: Ok(Vec::new()),
+                })?;
+            } else if let Some((id, exit)) = self.due_exits.pop_front() {
+                self.deliver(Event::JobExited {
+                    job: id,
+                    exit,
+                    output: String::new(),
+                })?;
+            } else {
+                return Ok(());
+            }
+        }
+        self.violation("answering the machine did not converge")
+    }
+
+    // ----- the world ----------------------------------------------------------
+
+    fn new_job(&mut self, behavior: Behavior) -> ClaimedJob {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        self.behaviors.insert(id, behavior);
+        let lease = Lease {
+            job: id,
+            token: LeaseToken(1),
+        };
+        self.held_leases.insert(id, lease);
+        if self.first_signal.is_some() {
+            self.handed_back_ok.insert(id);
+        }
+        ClaimedJob {
+            lease,
+            queue: "default".into(),
+            spec: JobSpec {
+                command: vec!["job".into(), id.to_string()],
+                timeout_ms: behavior.timeout_ms.map(u64::from),
+                ..JobSpec::default()
+            },
+            attempts: 0,
+            interruptions: 0,
+        }
+    }
+
+    fn start_ok(&mut self, id: JobId) -> Check {
+        let behavior = self
+            .behaviors
+            .get(&id)
+            .copied()
+            .unwrap_or(Behavior::quick(10));
+        self.procs.insert(
+            id,
+            Proc {
+                behavior,
+                started_at: self.now,
+                exit_at: behavior
+                    .run_ms
+                    .map(|ms| self.now + Duration::from_millis(u64::from(ms))),
+                signalled: false,
+                not_shutdown: false,
+            },
+        );
+        self.deliver(Event::JobStarted { job: id })
+    }
+
+    fn nth_proc(&self, n: u8) -> Option<JobId> {
+        if self.procs.is_empty() {
+            return None;
+        }
+        self.procs
+            .keys()
+            .nth(n as usize % self.procs.len())
+            .copied()
+    }
+
+    fn answer_record(&mut self, fail: bool, refuse_first: bool) -> Check {
+        let Some((request, batch)) = self.records.pop_front() else {
+            return Ok(());
+        };
+        if fail {
+            let result = Err(StoreFailure("connection reset".into()));
+            return self.deliver(Event::RecordReply { request, result });
+        }
+        let mut results = Vec::new();
+        for (i, completion) in batch.iter().enumerate() {
+            let id = completion.lease.job;
+            if refuse_first && i == 0 {
+                self.lost.insert(id);
+                results.push((id, RecordResult::Refused));
+                continue;
+            }
+            if !self.acked.insert(id) {
+                return self.violation(&format!("job {id} recorded twice"));
+            }
+            results.push((id, RecordResult::Recorded));
+        }
+        self.deliver(Event::RecordReply {
+            request,
+            result: Ok(results),
+        })
+    }
+
+    fn answer_heartbeat(&mut self, how: HbAnswer) -> Check {
+        let Some((request, leases)) = self.heartbeats.pop_front() else {
+            return Ok(());
+        };
+        let mut answer = HeartbeatAnswer::default();
+        match how {
+            HbAnswer::Err => {
+                let result = Err(StoreFailure("timeout".into()));
+                return self.deliver(Event::HeartbeatReply { request, result });
+            }
+            HbAnswer::Ok => {}
+            HbAnswer::LoseFirst => {
+                if let Some(lease) = leases.first() {
+                    self.lost.insert(lease.job);
+                    answer.lost.push(lease.job);
+                }
+            }
+            HbAnswer::CancelFirst => {
+                if let Some(lease) = leases.first() {
+                    self.cancelled.insert(lease.job);
+                    answer.cancelled.push(lease.job);
+                }
+            }
+        }
+        self.deliver(Event::HeartbeatReply {
+            request,
+            result: Ok(answer),
+        })
+    }
+
+    /// Take every action and note the machine has, checking each; then, in
+    /// auto mode, answer what the world answers at once.
+    fn drain(&mut self) -> Check {
+        loop {
+            // Notes first: a transition reads before the actions it causes.
+            self.drain_notes();
+            while let Some(action) = self.machine.poll_action() {
+                self.trace_action(&action);
+                self.check_and_apply(action)?;
+            }
+            self.drain_notes();
+            self.check_state()?;
+            if let Some((id, exit)) = self.due_exits.pop_front() {
+                self.trace_event_raw(&Event::JobExited {
+                    job: id,
+                    exit,
+                    output: String::new(),
+                });
+                self.last_event = None;
+                self.machine.handle(
+                    Event::JobExited {
+                        job: id,
+                        exit,
+                        output: String::new(),
+                    },
+                    self.now,
+                );
+                continue;
+            }
+            if self.auto && self.exit.is_none() {
+                if let Some(id) = self.starts.pop_front() {
+                    let behavior = self
+                        .behaviors
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(Behavior::quick(10));
+                    self.procs.insert(
+                        id,
+                        Proc {
+                            behavior,
+                            started_at: self.now,
+                            exit_at: behavior
+                                .run_ms
+                                .map(|ms| self.now + Duration::from_millis(u64::from(ms))),
+                            signalled: false,
+                            not_shutdown: false,
+                        },
+                    );
+                    let event = Event::JobStarted { job: id };
+                    self.trace_event_raw(&event);
+                    self.machine.handle(event, self.now);
+                    continue;
+                }
+                if !self.store_healthy {
+                    if let Some((request, _)) = self.records.pop_front() {
+                        let result = Err(StoreFailure("connection refused".into()));
+                        let event = Event::RecordReply { request, result };
+                        self.trace_event_raw(&event);
+                        self.machine.handle(event, self.now);
+                        continue;
+                    }
+                    if let Some((request, _)) = self.heartbeats.pop_front() {
+                        let result = Err(StoreFailure("connection refused".into()));
+                        let event = Event::HeartbeatReply { request, result };
+                        self.trace_event_raw(&event);
+                        self.machine.handle(event, self.now);
+                        continue;
+                    }
+                }
+                if let Some((request, batch)) = self.records.pop_front() {
+                    let mut results = Vec::new();
+                    for completion in &batch {
+                        let id = completion.lease.job;
+                        if !self.acked.insert(id) {
+                            return self.violation(&format!("job {id} recorded twice"));
+                        }
+                        results.push((id, RecordResult::Recorded));
+                    }
+                    let event = Event::RecordReply {
+                        request,
+                        result: Ok(results),
+                    };
+                    self.trace_event_raw(&event);
+                    self.machine.handle(event, self.now);
+                    continue;
+                }
+                if let Some((request, _)) = self.heartbeats.pop_front() {
+                    let event = Event::HeartbeatReply {
+                        request,
+                        result: Ok(HeartbeatAnswer::default()),
+                    };
+                    self.trace_event_raw(&event);
+                    self.machine.handle(event, self.now);
+                    continue;
+                }
+                if self.claimed_once && !self.hold_claims {
+                    if let Some((request, _)) = self.claim_pending.take() {
+                        let event = Event::ClaimReply {
+                            request,
+                            result: Ok(Vec::new()),
+                        };
+                        self.trace_event_raw(&event);
+                        self.machine.handle(event, self.now);
+                        continue;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    fn check_and_apply(&mut self, action: Action) -> Check {
+        if self.exit.is_some() {
+            return self.violation("an action after the exit");
+        }
+        match action {
+            Action::Claim { request, max } => {
+                if self.first_signal.is_some() {
+                    return self.violation("claim after the first shutdown signal");
+                }
+                if self.claim_pending.is_some() {
+                    return self.violation("a second claim while one is in flight");
+                }
+                let alive = self.procs.len() + self.starts.len();
+                if max == 0
+                    || max > self.config.batch_max
+                    || alive + max as usize > self.config.concurrency as usize
+                {
+                    return self.violation(&format!(
+                        "claim of {max} exceeds free slots or the batch limit"
+                    ));
+                }
+                self.claim_pending = Some((request, max));
+            }
+            Action::Start { job } => {
+                let id = job.lease.job;
+                if self.handed_back_ok.contains(&id) {
+                    return self.violation(&format!(
+                        "job {id} from a claim answered after the signal was started"
+                    ));
+                }
+                if !self.started.insert(id) {
+                    return self.violation(&format!("job {id} started twice"));
+                }
+                self.starts.push_back(id);
+                let alive = self.procs.len() + self.starts.len();
+                if alive > self.config.concurrency as usize {
+                    return self.violation("more jobs running than concurrency allows");
+                }
+            }
+            Action::Signal { job, signal } => {
+                let now = self.now;
+                let shutting_down = self.first_signal.is_some();
+                let cancelled = self.cancelled.contains(&job);
+                if let Some(proc_) = self.procs.get_mut(&job) {
+                    let timed_out = proc_.behavior.timeout_ms.is_some_and(|ms| {
+                        now.saturating_since(proc_.started_at)
+                            >= Duration::from_millis(u64::from(ms))
+                    });
+                    if !proc_.signalled && (timed_out || cancelled || !shutting_down) {
+                        proc_.not_shutdown = true;
+                    }
+                    proc_.signalled = true;
+                    if !proc_.not_shutdown {
+                        self.stopped_by_shutdown.insert(job);
+                    }
+                    let ends = match signal {
+                        JobSignal::Term => !proc_.behavior.ignores_term,
+                        JobSignal::Kill => true,
+                    };
+                    if ends {
+                        self.procs.remove(&job);
+                        let sig = if signal == JobSignal::Kill { 9 } else { 15 };
+                        self.due_exits.push_back((job, Exit::Signal(sig)));
+                    }
+                }
+            }
+            Action::Record {
+                request,
+                completions,
+            } => {
+                if completions.is_empty() || completions.len() > self.config.batch_max as usize {
+                    return self.violation("record batch empty or over the batch limit");
+                }
+                for c in &completions {
+                    self.check_completion(c)?;
+                }
+                self.records.push_back((request, completions));
+            }
+            Action::Heartbeat {
+                request, leases, ..
+            } => {
+                self.heartbeats.push_back((request, leases));
+            }
+            Action::Reap => {}
+            Action::ReportStatus(_) => {}
+            Action::Exit { code } => self.check_exit(code)?,
+        }
+        Ok(())
+    }
+
+    fn check_completion(&mut self, c: &Completion) -> Check {
+        let id = c.lease.job;
+        if self.held_leases.get(&id) != Some(&c.lease) {
+            return self.violation(&format!(
+                "record for job {id} with a lease it was never given"
+            ));
+        }
+        match &c.outcome {
+            Outcome::HandBack => {
+                if self.started.contains(&id) {
+                    return self.violation(&format!("job {id} handed back after it was started"));
+                }
+            }
+            Outcome::Interrupted { .. } => {
+                self.interrupted_emitted = true;
+                if self.first_signal.is_none() {
+                    return self.violation(&format!("job {id} interrupted without a shutdown"));
+                }
+            }
+            Outcome::Failed { .. } if self.stopped_by_shutdown.contains(&id) => {
+                return self.violation(&format!(
+                    "job {id} was stopped by the shutdown but recorded as a failed attempt"
+                ));
+            }
+            Outcome::Failed { .. } | Outcome::Succeeded | Outcome::Cancelled => {
+                if !self.started.contains(&id) {
+                    // A start that failed still counts as started here.
+                    return self
+                        .violation(&format!("job {id} has an outcome but was never started"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_exit(&mut self, code: i32) -> Check {
+        let now = self.now;
+        let unfinished = self.procs.len() + self.starts.len() + self.records.len();
+        let bound = self.config.exit_bound();
+        let Some(signal_at) = self.first_signal else {
+            return self.violation("exit without a shutdown signal");
+        };
+        let took = now.saturating_since(signal_at);
+        if took > bound {
+            return self.violation(&format!(
+                "exit {} after the signal, past the bound {}",
+                super::fmt_duration(took),
+                super::fmt_duration(bound)
+            ));
+        }
+        if unfinished > 0 && took < bound {
+            return self.violation(
+                "exit before every job was finished and recorded, and before the exit deadline",
+            );
+        }
+        if code == EXIT_OK && (self.interrupted_emitted || unfinished > 0) {
+            return self.violation("exit 0 although a job was interrupted or left unrecorded");
+        }
+        if code != EXIT_OK && code != EXIT_INTERRUPTED {
+            return self.violation(&format!("exit code {code} is neither 0 nor 75"));
+        }
+        self.exit = Some((now, code));
+        Ok(())
+    }
+
+    fn check_state(&mut self) -> Check {
+        let alive = self.procs.len() + self.starts.len();
+        if alive > self.config.concurrency as usize {
+            return self.violation("more jobs alive than concurrency allows");
+        }
+        if self.machine.phase() == Phase::Stopped && self.exit.is_none() {
+            return self.violation("stopped without an exit action");
+        }
+        Ok(())
+    }
+
+    fn drain_notes(&mut self) {
+        while let Some(note) = self.machine.poll_note() {
+            if self.record_trace {
+                self.trace.note(&note);
+            }
+        }
+    }
+
+    fn trace_event(&mut self, event: &Event) {
+        self.trace_event_raw(event);
+    }
+
+    fn trace_event_raw(&mut self, event: &Event) {
+        if self.record_trace && !matches!(event, Event::TimerFired) {
+            self.trace.event(self.now, event);
+        }
+    }
+
+    fn trace_action(&mut self, action: &Action) {
+        if self.record_trace {
+            self.trace.action(self.now, action);
+        }
+    }
+
+    fn violation(&self, message: &str) -> Check {
+        let trace = self.trace.render();
+        let lines: Vec<&str> = trace.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        Err(Violation {
+            message: format!("invariant broken at {}: {message}", self.now),
+            trace_tail: tail,
+        })
+    }
+}
+
+/// Equal but for elapsed times, which move with the clock.
+fn same_state(a: &super::Status, b: &super::Status) -> bool {
+    let jobs = |s: &super::Status| s.jobs.iter().map(|j| (j.id, j.state)).collect::<Vec<_>>();
+    a.phase == b.phase && a.signals == b.signals && a.counters == b.counters && jobs(a) == jobs(b)
+}
+
+#[derive(Clone, Copy)]
+enum HbAnswer {
+    Ok,
+    Err,
+    LoseFirst,
+    CancelFirst,
+}

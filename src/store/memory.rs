@@ -1,0 +1,561 @@
+//! In-memory store: the same semantics as the SQL backends, for tests, the
+//! simulation and benchmarks.
+//!
+//! Time comes from tokio's clock (simulated under turmoil), randomness from a
+//! seeded generator, iteration from ordered maps: runs are reproducible. The
+//! lock is never held across an await.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{
+    quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult, Job, JobEvent,
+    JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
+    WAKEUP_CAPACITY,
+};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
+    DEFAULT_MAX_INTERRUPTIONS,
+};
+use crate::machine::{HeartbeatAnswer, Phase};
+
+#[derive(Debug)]
+struct Row {
+    job: Job,
+    output: Option<String>,
+    lease_expires_at: Option<i64>,
+}
+
+#[derive(Debug)]
+struct State {
+    next_id: i64,
+    jobs: BTreeMap<i64, Row>,
+    events: BTreeMap<i64, Vec<JobEvent>>,
+    workers: BTreeMap<String, WorkerRow>,
+    subscribers: Vec<mpsc::Sender<Wakeup>>,
+    rng: fastrand::Rng,
+    fail_next: u32,
+}
+
+/// An in-process store. Clones share the same data.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    epoch_ms: i64,
+    origin: tokio::time::Instant,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store whose timestamps start at the wall clock.
+    pub fn new() -> Self {
+        Self::with_seed(unix_ms_now(), 0x5eed)
+    }
+
+    /// An empty store with a fixed time origin and seed (simulation).
+    pub fn with_seed(epoch_ms: i64, seed: u64) -> Self {
+        MemoryStore {
+            state: Arc::new(Mutex::new(State {
+                next_id: 1,
+                jobs: BTreeMap::new(),
+                events: BTreeMap::new(),
+                workers: BTreeMap::new(),
+                subscribers: Vec::new(),
+                rng: fastrand::Rng::with_seed(seed),
+                fail_next: 0,
+            })),
+            epoch_ms,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Make the next `n` calls fail as if the store were unreachable (tests).
+    pub fn fail_next(&self, n: u32) {
+        self.lock().fail_next = n;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-made change (every
+        // change is computed, then applied), so a poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.epoch_ms + self.origin.elapsed().as_millis() as i64
+    }
+
+    /// Lock, failing if a failure was injected.
+    fn begin(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        let mut state = self.lock();
+        if state.fail_next > 0 {
+            state.fail_next -= 1;
+            return Err(StoreError::Unreachable("injected failure".into()));
+        }
+        Ok(state)
+    }
+}
+
+impl State {
+    fn event(
+        &mut self,
+        id: JobId,
+        at: i64,
+        kind: &str,
+        worker: Option<&str>,
+        token: Option<i64>,
+        detail: Option<String>,
+    ) {
+        self.events.entry(id.0).or_default().push(JobEvent {
+            at,
+            kind: kind.to_string(),
+            worker_id: worker.map(str::to_string),
+            lease_token: token,
+            detail,
+        });
+    }
+
+    fn notify(&mut self, wakeup: Wakeup) {
+        // A full channel already holds a wake-up; a closed one is dropped.
+        self.subscribers.retain(|tx| !tx.is_closed());
+        for tx in &self.subscribers {
+            let _ = tx.try_send(wakeup);
+        }
+    }
+
+    fn fenced(&mut self, worker: &str, lease: Lease) -> Option<&mut Row> {
+        self.jobs.get_mut(&lease.job.0).filter(|row| {
+            row.job.state == JobState::Running
+                && row.job.worker_id.as_deref() == Some(worker)
+                && row.job.lease_token == lease.token.0
+        })
+    }
+}
+
+/// End the lease; `worker_id` stays to show who ran it last, and fencing
+/// needs `state = running`, so the old lease can no longer write.
+fn release(row: &mut Row) {
+    row.lease_expires_at = None;
+}
+
+impl Store for MemoryStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        validate_all(jobs)?;
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            let id = state.next_id;
+            state.next_id += 1;
+            let job = Job {
+                id: JobId(id),
+                queue: new.queue.clone(),
+                state: JobState::Queued,
+                spec: new.spec.clone(),
+                priority: new.priority,
+                attempts: 0,
+                max_attempts: new.max_attempts,
+                interruptions: 0,
+                exit_code: None,
+                error: None,
+                worker_id: None,
+                lease_token: 0,
+                cancel_requested: false,
+                created_at: now,
+                run_at: now + new.delay.as_millis() as i64,
+                started_at: None,
+                finished_at: None,
+            };
+            state.jobs.insert(
+                id,
+                Row {
+                    job,
+                    output: None,
+                    lease_expires_at: None,
+                },
+            );
+            state.event(JobId(id), now, "enqueued", None, None, None);
+            ids.push(JobId(id));
+        }
+        if !ids.is_empty() {
+            state.notify(Wakeup::Jobs);
+        }
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let mut ready: Vec<(i32, i64, i64)> = state
+            .jobs
+            .values()
+            .filter(|row| {
+                row.job.state == JobState::Queued
+                    && row.job.run_at <= now
+                    && queues.contains(&row.job.queue)
+            })
+            .map(|row| (-row.job.priority, row.job.run_at, row.job.id.0))
+            .collect();
+        ready.sort_unstable();
+        let mut claimed = Vec::new();
+        for (_, _, id) in ready.into_iter().take(max as usize) {
+            let Some(row) = state.jobs.get_mut(&id) else {
+                continue;
+            };
+            row.job.state = JobState::Running;
+            row.job.worker_id = Some(worker.to_string());
+            row.job.lease_token += 1;
+            row.job.started_at = Some(now);
+            row.lease_expires_at = Some(now + lease.as_millis() as i64);
+            let token = row.job.lease_token;
+            claimed.push(ClaimedJob {
+                lease: Lease {
+                    job: JobId(id),
+                    token: LeaseToken(token),
+                },
+                queue: row.job.queue.clone(),
+                spec: row.job.spec.clone(),
+                attempts: row.job.attempts,
+                interruptions: row.job.interruptions,
+            });
+            state.event(JobId(id), now, "claimed", Some(worker), Some(token), None);
+        }
+        Ok(claimed)
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let mut answer = HeartbeatAnswer::default();
+        for held in leases {
+            match state.fenced(worker, *held) {
+                Some(row) => {
+                    row.lease_expires_at = Some(now + lease.as_millis() as i64);
+                    if row.job.cancel_requested {
+                        answer.cancelled.push(held.job);
+                    }
+                }
+                None => answer.lost.push(held.job),
+            }
+        }
+        if let Some(row) = state.workers.get_mut(worker) {
+            row.phase = phase.as_str().to_string();
+            row.heartbeat_at = now;
+        }
+        Ok(answer)
+    }
+
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let mut results = Vec::with_capacity(completions.len());
+        for completion in completions {
+            let lease = completion.lease;
+            let unit = state.rng.f64();
+            let Some(row) = state.fenced(worker, lease) else {
+                state.event(
+                    lease.job,
+                    now,
+                    "stale-write-refused",
+                    Some(worker),
+                    Some(lease.token.0),
+                    Some(completion.outcome.name().to_string()),
+                );
+                results.push((lease.job, RecordResult::Refused));
+                continue;
+            };
+            let (kind, detail) = apply_outcome(row, &completion.outcome, now, unit);
+            if !completion.output.is_empty()
+                || matches!(
+                    completion.outcome,
+                    Outcome::Succeeded | Outcome::Failed { .. }
+                )
+            {
+                row.output = Some(completion.output.clone());
+            }
+            release(row);
+            state.event(
+                lease.job,
+                now,
+                kind,
+                Some(worker),
+                Some(lease.token.0),
+                detail,
+            );
+            results.push((lease.job, RecordResult::Recorded));
+        }
+        if results.iter().any(|(_, r)| *r == RecordResult::Recorded) {
+            state.notify(Wakeup::Jobs);
+        }
+        Ok(results)
+    }
+
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let expired: Vec<i64> = state
+            .jobs
+            .values()
+            .filter(|row| {
+                row.job.state == JobState::Running
+                    && row.lease_expires_at.is_some_and(|at| at < now)
+            })
+            .map(|row| row.job.id.0)
+            .take(super::REAP_BATCH as usize)
+            .collect();
+        for id in &expired {
+            let Some(row) = state.jobs.get_mut(id) else {
+                continue;
+            };
+            let owner = row.job.worker_id.clone();
+            let token = row.job.lease_token;
+            if row.job.cancel_requested {
+                row.job.state = JobState::Cancelled;
+                row.job.finished_at = Some(now);
+            } else {
+                interrupt(row, now);
+            }
+            release(row);
+            let detail = format!("lease expired; now {}", row.job.state);
+            state.event(
+                JobId(*id),
+                now,
+                "lease-expired",
+                owner.as_deref(),
+                Some(token),
+                Some(detail),
+            );
+        }
+        if !expired.is_empty() {
+            state.notify(Wakeup::Jobs);
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let row = state.jobs.get_mut(&id.0).ok_or(StoreError::NotFound(id))?;
+        let result = match row.job.state {
+            JobState::Queued => {
+                row.job.state = JobState::Cancelled;
+                row.job.finished_at = Some(now);
+                CancelResult::Cancelled
+            }
+            JobState::Running => {
+                row.job.cancel_requested = true;
+                CancelResult::Requested
+            }
+            other => return Ok(CancelResult::AlreadyFinal(other)),
+        };
+        let kind = if result == CancelResult::Cancelled {
+            "cancelled"
+        } else {
+            "cancel-requested"
+        };
+        state.event(id, now, kind, None, None, None);
+        if result == CancelResult::Requested {
+            state.notify(Wakeup::Cancel(id));
+        }
+        Ok(result)
+    }
+
+    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let row = state.jobs.get_mut(&id.0).ok_or(StoreError::NotFound(id))?;
+        if !matches!(row.job.state, JobState::Failed | JobState::Cancelled) {
+            return Ok(false);
+        }
+        row.job.state = JobState::Queued;
+        row.job.run_at = now;
+        row.job.max_attempts = row.job.max_attempts.max(row.job.attempts + 1);
+        row.job.interruptions = 0;
+        row.job.cancel_requested = false;
+        row.job.error = None;
+        row.job.exit_code = None;
+        row.job.finished_at = None;
+        state.event(id, now, "retried", None, None, None);
+        state.notify(Wakeup::Jobs);
+        Ok(true)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let state = self.begin()?;
+        Ok(state.jobs.get(&id.0).map(|row| row.job.clone()))
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let state = self.begin()?;
+        Ok(state
+            .jobs
+            .values()
+            .rev()
+            .filter(|row| filter.state.is_none_or(|s| row.job.state == s))
+            .filter(|row| filter.queue.as_ref().is_none_or(|q| &row.job.queue == q))
+            .take(filter.limit() as usize)
+            .map(|row| row.job.clone())
+            .collect())
+    }
+
+    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        let state = self.begin()?;
+        Ok(state.events.get(&id.0).cloned().unwrap_or_default())
+    }
+
+    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let state = self.begin()?;
+        Ok(state.jobs.get(&id.0).and_then(|row| row.output.clone()))
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        state.workers.insert(
+            info.id.clone(),
+            WorkerRow {
+                info: info.clone(),
+                phase: Phase::Running.as_str().to_string(),
+                started_at: now,
+                heartbeat_at: now,
+                lost: false,
+                running_jobs: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        let mut state = self.begin()?;
+        state.workers.remove(id);
+        Ok(())
+    }
+
+    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        let now = self.now_ms();
+        let state = self.begin()?;
+        let lost_after = (lease * LOST_AFTER_LEASES).as_millis() as i64;
+        Ok(state
+            .workers
+            .values()
+            .map(|row| {
+                let mut row = row.clone();
+                row.lost = now - row.heartbeat_at > lost_after;
+                row.running_jobs = state
+                    .jobs
+                    .values()
+                    .filter(|j| {
+                        j.job.state == JobState::Running
+                            && j.job.worker_id.as_deref() == Some(row.info.id.as_str())
+                    })
+                    .map(|j| j.job.id)
+                    .collect();
+                row
+            })
+            .collect())
+    }
+
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
+        self.lock().subscribers.push(tx);
+        Ok(Some(rx))
+    }
+}
+
+/// Apply an outcome to a fenced running row; the event kind and detail.
+fn apply_outcome(
+    row: &mut Row,
+    outcome: &Outcome,
+    now: i64,
+    unit: f64,
+) -> (&'static str, Option<String>) {
+    match outcome {
+        Outcome::Succeeded => {
+            row.job.attempts += 1;
+            row.job.state = JobState::Succeeded;
+            row.job.exit_code = Some(0);
+            row.job.error = None;
+            row.job.finished_at = Some(now);
+            ("succeeded", None)
+        }
+        Outcome::Failed { exit_code, error } => {
+            row.job.attempts += 1;
+            row.job.exit_code = *exit_code;
+            row.job.error = Some(error.clone());
+            if row.job.attempts >= row.job.max_attempts {
+                row.job.state = JobState::Failed;
+                row.job.finished_at = Some(now);
+                ("failed", Some(error.clone()))
+            } else {
+                row.job.state = JobState::Queued;
+                let delay = retry_backoff(row.job.attempts, unit);
+                row.job.run_at = now + delay.as_millis() as i64;
+                (
+                    "retry-scheduled",
+                    Some(format!("{error}; retry in {}ms", delay.as_millis())),
+                )
+            }
+        }
+        Outcome::Interrupted { reason } => {
+            interrupt(row, now);
+            let kind = if row.job.state == JobState::Failed {
+                "failed"
+            } else {
+                "interrupted"
+            };
+            (kind, Some(reason.clone()))
+        }
+        Outcome::Cancelled => {
+            row.job.state = JobState::Cancelled;
+            row.job.finished_at = Some(now);
+            ("cancelled", None)
+        }
+        Outcome::HandBack => {
+            row.job.state = JobState::Queued;
+            row.job.started_at = None;
+            ("handed-back", None)
+        }
+    }
+}
+
+/// An interruption: requeue without using an attempt, or quarantine.
+fn interrupt(row: &mut Row, now: i64) {
+    row.job.interruptions += 1;
+    if row.job.interruptions >= DEFAULT_MAX_INTERRUPTIONS {
+        row.job.state = JobState::Failed;
+        row.job.error = Some(quarantine_reason(row.job.interruptions));
+        row.job.finished_at = Some(now);
+    } else {
+        row.job.state = JobState::Queued;
+        row.job.run_at = now;
+    }
+}

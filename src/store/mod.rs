@@ -1,0 +1,622 @@
+//! The job store: one [`Store`] trait, three backends.
+//!
+//! - [`postgres`]: for fleets; claims with `FOR UPDATE SKIP LOCKED`, wake-ups
+//!   with LISTEN/NOTIFY.
+//! - [`sqlite`]: the embedded default (`sqlite://dockhand.db`), one machine.
+//! - [`memory`]: in-process, for tests, benchmarks and the simulation.
+//!
+//! Every state change is one statement or one transaction, and every write
+//! about a running job is fenced by worker id + lease token: a stale or
+//! foreign lease changes nothing and is reported as
+//! [`RecordResult::Refused`].
+
+pub mod memory;
+pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::job::{ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, RecordResult};
+use crate::machine::{HeartbeatAnswer, Phase};
+
+pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The database used when neither `--database-url` nor `DATABASE_URL` is given.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://dockhand.db";
+
+/// Most jobs in one bulk enqueue.
+pub const MAX_BULK: usize = 100_000;
+/// Most rows one listing returns.
+pub const MAX_LIST: u32 = 10_000;
+/// Longest queue name.
+pub const MAX_QUEUE_LEN: usize = 200;
+/// Most bytes of a job's spec (command, env) as JSON.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Most expired leases requeued by one reap.
+pub const REAP_BATCH: i64 = 1000;
+/// First retry after about this long, doubling per attempt.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Retry backoff cap.
+pub const RETRY_CAP: Duration = Duration::from_secs(600);
+/// A worker whose heartbeat is older than this many leases is presumed lost.
+pub const LOST_AFTER_LEASES: u32 = 2;
+/// Schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// What can go wrong talking to the store, in words a user can act on.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The URL cannot be used.
+    #[error("invalid database URL {url}: {reason}")]
+    BadUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database cannot be reached (down, refused, timed out).
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+    /// The database was migrated by a newer dockhand.
+    #[error("database schema is at version {found}, newer than this dockhand knows ({known}); upgrade dockhand")]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// A job that cannot be stored as given.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// The database refused a write as breaking a constraint.
+    #[error("constraint violated: {0}")]
+    Constraint(String),
+    /// No job with that id.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// A row the store cannot read back.
+    #[error("unreadable row: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unreachable(error.to_string()),
+            sqlx::Error::Database(db) => {
+                let message = db.message().to_string();
+                // 57P01/57P02/57P03: the server is shutting down or restarting.
+                if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")) {
+                    return StoreError::Unreachable(message);
+                }
+                if db.is_check_violation()
+                    || db.is_unique_violation()
+                    || db.is_foreign_key_violation()
+                {
+                    StoreError::Constraint(message)
+                } else {
+                    StoreError::Database(message)
+                }
+            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(error.to_string()),
+            _ => StoreError::Database(error.to_string()),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable(_))
+    }
+}
+
+/// A job as stored: what `show` and `jobs` print.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// Queue.
+    pub queue: String,
+    /// State.
+    pub state: JobState,
+    /// What it runs (env values of secret-looking keys are redacted by the CLI).
+    pub spec: JobSpec,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Runs that ended in success or failure.
+    pub attempts: u32,
+    /// Runs allowed to fail before `failed`.
+    pub max_attempts: u32,
+    /// Runs interrupted by shutdown or a lost worker.
+    pub interruptions: u32,
+    /// Exit code of the last run that exited.
+    pub exit_code: Option<i32>,
+    /// Why the last run failed, in words.
+    pub error: Option<String>,
+    /// Worker holding (or that last held) the lease.
+    pub worker_id: Option<String>,
+    /// Token of the current (or last) claim.
+    pub lease_token: i64,
+    /// Cancel asked for while running.
+    pub cancel_requested: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Not claimed before (unix ms).
+    pub run_at: i64,
+    /// Last claim (unix ms).
+    pub started_at: Option<i64>,
+    /// Reached a final state (unix ms).
+    pub finished_at: Option<i64>,
+}
+
+/// One entry of a job's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobEvent {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// enqueued, claimed, succeeded, failed, retry-scheduled, interrupted,
+    /// requeued, handed-back, lease-expired, cancel-requested, cancelled,
+    /// retried, stale-write-refused.
+    pub kind: String,
+    /// Worker involved, if any.
+    pub worker_id: Option<String>,
+    /// Lease token involved, if any.
+    pub lease_token: Option<i64>,
+    /// Details in words.
+    pub detail: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// At most this many (newest first); capped at [`MAX_LIST`].
+    pub limit: Option<u32>,
+}
+
+impl JobFilter {
+    fn limit(&self) -> i64 {
+        i64::from(self.limit.unwrap_or(1000).min(MAX_LIST))
+    }
+}
+
+/// A worker announcing itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// Unique id (host-pid-random).
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Queues it serves.
+    pub queues: Vec<String>,
+    /// Jobs at once.
+    pub concurrency: u32,
+}
+
+/// A worker in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerRow {
+    /// What it announced.
+    #[serde(flatten)]
+    pub info: WorkerInfo,
+    /// Last reported phase.
+    pub phase: String,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms of the last heartbeat.
+    pub heartbeat_at: i64,
+    /// No heartbeat for [`LOST_AFTER_LEASES`] leases: presumed dead.
+    pub lost: bool,
+    /// Jobs it holds leases on.
+    pub running_jobs: Vec<JobId>,
+}
+
+/// What `cancel` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    /// It was queued; now `cancelled`.
+    Cancelled,
+    /// It is running; its worker will stop it and record `cancelled`.
+    Requested,
+    /// Already final (succeeded, failed, cancelled): nothing changed.
+    AlreadyFinal(JobState),
+}
+
+/// A push from the store to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// New jobs may be ready.
+    Jobs,
+    /// A user cancelled this running job.
+    Cancel(JobId),
+}
+
+/// Capacity of a wake-up channel; wake-ups coalesce, so dropping is harmless.
+pub const WAKEUP_CAPACITY: usize = 64;
+
+/// The operations a worker and the CLI need. Each is one statement or one
+/// transaction. Futures are `Send` so the shell can run on any runtime thread.
+pub trait Store: Send + Sync + 'static {
+    /// Create or upgrade the schema; safe when several processes do it at once.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Enqueue jobs, all or nothing; ids in input order.
+    fn enqueue_many(
+        &self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
+
+    /// Claim up to `max` ready jobs for `worker` in one statement, each with a
+    /// fresh lease token and a lease of `lease`.
+    fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
+
+    /// Extend every given lease held by `worker`, record its phase, and say
+    /// which leases are lost and which jobs are to be cancelled.
+    fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> impl Future<Output = Result<HeartbeatAnswer, StoreError>> + Send;
+
+    /// Record outcomes, each fenced by its lease; one transaction.
+    fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> impl Future<Output = Result<Vec<(JobId, RecordResult)>, StoreError>> + Send;
+
+    /// Requeue jobs whose lease expired (counts as an interruption); how many.
+    fn reap_expired(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Cancel a queued job, or flag a running one for its worker to stop.
+    fn cancel(&self, id: JobId) -> impl Future<Output = Result<CancelResult, StoreError>> + Send;
+
+    /// Put a failed or cancelled job back in the queue. `false` if it is in
+    /// another state.
+    fn retry(&self, id: JobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One job.
+    fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// Jobs, newest first.
+    fn list(&self, filter: &JobFilter)
+        -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+
+    /// A job's history, oldest first.
+    fn history(&self, id: JobId) -> impl Future<Output = Result<Vec<JobEvent>, StoreError>> + Send;
+
+    /// A job's captured output tail.
+    fn output(&self, id: JobId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Announce a worker (or refresh it).
+    fn register_worker(
+        &self,
+        info: &WorkerInfo,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Remove a worker that exited.
+    fn deregister_worker(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The registry, with lost workers flagged given the fleet's `lease`.
+    fn workers(
+        &self,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<WorkerRow>, StoreError>> + Send;
+
+    /// Pushed wake-ups, if the backend has them (`None`: poll only).
+    fn wakeups(
+        &self,
+    ) -> impl Future<Output = Result<Option<mpsc::Receiver<Wakeup>>, StoreError>> + Send;
+}
+
+/// Check a job before any write, so a bad item in a bulk enqueue writes nothing.
+pub fn validate(job: &NewJob) -> Result<(), StoreError> {
+    let bad = |reason: String| Err(StoreError::InvalidJob(reason));
+    if job.spec.command.is_empty() || job.spec.command[0].is_empty() {
+        return bad("a command is required".into());
+    }
+    if job.queue.is_empty() || job.queue.len() > MAX_QUEUE_LEN {
+        return bad(format!(
+            "queue name must be 1 to {MAX_QUEUE_LEN} characters"
+        ));
+    }
+    if job.max_attempts == 0 || job.max_attempts > 1000 {
+        return bad("max_attempts must be between 1 and 1000".into());
+    }
+    if job.spec.image.as_deref() == Some("") {
+        return bad("image must not be empty".into());
+    }
+    if job.spec.timeout_ms == Some(0) {
+        return bad("timeout must be greater than zero".into());
+    }
+    if job.delay > Duration::from_secs(366 * 24 * 3600) {
+        return bad("delay must be under a year".into());
+    }
+    let spec_len = serde_json::to_vec(&job.spec)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if spec_len > MAX_SPEC_BYTES {
+        return bad(format!(
+            "command and env must be under {MAX_SPEC_BYTES} bytes as JSON"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_all(jobs: &[NewJob]) -> Result<(), StoreError> {
+    if jobs.len() > MAX_BULK {
+        return Err(StoreError::InvalidJob(format!(
+            "at most {MAX_BULK} jobs per enqueue"
+        )));
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        validate(job).map_err(|e| match e {
+            StoreError::InvalidJob(reason) if jobs.len() > 1 => {
+                StoreError::InvalidJob(format!("job #{}: {reason}", i + 1))
+            }
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// Retry delay after a failed attempt (`attempts` = failures so far, ≥ 1):
+/// about 1 s, doubling, capped at 10 min, ±25 % jitter from `unit` in [0, 1).
+pub fn retry_backoff(attempts: u32, unit: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(20);
+    let base = RETRY_BASE.saturating_mul(1u32 << exp).min(RETRY_CAP);
+    base.mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// The error recorded on a job failed for too many interruptions.
+pub fn quarantine_reason(interruptions: u32) -> String {
+    format!("interrupted {interruptions} times (max_interruptions); not requeued again")
+}
+
+/// Wall-clock unix milliseconds (SQLite and display; Postgres uses its own clock).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Any backend, chosen by URL at run time.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// In memory.
+    Memory(MemoryStore),
+}
+
+impl AnyStore {
+    /// Open `postgres://…`, `sqlite://…` or `memory://`; checks the URL and
+    /// connects, without migrating.
+    pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: redact_url(url),
+            reason: reason.to_string(),
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PostgresStore::connect(url).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+        } else if url == "memory://" {
+            Ok(AnyStore::Memory(MemoryStore::new()))
+        } else {
+            Err(bad("expected postgres://…, sqlite://FILE or memory://"))
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Postgres($store) => $call.await,
+            AnyStore::Sqlite($store) => $call.await,
+            AnyStore::Memory($store) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.migrate())
+    }
+    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        delegate!(self, s => s.enqueue_many(jobs))
+    }
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        delegate!(self, s => s.claim(worker, queues, max, lease))
+    }
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        delegate!(self, s => s.heartbeat(worker, phase, leases, lease))
+    }
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        delegate!(self, s => s.record(worker, completions))
+    }
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.reap_expired())
+    }
+    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        delegate!(self, s => s.cancel(id))
+    }
+    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
+        delegate!(self, s => s.retry(id))
+    }
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        delegate!(self, s => s.get(id))
+    }
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        delegate!(self, s => s.list(filter))
+    }
+    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        delegate!(self, s => s.history(id))
+    }
+    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        delegate!(self, s => s.output(id))
+    }
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        delegate!(self, s => s.register_worker(info))
+    }
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.deregister_worker(id))
+    }
+    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        delegate!(self, s => s.workers(lease))
+    }
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        delegate!(self, s => s.wakeups())
+    }
+}
+
+/// The statements of a migration file: split on `;` at line ends, comments
+/// dropped (our migrations keep every statement's `;` at the end of a line).
+pub(crate) fn statements(sql: &str) -> Vec<&str> {
+    sql.split(";\n")
+        .map(str::trim)
+        .filter(|chunk| {
+            chunk
+                .lines()
+                .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
+        })
+        .map(|chunk| chunk.trim_end_matches(';'))
+        .collect()
+}
+
+/// Read a job from a row of either SQL backend (both select the same names).
+pub(crate) fn decode_job<R>(row: &R) -> Result<Job, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let spec: String = row.try_get("spec")?;
+    let state: String = row.try_get("state")?;
+    let count = |name: &str| -> Result<u32, StoreError> {
+        let value: i32 = row.try_get(name)?;
+        u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{name} is negative")))
+    };
+    Ok(Job {
+        id: JobId(row.try_get("id")?),
+        queue: row.try_get("queue")?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+        priority: row.try_get("priority")?,
+        attempts: count("attempts")?,
+        max_attempts: count("max_attempts")?,
+        interruptions: count("interruptions")?,
+        exit_code: row.try_get("exit_code")?,
+        error: row.try_get("error")?,
+        worker_id: row.try_get("lease_owner")?,
+        lease_token: row.try_get("lease_token")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_ms")?,
+        run_at: row.try_get("run_ms")?,
+        started_at: row.try_get("started_ms")?,
+        finished_at: row.try_get("finished_ms")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_near_a_second_and_caps() {
+        assert_eq!(retry_backoff(1, 0.5), Duration::from_secs(1));
+        assert_eq!(retry_backoff(2, 0.5), Duration::from_secs(2));
+        assert_eq!(retry_backoff(1, 0.0), Duration::from_millis(750));
+        assert_eq!(retry_backoff(1, 1.0), Duration::from_millis(1250));
+        assert_eq!(retry_backoff(30, 0.5), RETRY_CAP);
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn a_job_without_command_is_invalid() {
+        let job = NewJob::new(vec![]);
+        assert!(matches!(validate(&job), Err(StoreError::InvalidJob(_))));
+        let jobs = vec![NewJob::new(vec!["true".into()]), NewJob::new(vec![])];
+        let err = validate_all(&jobs).unwrap_err().to_string();
+        assert!(err.contains("job #2"), "{err}");
+    }
+}

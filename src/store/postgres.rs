@@ -1,0 +1,624 @@
+//! PostgreSQL backend: claims with `FOR UPDATE SKIP LOCKED`, wake-ups with
+//! LISTEN/NOTIFY, the database's clock for every lease.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use super::{
+    decode_job, redact_url, validate_all, CancelResult, Job, JobEvent, JobFilter, Store,
+    StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH, SCHEMA_VERSION,
+    WAKEUP_CAPACITY,
+};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
+};
+use crate::machine::{HeartbeatAnswer, Phase};
+
+const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+/// Channel NOTIFYed when jobs become ready.
+const JOBS_CHANNEL: &str = "dockhand_jobs";
+/// Channel NOTIFYed with a job id when a running job is cancelled.
+const CANCEL_CHANNEL: &str = "dockhand_cancel";
+/// Serialises concurrent migrations (an arbitrary constant).
+const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
+
+const JOB_COLUMNS: &str =
+    "id, queue, spec::text AS spec, state, priority, attempts, max_attempts, interruptions,
+    exit_code, error, lease_owner, lease_token, cancel_requested,
+    (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
+    (extract(epoch FROM run_at) * 1000)::bigint AS run_ms,
+    (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
+    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_ms";
+
+/// A PostgreSQL store over a small connection pool.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connect (at most 4 connections), failing fast if the server is unreachable.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, 4).await
+    }
+
+    /// Connect with a pool of at most `max_connections`.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.application_name("dockhand"))
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Database(message) | StoreError::Unreachable(message) => {
+                    StoreError::Unreachable(format!("{}: {message}", redact_url(url)))
+                }
+                other => other,
+            })?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn events(rows: Vec<PgRow>) -> Result<Vec<JobEvent>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(JobEvent {
+                at: row.try_get("at_ms")?,
+                kind: row.try_get("kind")?,
+                worker_id: row.try_get("worker_id")?,
+                lease_token: row.try_get("lease_token")?,
+                detail: row.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS dockhand_schema (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dockhand_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = current.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in MIGRATIONS {
+            if version > current {
+                for statement in super::statements(sql) {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO dockhand_schema (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        validate_all(jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut queues = Vec::with_capacity(jobs.len());
+        let mut specs = Vec::with_capacity(jobs.len());
+        let mut priorities = Vec::with_capacity(jobs.len());
+        let mut max_attempts = Vec::with_capacity(jobs.len());
+        let mut delays = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            queues.push(job.queue.clone());
+            specs.push(
+                serde_json::to_string(&job.spec)
+                    .map_err(|e| StoreError::InvalidJob(e.to_string()))?,
+            );
+            priorities.push(job.priority);
+            max_attempts.push(job.max_attempts as i32);
+            delays.push(job.delay.as_millis() as i64);
+        }
+        let mut tx = self.pool.begin().await?;
+        // unnest keeps array order, and ids are drawn in that order.
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "WITH ins AS (
+                INSERT INTO jobs (queue, spec, priority, max_attempts, run_at)
+                SELECT q, s::jsonb, p, m, now() + d * interval '1 millisecond'
+                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[]) AS t(q, s, p, m, d)
+                RETURNING id
+            ), ev AS (
+                INSERT INTO job_events (job_id, kind) SELECT id, 'enqueued' FROM ins
+            )
+            SELECT id FROM ins ORDER BY id",
+        )
+        .bind(&queues)
+        .bind(&specs)
+        .bind(&priorities)
+        .bind(&max_attempts)
+        .bind(&delays)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let rows = sqlx::query(
+            "WITH picked AS (
+                SELECT id FROM jobs
+                WHERE state = 'queued' AND queue = ANY($2) AND run_at <= now()
+                ORDER BY priority DESC, run_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE jobs j SET state = 'running', lease_owner = $1, lease_token = j.lease_token + 1,
+                    lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(),
+                    cancel_requested = false
+                FROM picked WHERE j.id = picked.id
+                RETURNING j.id, j.lease_token, j.queue, j.spec::text AS spec, j.attempts, j.interruptions,
+                    j.priority, j.run_at
+            ), ev AS (
+                INSERT INTO job_events (job_id, kind, worker_id, lease_token)
+                SELECT id, 'claimed', $1, lease_token FROM claimed
+            )
+            SELECT id, lease_token, queue, spec, attempts, interruptions FROM claimed
+            ORDER BY priority DESC, run_at, id",
+        )
+        .bind(worker)
+        .bind(queues)
+        .bind(i64::from(max))
+        .bind(lease.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let spec: String = row.try_get("spec")?;
+                Ok(ClaimedJob {
+                    lease: Lease {
+                        job: JobId(row.try_get("id")?),
+                        token: LeaseToken(row.try_get("lease_token")?),
+                    },
+                    queue: row.try_get("queue")?,
+                    spec: serde_json::from_str(&spec)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    attempts: row.try_get::<i32, _>("attempts")? as u32,
+                    interruptions: row.try_get::<i32, _>("interruptions")? as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        let ids: Vec<i64> = leases.iter().map(|l| l.job.0).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token.0).collect();
+        let rows = sqlx::query(
+            "WITH w AS (
+                UPDATE workers SET phase = $5, heartbeat_at = now() WHERE id = $1
+            )
+            UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond'
+            WHERE state = 'running' AND lease_owner = $1
+              AND (id, lease_token) IN (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
+            RETURNING id, cancel_requested",
+        )
+        .bind(worker)
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(lease.as_millis() as i64)
+        .bind(phase.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answer = HeartbeatAnswer::default();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = JobId(row.try_get("id")?);
+            kept.push(id);
+            if row.try_get::<bool, _>("cancel_requested")? {
+                answer.cancelled.push(id);
+            }
+        }
+        answer.lost = leases
+            .iter()
+            .map(|l| l.job)
+            .filter(|id| !kept.contains(id))
+            .collect();
+        Ok(answer)
+    }
+
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut results = Vec::with_capacity(completions.len());
+        let mut requeued = false;
+        for completion in completions {
+            let (kind, exit_code, error) = outcome_params(&completion.outcome);
+            let row = sqlx::query(
+                "WITH target AS (
+                    SELECT id FROM jobs
+                    WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 AND state = 'running'
+                    FOR UPDATE
+                ), upd AS (
+                    UPDATE jobs j SET
+                        attempts = j.attempts + CASE WHEN $4 IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
+                        interruptions = j.interruptions + CASE WHEN $4 = 'interrupted' THEN 1 ELSE 0 END,
+                        state = CASE $4
+                            WHEN 'succeeded' THEN 'succeeded'
+                            WHEN 'failed' THEN CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'queued' END
+                            WHEN 'interrupted' THEN CASE WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed' ELSE 'queued' END
+                            WHEN 'cancelled' THEN 'cancelled'
+                            ELSE 'queued' END,
+                        run_at = CASE WHEN $4 = 'failed'
+                            THEN now() + make_interval(secs => least(600, power(2, j.attempts)) * (0.75 + random() * 0.5))
+                            ELSE now() END,
+                        exit_code = CASE WHEN $4 IN ('succeeded', 'failed') THEN $5 ELSE j.exit_code END,
+                        error = CASE
+                            WHEN $4 = 'failed' THEN $6
+                            WHEN $4 = 'succeeded' THEN NULL
+                            WHEN $4 = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions
+                                THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
+                            ELSE j.error END,
+                        output = CASE WHEN $4 = 'handed-back' THEN j.output ELSE $7 END,
+                        started_at = CASE WHEN $4 = 'handed-back' THEN NULL ELSE j.started_at END,
+                        finished_at = CASE
+                            WHEN $4 IN ('succeeded', 'cancelled') THEN now()
+                            WHEN $4 = 'failed' AND j.attempts + 1 >= j.max_attempts THEN now()
+                            WHEN $4 = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions THEN now()
+                            ELSE NULL END,
+                        lease_expires_at = NULL
+                    FROM target WHERE j.id = target.id
+                    RETURNING j.id, j.state
+                )
+                INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+                SELECT id,
+                    CASE WHEN $4 = 'failed' AND state = 'queued' THEN 'retry-scheduled'
+                         WHEN $4 = 'interrupted' AND state = 'failed' THEN 'failed'
+                         ELSE $4 END,
+                    $2, $3, $6
+                FROM upd
+                RETURNING job_id",
+            )
+            .bind(completion.lease.job.0)
+            .bind(worker)
+            .bind(completion.lease.token.0)
+            .bind(kind)
+            .bind(exit_code)
+            .bind(error.as_deref())
+            .bind(&completion.output)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if row.is_some() {
+                requeued |= !matches!(completion.outcome, Outcome::Succeeded | Outcome::Cancelled);
+                results.push((completion.lease.job, RecordResult::Recorded));
+            } else {
+                sqlx::query(
+                    "INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+                     SELECT $1, 'stale-write-refused', $2, $3, $4 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1)",
+                )
+                .bind(completion.lease.job.0)
+                .bind(worker)
+                .bind(completion.lease.token.0)
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+                results.push((completion.lease.job, RecordResult::Refused));
+            }
+        }
+        if requeued {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        let reaped: Vec<i64> = sqlx::query_scalar(
+            "WITH expired AS (
+                SELECT id, lease_owner, lease_token FROM jobs
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            ), upd AS (
+                UPDATE jobs j SET
+                    interruptions = j.interruptions + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
+                    state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                                 WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed'
+                                 ELSE 'queued' END,
+                    error = CASE WHEN NOT j.cancel_requested AND j.interruptions + 1 >= j.max_interruptions
+                                 THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
+                                 ELSE j.error END,
+                    finished_at = CASE WHEN j.cancel_requested OR j.interruptions + 1 >= j.max_interruptions
+                                       THEN now() ELSE NULL END,
+                    run_at = now(), lease_expires_at = NULL
+                FROM expired WHERE j.id = expired.id
+                RETURNING j.id, j.state, expired.lease_owner, expired.lease_token
+            )
+            INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+            SELECT id, 'lease-expired', lease_owner, lease_token, 'lease expired; now ' || state FROM upd
+            RETURNING job_id",
+        )
+        .bind(REAP_BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        if !reaped.is_empty() {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(reaped.len() as u64)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let new_state: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET
+                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                cancel_requested = (state = 'running'),
+                finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
+             WHERE id = $1 AND state IN ('queued', 'running')
+             RETURNING state",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match new_state.as_deref() {
+            Some("cancelled") => CancelResult::Cancelled,
+            Some(_) => CancelResult::Requested,
+            None => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+                        .bind(id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let state = state.ok_or(StoreError::NotFound(id))?;
+                let state = state.parse::<JobState>().map_err(StoreError::Corrupt)?;
+                return Ok(CancelResult::AlreadyFinal(state));
+            }
+        };
+        let kind = if result == CancelResult::Cancelled {
+            "cancelled"
+        } else {
+            "cancel-requested"
+        };
+        sqlx::query("INSERT INTO job_events (job_id, kind) VALUES ($1, $2)")
+            .bind(id.0)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+        if result == CancelResult::Requested {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(id.0.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
+                interruptions = 0, cancel_requested = false, error = NULL, exit_code = NULL, finished_at = NULL
+             WHERE id = $1 AND state IN ('failed', 'cancelled')
+             RETURNING id",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_none() {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return match exists {
+                Some(_) => Ok(false),
+                None => Err(StoreError::NotFound(id)),
+            };
+        }
+        sqlx::query("INSERT INTO job_events (job_id, kind) VALUES ($1, 'retried')")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(JOBS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.queue.as_deref())
+        .bind(filter.limit())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_job).collect()
+    }
+
+    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT (extract(epoch FROM at) * 1000)::bigint AS at_ms, kind, worker_id, lease_token, detail
+             FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        events(rows)
+    }
+
+    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT output FROM jobs WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.flatten())
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, queues, concurrency, phase)
+             VALUES ($1, $2, $3, $4, $5, 'running')
+             ON CONFLICT (id) DO UPDATE SET phase = 'running', heartbeat_at = now()",
+        )
+        .bind(&info.id)
+        .bind(&info.host)
+        .bind(info.pid as i32)
+        .bind(info.queues.join(","))
+        .bind(info.concurrency as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        let lost_after = (lease * LOST_AFTER_LEASES).as_millis() as i64;
+        let rows = sqlx::query(
+            "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.phase,
+                (extract(epoch FROM w.started_at) * 1000)::bigint AS started_ms,
+                (extract(epoch FROM w.heartbeat_at) * 1000)::bigint AS heartbeat_ms,
+                (now() - w.heartbeat_at) > $1 * interval '1 millisecond' AS lost,
+                coalesce(array_agg(j.id ORDER BY j.id) FILTER (WHERE j.id IS NOT NULL), '{}') AS running
+             FROM workers w LEFT JOIN jobs j ON j.state = 'running' AND j.lease_owner = w.id
+             GROUP BY w.id ORDER BY w.started_at, w.id",
+        )
+        .bind(lost_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let queues: String = row.try_get("queues")?;
+                let running: Vec<i64> = row.try_get("running")?;
+                Ok(WorkerRow {
+                    info: WorkerInfo {
+                        id: row.try_get("id")?,
+                        host: row.try_get("host")?,
+                        pid: row.try_get::<i32, _>("pid")? as u32,
+                        queues: queues.split(',').map(str::to_string).collect(),
+                        concurrency: row.try_get::<i32, _>("concurrency")? as u32,
+                    },
+                    phase: row.try_get("phase")?,
+                    started_at: row.try_get("started_ms")?,
+                    heartbeat_at: row.try_get("heartbeat_ms")?,
+                    lost: row.try_get("lost")?,
+                    running_jobs: running.into_iter().map(JobId).collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([JOBS_CHANNEL, CANCEL_CHANNEL]).await?;
+        let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => {
+                        let wakeup = if notification.channel() == CANCEL_CHANNEL {
+                            match notification.payload().parse::<i64>() {
+                                Ok(id) => Wakeup::Cancel(JobId(id)),
+                                Err(_) => continue,
+                            }
+                        } else {
+                            Wakeup::Jobs
+                        };
+                        // Full: a wake-up is already pending, which is as good.
+                        let _ = tx.try_send(wakeup);
+                    }
+                    // The connection was lost and is re-established on the next
+                    // call; notifications in between are gone, so look anyway.
+                    Ok(None) => {
+                        let _ = tx.try_send(Wakeup::Jobs);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+}
+
+/// The outcome as SQL parameters: kind, exit code, error.
+pub(super) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
+    match outcome {
+        Outcome::Succeeded => ("succeeded", Some(0), None),
+        Outcome::Failed { exit_code, error } => ("failed", *exit_code, Some(error.clone())),
+        Outcome::Interrupted { reason } => ("interrupted", None, Some(reason.clone())),
+        Outcome::Cancelled => ("cancelled", None, None),
+        Outcome::HandBack => ("handed-back", None, None),
+    }
+}

@@ -1,0 +1,563 @@
+//! SQLite backend: the embedded default, for one machine (several worker
+//! processes may share the file). WAL mode; every write transaction starts
+//! with `BEGIN IMMEDIATE`, so two writers queue on the lock instead of failing.
+//! Times are unix milliseconds from this machine's clock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use super::postgres::outcome_params;
+use super::{
+    decode_job, quarantine_reason, redact_url, unix_ms_now, validate_all, CancelResult, Job,
+    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
+    REAP_BATCH, SCHEMA_VERSION,
+};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
+    DEFAULT_MAX_INTERRUPTIONS,
+};
+use crate::machine::{HeartbeatAnswer, Phase};
+
+const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions,
+    exit_code, error, lease_owner, lease_token, cancel_requested,
+    created_at AS created_ms, run_at AS run_ms, started_at AS started_ms, finished_at AS finished_ms";
+
+/// A SQLite store over a small pool.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating the file if missing) `sqlite://PATH` or `sqlite::memory:`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::BadUrl {
+                url: redact_url(url),
+                reason: e.to_string(),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Unreachable(format!("cannot open {}: {e}", redact_url(url)))
+            })?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    lease.as_millis() as i64
+}
+
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS dockhand_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dockhand_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = current.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for (version, sql) in MIGRATIONS {
+            if version > current {
+                for statement in super::statements(sql) {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO dockhand_schema (version, applied_at) VALUES (?, ?)")
+                    .bind(version)
+                    .bind(unix_ms_now())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        validate_all(jobs)?;
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let spec = serde_json::to_string(&job.spec)
+                .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO jobs (queue, spec, priority, max_attempts, run_at, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&job.queue)
+            .bind(spec)
+            .bind(job.priority)
+            .bind(job.max_attempts as i64)
+            .bind(now + job.delay.as_millis() as i64)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, 'enqueued')")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            ids.push(JobId(id));
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = unix_ms_now();
+        let queues =
+            serde_json::to_string(queues).map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = lease_token + 1,
+                lease_expires_at = ?2 + ?3, started_at = ?2, cancel_requested = 0
+             WHERE id IN (
+                SELECT id FROM jobs
+                WHERE state = 'queued' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?4))
+                ORDER BY priority DESC, run_at, id LIMIT ?5
+             )
+             RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(lease_ms(lease))
+        .bind(queues)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut order = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let token: i64 = row.try_get("lease_token")?;
+            sqlx::query("INSERT INTO job_events (job_id, at, kind, worker_id, lease_token) VALUES (?, ?, 'claimed', ?, ?)")
+                .bind(id)
+                .bind(now)
+                .bind(worker)
+                .bind(token)
+                .execute(&mut *tx)
+                .await?;
+            let spec: String = row.try_get("spec")?;
+            let priority: i32 = row.try_get("priority")?;
+            let run_at: i64 = row.try_get("run_at")?;
+            order.push((-priority, run_at, id));
+            claimed.push(ClaimedJob {
+                lease: Lease {
+                    job: JobId(id),
+                    token: LeaseToken(token),
+                },
+                queue: row.try_get("queue")?,
+                spec: serde_json::from_str(&spec)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                interruptions: row.try_get::<i64, _>("interruptions")? as u32,
+            });
+        }
+        tx.commit().await?;
+        // RETURNING order is unspecified in SQLite: restore the claim order.
+        let mut paired: Vec<_> = order.into_iter().zip(claimed).collect();
+        paired.sort_by_key(|(key, _)| *key);
+        Ok(paired.into_iter().map(|(_, job)| job).collect())
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE workers SET phase = ?, heartbeat_at = ? WHERE id = ?")
+            .bind(phase.as_str())
+            .bind(now)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        let mut answer = HeartbeatAnswer::default();
+        for held in leases {
+            let row = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = ?
+                 WHERE id = ? AND lease_owner = ? AND lease_token = ? AND state = 'running'
+                 RETURNING cancel_requested",
+            )
+            .bind(now + lease_ms(lease))
+            .bind(held.job.0)
+            .bind(worker)
+            .bind(held.token.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                Some(row) if row.try_get::<bool, _>("cancel_requested")? => {
+                    answer.cancelled.push(held.job)
+                }
+                Some(_) => {}
+                None => answer.lost.push(held.job),
+            }
+        }
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let mut results = Vec::with_capacity(completions.len());
+        for completion in completions {
+            let (kind, exit_code, error) = outcome_params(&completion.outcome);
+            let jitter = 0.75 + 0.5 * fastrand::f64();
+            let keep_output = matches!(completion.outcome, Outcome::HandBack);
+            let row = sqlx::query(
+                "UPDATE jobs SET
+                    attempts = attempts + CASE WHEN ?4 IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
+                    interruptions = interruptions + CASE WHEN ?4 = 'interrupted' THEN 1 ELSE 0 END,
+                    state = CASE ?4
+                        WHEN 'succeeded' THEN 'succeeded'
+                        WHEN 'failed' THEN CASE WHEN attempts + 1 >= max_attempts THEN 'failed' ELSE 'queued' END
+                        WHEN 'interrupted' THEN CASE WHEN interruptions + 1 >= max_interruptions THEN 'failed' ELSE 'queued' END
+                        WHEN 'cancelled' THEN 'cancelled'
+                        ELSE 'queued' END,
+                    run_at = CASE WHEN ?4 = 'failed'
+                        THEN ?8 + CAST(min(600000, (1 << min(attempts, 20)) * 1000) * ?9 AS INTEGER)
+                        ELSE ?8 END,
+                    exit_code = CASE WHEN ?4 IN ('succeeded', 'failed') THEN ?5 ELSE exit_code END,
+                    error = CASE
+                        WHEN ?4 = 'failed' THEN ?6
+                        WHEN ?4 = 'succeeded' THEN NULL
+                        WHEN ?4 = 'interrupted' AND interruptions + 1 >= max_interruptions THEN ?10
+                        ELSE error END,
+                    output = CASE WHEN ?11 THEN output ELSE ?7 END,
+                    started_at = CASE WHEN ?4 = 'handed-back' THEN NULL ELSE started_at END,
+                    finished_at = CASE
+                        WHEN ?4 IN ('succeeded', 'cancelled') THEN ?8
+                        WHEN ?4 = 'failed' AND attempts + 1 >= max_attempts THEN ?8
+                        WHEN ?4 = 'interrupted' AND interruptions + 1 >= max_interruptions THEN ?8
+                        ELSE NULL END,
+                    lease_expires_at = NULL
+                 WHERE id = ?1 AND lease_owner = ?2 AND lease_token = ?3 AND state = 'running'
+                 RETURNING state",
+            )
+            .bind(completion.lease.job.0)
+            .bind(worker)
+            .bind(completion.lease.token.0)
+            .bind(kind)
+            .bind(exit_code)
+            .bind(error.as_deref())
+            .bind(&completion.output)
+            .bind(now)
+            .bind(jitter)
+            .bind(quarantine_reason(DEFAULT_MAX_INTERRUPTIONS))
+            .bind(keep_output)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (event, result) = match row {
+                Some(row) => {
+                    let state: String = row.try_get("state")?;
+                    let event = match (kind, state.as_str()) {
+                        ("failed", "queued") => "retry-scheduled",
+                        ("interrupted", "failed") => "failed",
+                        _ => kind,
+                    };
+                    (event, RecordResult::Recorded)
+                }
+                None => ("stale-write-refused", RecordResult::Refused),
+            };
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, kind, worker_id, lease_token, detail)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
+            )
+            .bind(completion.lease.job.0)
+            .bind(now)
+            .bind(event)
+            .bind(worker)
+            .bind(completion.lease.token.0)
+            .bind(if result == RecordResult::Refused {
+                Some(kind.to_string())
+            } else {
+                error
+            })
+            .execute(&mut *tx)
+            .await?;
+            results.push((completion.lease.job, result));
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "UPDATE jobs SET
+                interruptions = interruptions + CASE WHEN cancel_requested THEN 0 ELSE 1 END,
+                state = CASE WHEN cancel_requested THEN 'cancelled'
+                             WHEN interruptions + 1 >= max_interruptions THEN 'failed'
+                             ELSE 'queued' END,
+                error = CASE WHEN NOT cancel_requested AND interruptions + 1 >= max_interruptions THEN ?3 ELSE error END,
+                finished_at = CASE WHEN cancel_requested OR interruptions + 1 >= max_interruptions THEN ?1 ELSE NULL END,
+                run_at = ?1, lease_expires_at = NULL
+             WHERE id IN (
+                SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < ?1
+                ORDER BY lease_expires_at LIMIT ?2
+             )
+             RETURNING id, state, lease_owner, lease_token",
+        )
+        .bind(now)
+        .bind(REAP_BATCH)
+        .bind(quarantine_reason(DEFAULT_MAX_INTERRUPTIONS))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, kind, worker_id, lease_token, detail)
+                 VALUES (?, ?, 'lease-expired', ?, ?, ?)",
+            )
+            .bind(row.try_get::<i64, _>("id")?)
+            .bind(now)
+            .bind(row.try_get::<Option<String>, _>("lease_owner")?)
+            .bind(row.try_get::<i64, _>("lease_token")?)
+            .bind(format!("lease expired; now {state}"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let new_state: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET
+                state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                cancel_requested = (state = 'running'),
+                finished_at = CASE WHEN state = 'queued' THEN ?2 ELSE finished_at END
+             WHERE id = ?1 AND state IN ('queued', 'running')
+             RETURNING state",
+        )
+        .bind(id.0)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match new_state.as_deref() {
+            Some("cancelled") => CancelResult::Cancelled,
+            Some(_) => CancelResult::Requested,
+            None => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+                        .bind(id.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let state = state.ok_or(StoreError::NotFound(id))?;
+                return Ok(CancelResult::AlreadyFinal(
+                    state.parse::<JobState>().map_err(StoreError::Corrupt)?,
+                ));
+            }
+        };
+        let kind = if result == CancelResult::Cancelled {
+            "cancelled"
+        } else {
+            "cancel-requested"
+        };
+        sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, ?)")
+            .bind(id.0)
+            .bind(now)
+            .bind(kind)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'queued', run_at = ?2, max_attempts = max(max_attempts, attempts + 1),
+                interruptions = 0, cancel_requested = 0, error = NULL, exit_code = NULL, finished_at = NULL
+             WHERE id = ?1 AND state IN ('failed', 'cancelled')
+             RETURNING id",
+        )
+        .bind(id.0)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_none() {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ?")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return match exists {
+                Some(_) => Ok(false),
+                None => Err(StoreError::NotFound(id)),
+            };
+        }
+        sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, 'retried')")
+            .bind(id.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.queue.as_deref())
+        .bind(filter.limit())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_job).collect()
+    }
+
+    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query("SELECT at, kind, worker_id, lease_token, detail FROM job_events WHERE job_id = ? ORDER BY id")
+            .bind(id.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobEvent {
+                    at: row.try_get("at")?,
+                    kind: row.try_get("kind")?,
+                    worker_id: row.try_get("worker_id")?,
+                    lease_token: row.try_get("lease_token")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT output FROM jobs WHERE id = ?")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.flatten())
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        let now = unix_ms_now();
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, queues, concurrency, phase, started_at, heartbeat_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)
+             ON CONFLICT (id) DO UPDATE SET phase = 'running', heartbeat_at = ?6",
+        )
+        .bind(&info.id)
+        .bind(&info.host)
+        .bind(i64::from(info.pid))
+        .bind(info.queues.join(","))
+        .bind(i64::from(info.concurrency))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        let now = unix_ms_now();
+        let lost_after = lease_ms(lease * LOST_AFTER_LEASES);
+        let rows = sqlx::query(
+            "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.phase, w.started_at, w.heartbeat_at,
+                (SELECT group_concat(j.id) FROM jobs j WHERE j.state = 'running' AND j.lease_owner = w.id) AS running
+             FROM workers w ORDER BY w.started_at, w.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let queues: String = row.try_get("queues")?;
+                let running: Option<String> = row.try_get("running")?;
+                let heartbeat_at: i64 = row.try_get("heartbeat_at")?;
+                let mut running_jobs: Vec<JobId> = running
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|id| id.parse().ok().map(JobId))
+                    .collect();
+                running_jobs.sort();
+                Ok(WorkerRow {
+                    info: WorkerInfo {
+                        id: row.try_get("id")?,
+                        host: row.try_get("host")?,
+                        pid: row.try_get::<i64, _>("pid")? as u32,
+                        queues: queues.split(',').map(str::to_string).collect(),
+                        concurrency: row.try_get::<i64, _>("concurrency")? as u32,
+                    },
+                    phase: row.try_get("phase")?,
+                    started_at: row.try_get("started_at")?,
+                    heartbeat_at,
+                    lost: now - heartbeat_at > lost_after,
+                    running_jobs,
+                })
+            })
+            .collect()
+    }
+
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        // Other processes cannot push to us through a file: poll only.
+        Ok(None)
+    }
+}

@@ -1,0 +1,219 @@
+//! Named shutdown scenarios rendered as traces and reviewed as snapshots.
+//!
+//! Each line is an event (what happened), an action (what the machine asked
+//! for), a phase transition or a job note, with the time since the worker
+//! started. The worker binary prints the phase and job lines at exit.
+//! Every scenario also runs under the harness's invariant checker.
+//!
+//! Review changes with `cargo insta review`; CI runs with `INSTA_UPDATE=no`.
+
+use std::time::Duration;
+
+use dockhand::job::JobId;
+use dockhand::machine::harness::{Behavior, Harness, Op};
+use dockhand::machine::{Config, Event, Signal};
+
+fn config() -> Config {
+    Config {
+        concurrency: 3,
+        batch_max: 3,
+        poll_interval: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(10),
+        kill_grace: Duration::from_secs(5),
+        lease: Duration::from_secs(15),
+        store_grace: Duration::from_secs(5),
+        max_store_backoff: Duration::from_secs(2),
+    }
+}
+
+fn quick(ms: u16) -> Behavior {
+    Behavior::quick(ms)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Run a scenario against a harness in auto mode and return its trace.
+fn scenario(
+    f: impl FnOnce(&mut Harness) -> Result<(), dockhand::machine::harness::Violation>,
+) -> String {
+    let mut h = Harness::new(config(), true);
+    if let Err(violation) = f(&mut h) {
+        panic!("{violation}");
+    }
+    assert!(
+        h.exit().is_some(),
+        "scenario must end with an exit:\n{}",
+        h.trace()
+    );
+    h.trace()
+}
+
+#[test]
+fn idle_term() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[])?;
+        h.advance(ms(300))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn term_while_three_jobs_finish_in_time() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(2000), quick(4000), quick(6000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(6000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn int_drains_like_term() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(1500)])?;
+        h.advance(ms(500))?;
+        h.signal(Signal::Int)?;
+        h.advance(ms(2000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn stuck_job_times_out_then_is_killed_and_requeued() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(1000), Behavior::stuck()])?;
+        h.advance(ms(500))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(20_000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn double_term_forces_the_stop() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(8000), quick(9000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(2000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(1000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn triple_term_kills_at_once() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[Behavior::stuck(), quick(9000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(1000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn usr1_while_running_and_while_draining() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(5000), quick(7000)])?;
+        h.advance(ms(1200))?;
+        h.signal(Signal::Usr1)?;
+        h.advance(ms(800))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Usr1)?;
+        h.advance(ms(6000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn claim_in_flight_when_term_arrives_is_handed_back() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(1000)])?;
+        // The poll after the job ends sends a claim; TERM arrives before its reply.
+        h.hold_claims(true);
+        h.advance(ms(2000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(100))?;
+        h.answer_claim(&[quick(1000), quick(1000)])
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn store_down_during_drain_then_back() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(2000), quick(3000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.set_store_healthy(false)?;
+        h.advance(ms(4000))?;
+        h.set_store_healthy(true)?;
+        h.advance(ms(3000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn store_down_past_the_exit_deadline() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(2000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.set_store_healthy(false)?;
+        h.advance(ms(25_000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn job_fails_non_zero_during_drain() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(3000), quick(4000)])?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(500))?;
+        // The first live job exits on its own with code 3.
+        h.step(&Op::Exit(0, 3))?;
+        h.advance(ms(4000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn per_job_timeout_while_running() {
+    let trace = scenario(|h| {
+        let slow = Behavior {
+            run_ms: Some(60_000),
+            ignores_term: false,
+            exit_code: 0,
+            timeout_ms: Some(2000),
+        };
+        h.answer_claim(&[slow])?;
+        h.advance(ms(3000))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn cancel_of_a_running_job() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(30_000), quick(1500)])?;
+        h.advance(ms(1000))?;
+        h.deliver(Event::CancelRequested { job: JobId(1) })?;
+        h.advance(ms(1000))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}

@@ -1,0 +1,549 @@
+//! One conformance suite, run against every backend: in-memory, SQLite and a
+//! real PostgreSQL (a fresh database per test, from `DOCKHAND_TEST_PG`, which
+//! `./scripts/test` sets up). Without it the Postgres tests fail; they never skip.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dockhand::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
+};
+use dockhand::machine::Phase;
+use dockhand::store::{AnyStore, CancelResult, JobFilter, Store, StoreError, WorkerInfo};
+
+const W1: &str = "worker-1";
+const W2: &str = "worker-2";
+const LEASE: Duration = Duration::from_secs(30);
+
+fn queues() -> Vec<String> {
+    vec!["default".to_string()]
+}
+
+fn job(cmd: &str) -> NewJob {
+    NewJob::new(vec!["sh".into(), "-c".into(), cmd.into()])
+}
+
+fn done(lease: Lease, outcome: Outcome) -> Completion {
+    Completion {
+        lease,
+        outcome,
+        output: "out\n".into(),
+    }
+}
+
+fn failed(code: i32) -> Outcome {
+    Outcome::Failed {
+        exit_code: Some(code),
+        error: format!("exit code {code}"),
+    }
+}
+
+async fn claim_one(store: &AnyStore, worker: &str) -> ClaimedJob {
+    let mut claimed = store.claim(worker, &queues(), 1, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "expected one job to claim");
+    claimed.remove(0)
+}
+
+async fn get(store: &AnyStore, id: JobId) -> dockhand::store::Job {
+    store.get(id).await.unwrap().expect("job exists")
+}
+
+async fn kinds(store: &AnyStore, id: JobId) -> Vec<String> {
+    store
+        .history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+async fn enqueue_and_read_back(store: AnyStore) {
+    let mut new = job("echo hi");
+    new.spec.env.insert("MODE".into(), "fast".into());
+    new.spec.timeout_ms = Some(5000);
+    new.priority = 7;
+    new.max_attempts = 4;
+    let ids = store.enqueue_many(&[new.clone()]).await.unwrap();
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(stored.state, JobState::Queued);
+    assert_eq!(stored.spec, new.spec);
+    assert_eq!(
+        (stored.priority, stored.max_attempts, stored.attempts),
+        (7, 4, 0)
+    );
+    assert_eq!(kinds(&store, ids[0]).await, ["enqueued"]);
+    let listed = store
+        .list(&JobFilter {
+            state: Some(JobState::Queued),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+    assert!(store.get(JobId(999_999)).await.unwrap().is_none());
+}
+
+async fn bulk_enqueue_is_all_or_nothing(store: AnyStore) {
+    let ok: Vec<NewJob> = (0..50).map(|i| job(&format!("echo {i}"))).collect();
+    let ids = store.enqueue_many(&ok).await.unwrap();
+    assert_eq!(ids.len(), 50);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids come back in input order"
+    );
+    let mut bad = ok.clone();
+    bad[30].spec.command.clear();
+    let err = store.enqueue_many(&bad).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidJob(_)), "{err}");
+    assert!(err.to_string().contains("job #31"), "{err}");
+    let all = store.list(&JobFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 50, "a failed bulk enqueue must write nothing");
+}
+
+async fn claims_are_exclusive_under_concurrency(store: AnyStore) {
+    const JOBS: usize = 10_000;
+    let jobs: Vec<NewJob> = (0..JOBS).map(|i| job(&format!("echo {i}"))).collect();
+    for chunk in jobs.chunks(2_500) {
+        store.enqueue_many(chunk).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("claimer-{w}");
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim(&worker, &queues(), 50, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                let completions: Vec<Completion> = claimed
+                    .iter()
+                    .map(|c| done(c.lease, Outcome::Succeeded))
+                    .collect();
+                let results = store.record(&worker, &completions).await.unwrap();
+                assert!(results.iter().all(|(_, r)| *r == RecordResult::Recorded));
+                mine.extend(claimed.into_iter().map(|c| c.lease.job));
+            }
+        }));
+    }
+    let mut seen = BTreeMap::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), JOBS, "every job claimed");
+    assert!(seen.values().all(|n| *n == 1), "no job claimed twice");
+    let left = store
+        .list(&JobFilter {
+            state: Some(JobState::Queued),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+}
+
+async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
+    let ids = store.enqueue_many(&[job("true")]).await.unwrap();
+    let claimed = claim_one(&store, W1).await;
+    assert_eq!(claimed.lease.job, ids[0]);
+    let stale = Lease {
+        job: ids[0],
+        token: LeaseToken(claimed.lease.token.0 - 1),
+    };
+    let refused = store
+        .record(W1, &[done(stale, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(refused, vec![(ids[0], RecordResult::Refused)]);
+    let foreign = store
+        .record(W2, &[done(claimed.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(foreign, vec![(ids[0], RecordResult::Refused)]);
+    assert_eq!(
+        get(&store, ids[0]).await.state,
+        JobState::Running,
+        "refused writes change nothing"
+    );
+    let hb = store
+        .heartbeat(W2, Phase::Running, &[claimed.lease], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        hb.lost,
+        vec![ids[0]],
+        "a foreign heartbeat does not extend the lease"
+    );
+    let ok = store
+        .record(W1, &[done(claimed.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(ok, vec![(ids[0], RecordResult::Recorded)]);
+    let again = store
+        .record(W1, &[done(claimed.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![(ids[0], RecordResult::Refused)],
+        "an outcome is recorded once"
+    );
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.exit_code),
+        (JobState::Succeeded, 1, Some(0))
+    );
+    assert_eq!(
+        store.output(ids[0]).await.unwrap().as_deref(),
+        Some("out\n")
+    );
+    let history = kinds(&store, ids[0]).await;
+    assert_eq!(
+        history
+            .iter()
+            .filter(|k| *k == "stale-write-refused")
+            .count(),
+        3,
+        "{history:?}"
+    );
+}
+
+async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
+    let ids = store.enqueue_many(&[job("sleep 100")]).await.unwrap();
+    let first = store
+        .claim(W1, &queues(), 1, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        store.reap_expired().await.unwrap(),
+        0,
+        "a live lease is not reaped"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.interruptions, stored.attempts),
+        (JobState::Queued, 1, 0)
+    );
+    let hb = store
+        .heartbeat(W1, Phase::Running, &[first.lease], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(hb.lost, vec![ids[0]]);
+    let second = claim_one(&store, W2).await;
+    assert_ne!(
+        second.lease.token, first.lease.token,
+        "every claim gets a new token"
+    );
+    assert_eq!(second.interruptions, 1);
+    let late = store
+        .record(W1, &[done(first.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        vec![(ids[0], RecordResult::Refused)],
+        "the old owner cannot write"
+    );
+    store
+        .record(W2, &[done(second.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(get(&store, ids[0]).await.state, JobState::Succeeded);
+    assert!(kinds(&store, ids[0])
+        .await
+        .contains(&"lease-expired".to_string()));
+}
+
+async fn heartbeats_extend_leases(store: AnyStore) {
+    store.enqueue_many(&[job("sleep 100")]).await.unwrap();
+    let claimed = store
+        .claim(W1, &queues(), 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let hb = store
+            .heartbeat(
+                W1,
+                Phase::Draining,
+                &[claimed.lease],
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap();
+        assert!(hb.lost.is_empty());
+        assert_eq!(store.reap_expired().await.unwrap(), 0);
+    }
+}
+
+async fn failures_retry_with_backoff_until_max_attempts(store: AnyStore) {
+    let mut new = job("exit 3");
+    new.max_attempts = 2;
+    let ids = store.enqueue_many(&[new]).await.unwrap();
+    let first = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(first.lease, failed(3))])
+        .await
+        .unwrap();
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.exit_code),
+        (JobState::Queued, 1, Some(3))
+    );
+    let now = stored.started_at.expect("started");
+    let delay = stored.run_at - now;
+    assert!(
+        (700..=1400).contains(&delay),
+        "first retry after about 1s, got {delay}ms"
+    );
+    assert!(
+        store
+            .claim(W1, &queues(), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let second = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(second.lease, failed(4))])
+        .await
+        .unwrap();
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.exit_code),
+        (JobState::Failed, 2, Some(4))
+    );
+    assert!(stored.finished_at.is_some());
+    assert_eq!(
+        kinds(&store, ids[0]).await.last().map(String::as_str),
+        Some("failed")
+    );
+}
+
+async fn interruptions_use_no_attempt_and_quarantine(store: AnyStore) {
+    let ids = store.enqueue_many(&[job("sleep 100")]).await.unwrap();
+    for round in 1..=3u32 {
+        let claimed = claim_one(&store, W1).await;
+        let reason = Outcome::Interrupted {
+            reason: "worker shutdown".into(),
+        };
+        store
+            .record(W1, &[done(claimed.lease, reason)])
+            .await
+            .unwrap();
+        let stored = get(&store, ids[0]).await;
+        assert_eq!(stored.attempts, 0, "interruptions use no attempt");
+        assert_eq!(stored.interruptions, round);
+        let expected = if round < 3 {
+            JobState::Queued
+        } else {
+            JobState::Failed
+        };
+        assert_eq!(stored.state, expected, "round {round}");
+    }
+    let stored = get(&store, ids[0]).await;
+    assert!(stored
+        .error
+        .unwrap_or_default()
+        .contains("max_interruptions"));
+}
+
+async fn hand_back_changes_no_counters(store: AnyStore) {
+    let ids = store.enqueue_many(&[job("true")]).await.unwrap();
+    let claimed = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(claimed.lease, Outcome::HandBack)])
+        .await
+        .unwrap();
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.interruptions),
+        (JobState::Queued, 0, 0)
+    );
+    assert_eq!(
+        claim_one(&store, W2).await.lease.job,
+        ids[0],
+        "claimable again at once"
+    );
+    assert!(kinds(&store, ids[0])
+        .await
+        .contains(&"handed-back".to_string()));
+}
+
+async fn cancel_queued_and_running(store: AnyStore) {
+    let ids = store
+        .enqueue_many(&[job("sleep 100"), job("sleep 100")])
+        .await
+        .unwrap();
+    assert_eq!(store.cancel(ids[1]).await.unwrap(), CancelResult::Cancelled);
+    assert_eq!(get(&store, ids[1]).await.state, JobState::Cancelled);
+    let running = claim_one(&store, W1).await;
+    assert_eq!(running.lease.job, ids[0]);
+    assert_eq!(store.cancel(ids[0]).await.unwrap(), CancelResult::Requested);
+    let hb = store
+        .heartbeat(W1, Phase::Running, &[running.lease], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(hb.cancelled, vec![ids[0]]);
+    store
+        .record(W1, &[done(running.lease, Outcome::Cancelled)])
+        .await
+        .unwrap();
+    assert_eq!(get(&store, ids[0]).await.state, JobState::Cancelled);
+    assert_eq!(
+        store.cancel(ids[0]).await.unwrap(),
+        CancelResult::AlreadyFinal(JobState::Cancelled)
+    );
+    assert!(matches!(
+        store.cancel(JobId(999_999)).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn retry_requeues_failed_and_cancelled(store: AnyStore) {
+    let mut new = job("exit 1");
+    new.max_attempts = 1;
+    let ids = store.enqueue_many(&[new, job("true")]).await.unwrap();
+    let claimed = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(claimed.lease, failed(1))])
+        .await
+        .unwrap();
+    assert_eq!(get(&store, ids[0]).await.state, JobState::Failed);
+    assert!(
+        !store.retry(ids[1]).await.unwrap(),
+        "a queued job is not retried"
+    );
+    assert!(store.retry(ids[0]).await.unwrap());
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(stored.state, JobState::Queued);
+    assert!(
+        stored.max_attempts > stored.attempts,
+        "a retried job may run again"
+    );
+    let again = store.claim(W1, &queues(), 2, LEASE).await.unwrap();
+    assert!(again.iter().any(|c| c.lease.job == ids[0]));
+}
+
+async fn priority_queue_and_delay_order_claims(store: AnyStore) {
+    let mut low = job("low");
+    low.priority = 1;
+    let mut high = job("high");
+    high.priority = 10;
+    let mut later = job("later");
+    later.priority = 100;
+    later.delay = Duration::from_secs(3600);
+    let mut other = job("other queue");
+    other.queue = "other".into();
+    let ids = store
+        .enqueue_many(&[low, high, later, other])
+        .await
+        .unwrap();
+    let claimed = store.claim(W1, &queues(), 10, LEASE).await.unwrap();
+    let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
+    assert_eq!(
+        got,
+        vec![ids[1], ids[0]],
+        "higher priority first; delayed and other-queue jobs wait"
+    );
+    let other = store
+        .claim(W1, &["other".to_string()], 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+}
+
+async fn workers_register_and_are_flagged_lost(store: AnyStore) {
+    let info = |id: &str| WorkerInfo {
+        id: id.into(),
+        host: "host".into(),
+        pid: 42,
+        queues: queues(),
+        concurrency: 4,
+    };
+    store.register_worker(&info(W1)).await.unwrap();
+    store.register_worker(&info(W2)).await.unwrap();
+    store.enqueue_many(&[job("sleep 1")]).await.unwrap();
+    let claimed = claim_one(&store, W1).await;
+    let lease = Duration::from_millis(200);
+    let rows = store.workers(lease).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|w| !w.lost));
+    let w1 = rows.iter().find(|w| w.info.id == W1).unwrap();
+    assert_eq!(w1.running_jobs, vec![claimed.lease.job]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store
+        .heartbeat(W2, Phase::Draining, &[], lease)
+        .await
+        .unwrap();
+    let rows = store.workers(lease).await.unwrap();
+    let lost: Vec<(&str, bool, &str)> = rows
+        .iter()
+        .map(|w| (w.info.id.as_str(), w.lost, w.phase.as_str()))
+        .collect();
+    assert!(lost.contains(&(W1, true, "running")), "{lost:?}");
+    assert!(lost.contains(&(W2, false, "draining")), "{lost:?}");
+    store.deregister_worker(W2).await.unwrap();
+    assert_eq!(store.workers(lease).await.unwrap().len(), 1);
+}
+
+async fn migrate_twice_is_harmless(store: AnyStore) {
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    store.enqueue_many(&[job("true")]).await.unwrap();
+}
+
+macro_rules! conformance {
+    ($backend:ident, $open:path; $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let (store, _guard) = $open(stringify!($test)).await;
+                    super::$test(store).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! suite {
+    ($($backend:ident => $open:path),* $(,)?) => {
+        $(
+            conformance!($backend, $open;
+                enqueue_and_read_back,
+                bulk_enqueue_is_all_or_nothing,
+                claims_are_exclusive_under_concurrency,
+                stale_and_foreign_leases_are_refused,
+                expired_leases_are_reaped_as_interruptions,
+                heartbeats_extend_leases,
+                failures_retry_with_backoff_until_max_attempts,
+                interruptions_use_no_attempt_and_quarantine,
+                hand_back_changes_no_counters,
+                cancel_queued_and_running,
+                retry_requeues_failed_and_cancelled,
+                priority_queue_and_delay_order_claims,
+                workers_register_and_are_flagged_lost,
+                migrate_twice_is_harmless,
+            );
+        )*
+    };
+}
+
+suite! {
+    memory => crate::support::memory_store,
+    sqlite => crate::support::sqlite_store,
+    postgres => crate::support::postgres_store,
+}
