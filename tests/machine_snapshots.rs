@@ -217,3 +217,17 @@ fn cancel_of_a_running_job() {
     });
     insta::assert_snapshot!(trace);
 }
+
+#[test]
+fn wake_up_while_draining_claims_nothing() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(3000)])?;
+        h.advance(ms(500))?;
+        h.signal(Signal::Term)?;
+        h.deliver(Event::Wake)?;
+        h.advance(ms(2500))?;
+        h.deliver(Event::Wake)?;
+        h.advance(ms(1000))
+    });
+    insta::assert_snapshot!(trace);
+}
