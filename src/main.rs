@@ -1,1 +1,90 @@
-fn main() {}
+//! The `dockhand` binary: parse, start the watchdog (worker only), run.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::Parser;
+use dockhand::cli::{self, Cli, Command, EXIT_FATAL};
+use dockhand::executor::watchdog::Watchdog;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.compact().init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+fn usage_error(line: &str) -> ! {
+    eprintln!("dockhand: error: {line} (see dockhand --help)");
+    std::process::exit(2);
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            // One line naming the problem; the full usage is one --help away.
+            let rendered = error.render().to_string();
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines
+                .next()
+                .unwrap_or("invalid usage")
+                .trim_start_matches("error: ")
+                .to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if line.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    line = format!("{line} {next}");
+                }
+            }
+            usage_error(&line);
+        }
+    };
+    if let Command::Worker(args) = &cli.command {
+        if let Err(error) = args.machine_config().validate() {
+            usage_error(&format!("invalid worker configuration: {error}"));
+        }
+    }
+    init_logging();
+    let watchdog = if matches!(cli.command, Command::Worker(_)) {
+        // SAFETY: no thread exists yet; the runtime is built below.
+        match unsafe { Watchdog::spawn() } {
+            Ok(watchdog) => Some(watchdog),
+            Err(error) => {
+                eprintln!("dockhand: error: cannot start the process watchdog: {error}");
+                std::process::exit(EXIT_FATAL);
+            }
+        }
+    } else {
+        None
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dockhand: error: cannot start the runtime: {error}");
+            std::process::exit(EXIT_FATAL);
+        }
+    };
+    let code = match runtime.block_on(cli::run(cli, watchdog)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("dockhand: error: {}", error.0);
+            EXIT_FATAL
+        }
+    };
+    // Store calls still in flight after the exit decision are abandoned.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    std::process::exit(code);
+}

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::mpsc;
 
 use super::{
@@ -52,6 +52,26 @@ impl PostgresStore {
             url: redact_url(url),
             reason: e.to_string(),
         })?;
+        // One direct connection first: a pool hides the cause (refused, bad
+        // password, no such database) behind "pool timed out".
+        let probe = tokio::time::timeout(Duration::from_secs(5), options.connect()).await;
+        match probe {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(error)) => {
+                return Err(StoreError::Unreachable(format!(
+                    "{}: {error}",
+                    redact_url(url)
+                )));
+            }
+            Err(_) => {
+                return Err(StoreError::Unreachable(format!(
+                    "{}: no answer within 5s",
+                    redact_url(url)
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use dockhand::store::{AnyStore, MemoryStore, PostgresStore, SqliteStore, Store};
+pub use serde_json;
 
 /// Keeps a test's resources (temp dir) alive.
 pub enum Guard {
@@ -61,4 +62,243 @@ pub async fn postgres_store(name: &str) -> (AnyStore, Guard) {
     let store = PostgresStore::connect_with(&url, 3).await.expect("connect");
     store.migrate().await.expect("migrate postgres");
     (AnyStore::Postgres(store), Guard::None)
+}
+
+// ---- the real binary -------------------------------------------------------
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A database for one end-to-end test: its URL, and what keeps it alive.
+pub struct Db {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Db {
+    pub async fn postgres(name: &str) -> Db {
+        Db {
+            url: fresh_postgres_database(name).await,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub async fn sqlite(_name: &str) -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("dockhand.db").display());
+        Db { url, dir }
+    }
+
+    /// The same database through the library, for assertions.
+    pub async fn store(&self) -> AnyStore {
+        AnyStore::open(&self.url).await.expect("open store")
+    }
+
+    /// A path in this test's scratch directory.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Run a CLI command to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--database-url")
+            .arg(&self.url)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run dockhand")
+    }
+
+    /// `enqueue [opts] -- cmd...`: the new id.
+    pub fn enqueue(&self, opts: &[&str], command: &[&str]) -> i64 {
+        let mut args = vec!["enqueue"];
+        args.extend_from_slice(opts);
+        args.push("--");
+        args.extend_from_slice(command);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "enqueue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("enqueue printed {stdout:?}, not an id"))
+    }
+
+    /// `show ID --json`.
+    pub fn show(&self, id: i64) -> serde_json::Value {
+        let out = self.cli(&["show", &id.to_string(), "--json"]);
+        assert!(
+            out.status.success(),
+            "show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("show --json prints JSON")
+    }
+
+    /// Start a worker and wait until it has registered.
+    pub fn worker(&self, args: &[&str]) -> Worker {
+        let mut child = Command::new(bin())
+            .arg("--database-url")
+            .arg(&self.url)
+            .arg("worker")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let worker = Worker {
+            child,
+            lines,
+            exit: None,
+        };
+        worker.wait_for_line("worker started", Duration::from_secs(20));
+        worker
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dockhand")
+}
+
+/// A running `dockhand worker`.
+pub struct Worker {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    exit: Option<i32>,
+}
+
+impl Worker {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a real signal to the worker process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain syscall to our own child.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// Everything the worker wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait until a stderr line contains `needle`; panics with the log if not.
+    pub fn wait_for_line(&self, needle: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no stderr line with {needle:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the exit code (a signal death panics); panics if it takes longer than `limit`.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        if let Some(code) = self.exit {
+            return code;
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let code = status.code().unwrap_or_else(|| {
+                    panic!("worker died by a signal: {status:?}\n{}", self.stderr())
+                });
+                self.exit = Some(code);
+                return code;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "worker did not exit within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Poll `check` until it returns Some, or panic after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Processes whose command line contains `marker` (from /proc).
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // Zombies have an empty cmdline; only live processes count.
+        if text.contains(marker) {
+            found.push(format!("{pid}: {text}"));
+        }
+    }
+    found
 }

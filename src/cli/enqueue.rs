@@ -1,0 +1,142 @@
+//! `dockhand enqueue`: one job from flags, or many from a JSON-lines file.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::{parse_duration, CliError};
+use crate::job::{JobSpec, NewJob};
+use crate::store::{validate, AnyStore, Store, MAX_BULK};
+
+/// `enqueue` options.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Queue to put the job on.
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+    /// Run the command in a container of this image instead of a local process.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Stop the job (a failed attempt) when it runs longer than this.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Runs that may fail before the job is `failed`.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Not before this long from now.
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Environment variable for the job (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Enqueue every line of this JSON-lines file, all or nothing, and print
+    /// their ids: {"command": ["sh","-c","..."], "queue", "image", "timeout",
+    /// "max_attempts", "priority", "delay", "env": {"K": "V"}}; only "command"
+    /// is required.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "command")]
+    pub from_file: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD", required_unless_present = "from_file")]
+    pub command: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// One line of a `--from-file` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    command: Vec<String>,
+    queue: Option<String>,
+    image: Option<String>,
+    timeout: Option<String>,
+    max_attempts: Option<u32>,
+    priority: Option<i32>,
+    delay: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+impl Line {
+    fn into_job(self) -> Result<NewJob, String> {
+        let timeout = self.timeout.as_deref().map(parse_duration).transpose()?;
+        let delay = self.delay.as_deref().map(parse_duration).transpose()?;
+        Ok(NewJob {
+            queue: self.queue.unwrap_or_else(|| "default".to_string()),
+            spec: JobSpec {
+                command: self.command,
+                image: self.image,
+                env: self.env.unwrap_or_default(),
+                timeout_ms: timeout.map(|t| t.as_millis() as u64),
+            },
+            priority: self.priority.unwrap_or(0),
+            max_attempts: self.max_attempts.unwrap_or(3),
+            delay: delay.unwrap_or(Duration::ZERO),
+        })
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<NewJob>, CliError> {
+    let shown = path.display();
+    let file =
+        std::fs::File::open(path).map_err(|e| CliError(format!("cannot read {shown}: {e}")))?;
+    let mut jobs = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|e| CliError(format!("{shown}:{number}: cannot read: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if jobs.len() >= MAX_BULK {
+            return Err(CliError(format!(
+                "{shown}: more than {MAX_BULK} jobs; split the file"
+            )));
+        }
+        let parsed: Line = serde_json::from_str(&line)
+            .map_err(|e| CliError(format!("{shown}:{number}: malformed job: {e}")))?;
+        let job = parsed
+            .into_job()
+            .map_err(|e| CliError(format!("{shown}:{number}: {e}")))?;
+        validate(&job).map_err(|e| CliError(format!("{shown}:{number}: {e}")))?;
+        jobs.push(job);
+    }
+    if jobs.is_empty() {
+        return Err(CliError(format!("{shown}: no jobs in the file")));
+    }
+    Ok(jobs)
+}
+
+/// Enqueue and print the ids, one per line.
+pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
+    let jobs = match &args.from_file {
+        Some(path) => read_file(path)?,
+        None => vec![NewJob {
+            queue: args.queue,
+            spec: JobSpec {
+                command: args.command,
+                image: args.image,
+                env: args.env.into_iter().collect(),
+                timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+            },
+            priority: args.priority,
+            max_attempts: args.max_attempts,
+            delay: args.delay.unwrap_or(Duration::ZERO),
+        }],
+    };
+    let ids = store.enqueue_many(&jobs).await?;
+    for id in ids {
+        println!("{id}");
+    }
+    Ok(0)
+}

@@ -1,0 +1,117 @@
+//! `dockhand worker`: real signals, the process executor, the shell.
+
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use tokio::sync::mpsc;
+
+use super::{parse_duration, CliError};
+use crate::executor::watchdog::Watchdog;
+use crate::executor::ProcessExecutor;
+use crate::machine::{Config, Signal};
+use crate::shell::{self, ShellConfig};
+use crate::store::{AnyStore, WorkerInfo};
+
+/// `worker` options.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Queue to take jobs from (repeatable).
+    #[arg(long = "queue", value_name = "QUEUE", default_value = "default")]
+    pub queues: Vec<String>,
+    /// Jobs running at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u32,
+    /// How often to look for jobs without a wake-up (and reap expired leases).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How long running jobs may go on after the first SIGTERM/SIGINT.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL for a job being stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+    /// How long a claim stays valid without a heartbeat (heartbeats every lease/3).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease: Duration,
+}
+
+impl WorkerArgs {
+    /// The machine configuration these flags ask for.
+    pub fn machine_config(&self) -> Config {
+        Config {
+            concurrency: self.concurrency,
+            poll_interval: self.poll_interval,
+            shutdown_timeout: self.shutdown_timeout,
+            kill_grace: self.kill_grace,
+            lease: self.lease,
+            ..Config::default()
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Forward TERM, INT and USR1 to the shell. Registered before anything else
+/// so no signal falls to its default action once the worker runs.
+fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .map_err(|e| CliError(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(signal) = signals.next().await {
+            let signal = match signal {
+                SIGTERM => Signal::Term,
+                SIGINT => Signal::Int,
+                _ => Signal::Usr1,
+            };
+            if tx.send(signal).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Run the worker; the exit code is the machine's (0 or 75), 1 if fatal.
+pub async fn run(
+    store: AnyStore,
+    args: WorkerArgs,
+    watchdog: Option<Watchdog>,
+) -> Result<i32, CliError> {
+    let config = args.machine_config();
+    config
+        .validate()
+        .map_err(|e| CliError(format!("invalid worker configuration: {e}")))?;
+    let signals = signal_source()?;
+    let pid = std::process::id();
+    let host = host_name();
+    let worker = WorkerInfo {
+        id: format!("{host}-{pid}-{:04x}", fastrand::u16(..)),
+        host,
+        pid,
+        queues: args.queues.clone(),
+        concurrency: args.concurrency,
+    };
+    let shell_config = ShellConfig {
+        worker,
+        queues: args.queues,
+        machine: config,
+        store_timeout: Duration::from_secs(5),
+    };
+    let report = shell::run(store, ProcessExecutor::new(watchdog), signals, shell_config).await;
+    if let Some(message) = report.fatal {
+        return Err(CliError(message));
+    }
+    if !report.trace.is_empty() {
+        eprintln!("shutdown trace:\n{}", report.trace.trim_end());
+    }
+    Ok(report.code)
+}

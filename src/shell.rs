@@ -1,0 +1,315 @@
+//! The shell: turns I/O into machine events and performs the machine's
+//! actions. It decides nothing — when to claim, stop, kill, requeue,
+//! heartbeat or exit is the machine's call.
+//!
+//! ```text
+//! loop {
+//!     drain notes (log them) and actions (perform them)
+//!     if Stopped: break
+//!     wait for: a signal | a store reply or job event | a wake-up | poll_timeout()
+//!     machine.handle(event, now)
+//! }
+//! ```
+//!
+//! Generic over the [`Store`], the [`Executor`] and the signal source (a
+//! channel), so the simulation runs this same loop with simulated parts.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
+
+use crate::executor::{ExecEvent, Executor};
+use crate::machine::trace::{StatusText, Trace};
+use crate::machine::{
+    Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
+};
+use crate::store::{Store, StoreError, Wakeup, WorkerInfo};
+
+/// Most internal events waiting for the loop (store replies, job events).
+const EVENT_CAPACITY: usize = 4096;
+/// How long deregistering may take at exit.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the shell needs besides the machine's config.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// The worker as announced in the registry.
+    pub worker: WorkerInfo,
+    /// Queues to claim from.
+    pub queues: Vec<String>,
+    /// The machine's timing.
+    pub machine: Config,
+    /// Longest wait for any one store call before it counts as failed.
+    pub store_timeout: Duration,
+}
+
+/// How the worker ended.
+#[derive(Clone, Debug)]
+pub struct ExitReport {
+    /// Process exit code: 0, 75, or 1 for a fatal error.
+    pub code: i32,
+    /// The shutdown trace: transitions and job outcomes since the first signal.
+    pub trace: String,
+    /// Final counters.
+    pub status: Status,
+    /// Set when the worker could not start or run (exit code 1).
+    pub fatal: Option<String>,
+}
+
+/// Run one worker until it stops. Signals arrive on `signals`.
+pub async fn run<S, E>(
+    store: S,
+    mut executor: E,
+    mut signals: mpsc::Receiver<Signal>,
+    config: ShellConfig,
+) -> ExitReport
+where
+    S: Store + Clone,
+    E: Executor,
+{
+    let origin = TokioInstant::now();
+    let now = move || Instant::from_origin(origin.elapsed());
+    let mut machine = match Machine::new(config.machine.clone(), now()) {
+        Ok(machine) => machine,
+        Err(error) => return fatal(format!("invalid worker configuration: {error}")),
+    };
+    let worker_id = config.worker.id.clone();
+    if let Err(error) = timed(config.store_timeout, store.register_worker(&config.worker)).await {
+        return fatal(format!("cannot register worker: {error}"));
+    }
+    let mut wakeups = match timed(config.store_timeout, store.wakeups()).await {
+        Ok(wakeups) => wakeups,
+        Err(error) => {
+            tracing::warn!(worker_id = %worker_id, %error, "no wake-ups from the store; polling only");
+            None
+        }
+    };
+    tracing::info!(worker_id = %worker_id, queues = ?config.queues, concurrency = config.machine.concurrency, "worker started");
+
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_CAPACITY);
+    let (exec_tx, mut exec_events) = mpsc::channel::<ExecEvent>(EVENT_CAPACITY);
+    let mut trace: Option<Trace> = None;
+    let mut signals_open = true;
+    let code = loop {
+        while let Some(note) = machine.poll_note() {
+            log_note(&worker_id, &note);
+            if trace.is_none() && machine.first_signal_at().is_some() {
+                trace = machine.first_signal_at().map(Trace::new);
+            }
+            if let Some(trace) = trace.as_mut() {
+                if machine.first_signal_at().is_some_and(|at| note.at >= at) {
+                    trace.note(&note);
+                }
+            }
+        }
+        let mut exit = None;
+        while let Some(action) = machine.poll_action() {
+            match action {
+                Action::Exit { code } => exit = Some(code),
+                action => perform(
+                    action,
+                    &store,
+                    &mut executor,
+                    &exec_tx,
+                    &events_tx,
+                    &config,
+                    &worker_id,
+                ),
+            }
+        }
+        if let Some(code) = exit {
+            // Notes made by the last event.
+            while let Some(note) = machine.poll_note() {
+                log_note(&worker_id, &note);
+                if let Some(trace) = trace.as_mut() {
+                    trace.note(&note);
+                }
+            }
+            break code;
+        }
+        let deadline = machine
+            .poll_timeout()
+            .map(|at| origin + at.since_origin())
+            .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
+        let event = tokio::select! {
+            biased;
+            signal = signals.recv(), if signals_open => match signal {
+                Some(signal) => Event::Signal(signal),
+                None => { signals_open = false; continue; }
+            },
+            Some(event) = events.recv() => event,
+            Some(event) = exec_events.recv() => exec_event(event),
+            wakeup = recv_wakeup(&mut wakeups) => match wakeup {
+                Some(Wakeup::Jobs) => Event::Wake,
+                Some(Wakeup::Cancel(job)) => Event::CancelRequested { job },
+                None => { wakeups = None; continue; }
+            },
+            _ = tokio::time::sleep_until(deadline) => Event::TimerFired,
+        };
+        machine.handle(event, now());
+        // Take whatever else is already waiting, so replies and exits that
+        // arrived together are handled before acting (outcomes batch up).
+        for _ in 0..EVENT_CAPACITY {
+            let next = match (events.try_recv(), exec_events.try_recv()) {
+                (Ok(a), Ok(b)) => {
+                    machine.handle(a, now());
+                    exec_event(b)
+                }
+                (Ok(a), Err(_)) => a,
+                (Err(_), Ok(b)) => exec_event(b),
+                (Err(_), Err(_)) => break,
+            };
+            machine.handle(next, now());
+        }
+    };
+    executor.kill_all();
+    if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&worker_id)).await {
+        tracing::warn!(worker_id = %worker_id, %error, "could not deregister; the registry will show this worker as lost");
+    }
+    let status = machine.status();
+    tracing::info!(worker_id = %worker_id, code, "worker stopped");
+    ExitReport {
+        code,
+        trace: trace.map(|t| t.render()).unwrap_or_default(),
+        status,
+        fatal: None,
+    }
+}
+
+fn fatal(message: String) -> ExitReport {
+    ExitReport {
+        code: 1,
+        trace: String::new(),
+        status: Status {
+            phase: Phase::Stopped,
+            signals: 0,
+            jobs: Vec::new(),
+            counters: Default::default(),
+        },
+        fatal: Some(message),
+    }
+}
+
+async fn recv_wakeup(wakeups: &mut Option<mpsc::Receiver<Wakeup>>) -> Option<Wakeup> {
+    match wakeups {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn exec_event(event: ExecEvent) -> Event {
+    match event {
+        ExecEvent::Started { job } => Event::JobStarted { job },
+        ExecEvent::StartFailed { job, error } => Event::StartFailed { job, error },
+        ExecEvent::Exited { job, exit, output } => Event::JobExited { job, exit, output },
+    }
+}
+
+async fn timed<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unreachable(format!(
+            "no answer within {}ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+fn failure(error: StoreError) -> StoreFailure {
+    StoreFailure(error.to_string())
+}
+
+/// Perform one action; store calls run as tasks that answer on `events`.
+fn perform<S: Store + Clone, E: Executor>(
+    action: Action,
+    store: &S,
+    executor: &mut E,
+    exec_tx: &mpsc::Sender<ExecEvent>,
+    events: &mpsc::Sender<Event>,
+    config: &ShellConfig,
+    worker_id: &str,
+) {
+    let limit = config.store_timeout;
+    let lease = config.machine.lease;
+    match action {
+        Action::Claim { request, max } => {
+            let (store, events, worker, queues) = (
+                store.clone(),
+                events.clone(),
+                worker_id.to_string(),
+                config.queues.clone(),
+            );
+            tokio::spawn(async move {
+                let result = timed(limit, store.claim(&worker, &queues, max, lease))
+                    .await
+                    .map_err(failure);
+                let _ = events.send(Event::ClaimReply { request, result }).await;
+            });
+        }
+        Action::Start { job } => {
+            tracing::info!(worker_id, job_id = %job.lease.job, queue = %job.queue, "job started");
+            executor.start(job, exec_tx.clone());
+        }
+        Action::Signal { job, signal } => {
+            tracing::info!(worker_id, job_id = %job, %signal, "signalling job");
+            executor.signal(job, signal);
+        }
+        Action::Record {
+            request,
+            completions,
+        } => {
+            let (store, events, worker) = (store.clone(), events.clone(), worker_id.to_string());
+            tokio::spawn(async move {
+                let result = timed(limit, store.record(&worker, &completions))
+                    .await
+                    .map_err(failure);
+                let _ = events.send(Event::RecordReply { request, result }).await;
+            });
+        }
+        Action::Heartbeat {
+            request,
+            phase,
+            leases,
+        } => {
+            let (store, events, worker) = (store.clone(), events.clone(), worker_id.to_string());
+            tokio::spawn(async move {
+                let result = timed(limit, store.heartbeat(&worker, phase, &leases, lease))
+                    .await
+                    .map_err(failure);
+                let _ = events.send(Event::HeartbeatReply { request, result }).await;
+            });
+        }
+        Action::Reap => {
+            let (store, worker) = (store.clone(), worker_id.to_string());
+            tokio::spawn(async move {
+                match timed(limit, store.reap_expired()).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(worker_id = %worker, requeued = n, "requeued jobs whose worker lost its lease")
+                    }
+                    Err(error) => tracing::debug!(worker_id = %worker, %error, "reap failed"),
+                }
+            });
+        }
+        Action::ReportStatus(status) => {
+            // One line on stderr, whatever the log format: operators grep it.
+            eprintln!(
+                "dockhand status: worker={worker_id} {}",
+                StatusText(&status)
+            );
+        }
+        Action::Exit { .. } => {}
+    }
+}
+
+fn log_note(worker_id: &str, note: &Note) {
+    match note.kind {
+        NoteKind::Phase => tracing::info!(worker_id, kind = "phase", "{}", note.text),
+        NoteKind::Job => tracing::info!(worker_id, kind = "job", "{}", note.text),
+        NoteKind::Store => tracing::warn!(worker_id, kind = "store", "{}", note.text),
+    }
+}
