@@ -1,0 +1,163 @@
+//! The PostgreSQL server restarts in the middle of a run: the store reports
+//! typed, transient errors while it is down and works again after, losing
+//! nothing. Runs on its own cluster (`DOCKHAND_TEST_PG_RESTART`, set up by
+//! `./scripts/test`) so the restart cannot disturb other tests.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dockhand::job::{Completion, JobState, NewJob, Outcome};
+use dockhand::store::{JobFilter, PostgresStore, Store};
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with ./scripts/test"))
+}
+
+fn pg_ctl(action: &str) {
+    let cluster = env("DOCKHAND_TEST_PG_RESTART_CLUSTER");
+    let (version, name) = cluster.split_once(' ').expect("VERSION NAME");
+    let status = Command::new("pg_ctlcluster")
+        .args([version, name, action, "-m", "fast"])
+        .status()
+        .expect("run pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_survives_a_server_restart_losing_nothing() {
+    const JOBS: usize = 600;
+    let url = env("DOCKHAND_TEST_PG_RESTART");
+    let admin = PostgresStore::connect_with(&url, 1)
+        .await
+        .expect("restart cluster reachable");
+    let db = format!("dht_restart_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.pool().close().await;
+    let url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+    let store = PostgresStore::connect_with(&url, 3).await.unwrap();
+    store.migrate().await.unwrap();
+    let jobs: Vec<NewJob> = (0..JOBS)
+        .map(|i| NewJob::new(vec!["echo".into(), i.to_string()]))
+        .collect();
+    store.enqueue_many(&jobs).await.unwrap();
+
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let lease = Duration::from_secs(2);
+    let worker = {
+        let (store, done, errors) = (store.clone(), done.clone(), errors.clone());
+        tokio::spawn(async move {
+            let queues = vec!["default".to_string()];
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut pending: Vec<Completion> = Vec::new();
+            while Instant::now() < deadline {
+                // Outcomes whose write failed are written again with the same lease.
+                if !pending.is_empty() {
+                    match store.record("restarter", &pending).await {
+                        Ok(results) => {
+                            done.fetch_add(results.len() as u64, Ordering::Relaxed);
+                            pending.clear();
+                        }
+                        Err(error) => {
+                            assert!(error.is_transient(), "unexpected error kind: {error}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                // A claim whose reply was lost leaves jobs leased to nobody who
+                // knows: reaping after the lease brings them back.
+                let _ = store.reap_expired().await;
+                match store.claim("restarter", &queues, 10, lease).await {
+                    Ok(claimed) if claimed.is_empty() => {
+                        let left = store
+                            .list(&JobFilter {
+                                state: Some(JobState::Succeeded),
+                                limit: Some(10_000),
+                                ..JobFilter::default()
+                            })
+                            .await;
+                        if left.map(|l| l.len() == JOBS).unwrap_or(false) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(claimed) => {
+                        pending = claimed
+                            .into_iter()
+                            .map(|c| Completion {
+                                lease: c.lease,
+                                outcome: Outcome::Succeeded,
+                                output: String::new(),
+                            })
+                            .collect();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(error) => {
+                        assert!(error.is_transient(), "unexpected error kind: {error}");
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            panic!("the run did not finish within 90s");
+        })
+    };
+    while done.load(Ordering::Relaxed) < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pg_ctl("stop");
+    // While the server is down every call fails with a typed, transient error.
+    let down = store
+        .claim("probe", &["default".to_string()], 1, lease)
+        .await;
+    match down {
+        Err(error) => assert!(
+            error.is_transient(),
+            "expected a transient error, got: {error}"
+        ),
+        Ok(_) => panic!("a claim succeeded with the server stopped"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg_ctl("start");
+    worker.await.expect("worker task");
+
+    assert!(
+        errors.load(Ordering::Relaxed) > 0,
+        "the worker never saw the outage"
+    );
+    let all = store
+        .list(&JobFilter {
+            limit: Some(10_000),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), JOBS);
+    assert!(
+        all.iter().all(|j| j.state == JobState::Succeeded),
+        "every job succeeded"
+    );
+    // Each job succeeded exactly once: one `succeeded` event each.
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT job_id, count(*) FROM job_events WHERE kind = 'succeeded' GROUP BY job_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let counts: BTreeMap<i64, i64> = rows.into_iter().collect();
+    assert_eq!(counts.len(), JOBS);
+    assert!(counts.values().all(|n| *n == 1));
+}
