@@ -619,6 +619,7 @@ impl Machine {
         if self.claim_in_flight.is_some() {
             text.push_str("; the claim in flight will be handed back");
         }
+        text.push_str(" (a second signal stops jobs now)");
         self.note(NoteKind::Phase, text);
     }
 
