@@ -115,6 +115,8 @@ pub struct ClaimedJob {
     pub attempts: u32,
     /// Runs so far that were interrupted.
     pub interruptions: u32,
+    /// How long it waited, ready, before this claim (by the store's clock).
+    pub waited: Duration,
 }
 
 /// Lifecycle state of a job in the store.

@@ -7,7 +7,9 @@
 
 pub mod cli;
 pub mod executor;
+pub mod http;
 pub mod job;
 pub mod machine;
+pub mod metrics;
 pub mod shell;
 pub mod store;

@@ -4,17 +4,20 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Parser;
-use dockhand::cli::{self, Cli, Command, EXIT_FATAL};
+use dockhand::cli::{self, Cli, Command, LogFormat, EXIT_FATAL};
 use dockhand::executor::watchdog::Watchdog;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging() {
+fn init_logging(format: Option<LogFormat>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
+    let text = format
+        .map(|f| f == LogFormat::Text)
+        .unwrap_or_else(|| std::io::stderr().is_terminal());
+    if text {
         builder.compact().init();
     } else {
         builder.json().flatten_event(true).init();
@@ -53,7 +56,7 @@ fn main() {
             usage_error(&format!("invalid worker configuration: {error}"));
         }
     }
-    init_logging();
+    init_logging(cli.log_format);
     let watchdog = if matches!(cli.command, Command::Worker(_)) {
         // SAFETY: no thread exists yet; the runtime is built below.
         match unsafe { Watchdog::spawn() } {

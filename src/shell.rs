@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
 use crate::executor::{ExecEvent, Executor};
+use crate::http::Monitor;
 use crate::machine::trace::{StatusText, Trace};
 use crate::machine::{
     Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
@@ -42,6 +43,8 @@ pub struct ShellConfig {
     pub machine: Config,
     /// Longest wait for any one store call before it counts as failed.
     pub store_timeout: Duration,
+    /// Where metrics and state go (the HTTP endpoints read it).
+    pub monitor: Option<Monitor>,
 }
 
 /// How the worker ended.
@@ -75,6 +78,10 @@ where
         Err(error) => return fatal(format!("invalid worker configuration: {error}")),
     };
     let worker_id = config.worker.id.clone();
+    let monitor = config
+        .monitor
+        .clone()
+        .unwrap_or_else(|| Monitor::new(&worker_id, config.machine.heartbeat_interval()));
     if let Err(error) = timed(config.store_timeout, store.register_worker(&config.worker)).await {
         return fatal(format!("cannot register worker: {error}"));
     }
@@ -90,10 +97,11 @@ where
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_CAPACITY);
     let (exec_tx, mut exec_events) = mpsc::channel::<ExecEvent>(EVENT_CAPACITY);
     let mut trace: Option<Trace> = None;
+    let mut publish_due: Option<TokioInstant> = None;
     let mut signals_open = true;
     let code = loop {
         while let Some(note) = machine.poll_note() {
-            log_note(&worker_id, &note);
+            log_note(&worker_id, machine.phase(), &note);
             if trace.is_none() && machine.first_signal_at().is_some() {
                 trace = machine.first_signal_at().map(Trace::new);
             }
@@ -107,21 +115,24 @@ where
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Exit { code } => exit = Some(code),
-                action => perform(
-                    action,
-                    &store,
-                    &mut executor,
-                    &exec_tx,
-                    &events_tx,
-                    &config,
-                    &worker_id,
-                ),
+                action => {
+                    monitor.metrics.on_action(&action);
+                    perform(
+                        action,
+                        &store,
+                        &mut executor,
+                        &exec_tx,
+                        &events_tx,
+                        &config,
+                        &worker_id,
+                    )
+                }
             }
         }
         if let Some(code) = exit {
             // Notes made by the last event.
             while let Some(note) = machine.poll_note() {
-                log_note(&worker_id, &note);
+                log_note(&worker_id, machine.phase(), &note);
                 if let Some(trace) = trace.as_mut() {
                     trace.note(&note);
                 }
@@ -145,14 +156,22 @@ where
                 Some(Wakeup::Cancel(job)) => Event::CancelRequested { job },
                 None => { wakeups = None; continue; }
             },
+            _ = tokio::time::sleep_until(publish_due.unwrap_or(deadline)),
+                if publish_due.is_some_and(|due| due < deadline) =>
+            {
+                publish_due = monitor.publish(&machine);
+                continue;
+            }
             _ = tokio::time::sleep_until(deadline) => Event::TimerFired,
         };
+        monitor.metrics.on_event(&event);
         machine.handle(event, now());
         // Take whatever else is already waiting, so replies and exits that
         // arrived together are handled before acting (outcomes batch up).
         for _ in 0..EVENT_CAPACITY {
             let next = match (events.try_recv(), exec_events.try_recv()) {
                 (Ok(a), Ok(b)) => {
+                    monitor.metrics.on_event(&a);
                     machine.handle(a, now());
                     exec_event(b)
                 }
@@ -160,9 +179,16 @@ where
                 (Err(_), Ok(b)) => exec_event(b),
                 (Err(_), Err(_)) => break,
             };
+            monitor.metrics.on_event(&next);
             machine.handle(next, now());
         }
+        publish_due = monitor.publish(&machine);
     };
+    let since_signal = machine
+        .first_signal_at()
+        .map(|at| now().saturating_since(at));
+    monitor.metrics.on_exit(since_signal);
+    monitor.finish();
     executor.kill_all();
     if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&worker_id)).await {
         tracing::warn!(worker_id = %worker_id, %error, "could not deregister; the registry will show this worker as lost");
@@ -306,10 +332,11 @@ fn perform<S: Store + Clone, E: Executor>(
     }
 }
 
-fn log_note(worker_id: &str, note: &Note) {
+fn log_note(worker_id: &str, phase: Phase, note: &Note) {
+    let phase = phase.as_str();
     match note.kind {
-        NoteKind::Phase => tracing::info!(worker_id, kind = "phase", "{}", note.text),
-        NoteKind::Job => tracing::info!(worker_id, kind = "job", "{}", note.text),
-        NoteKind::Store => tracing::warn!(worker_id, kind = "store", "{}", note.text),
+        NoteKind::Phase => tracing::info!(worker_id, phase, kind = "phase", "{}", note.text),
+        NoteKind::Job => tracing::info!(worker_id, phase, kind = "job", "{}", note.text),
+        NoteKind::Store => tracing::warn!(worker_id, phase, kind = "store", "{}", note.text),
     }
 }

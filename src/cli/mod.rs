@@ -26,9 +26,22 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Log format on stderr; by default text on a terminal, JSON lines otherwise.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// The commands.
@@ -51,7 +64,7 @@ pub enum Command {
     /// Queue a failed or cancelled job again.
     Retry(IdArg),
     /// Show the workers of the fleet.
-    Status(JsonArg),
+    Status(StatusArgs),
 }
 
 /// `jobs` options.
@@ -88,12 +101,15 @@ pub struct IdArg {
     pub id: i64,
 }
 
-/// `--json` alone.
+/// `status` options.
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The workers' --lease: a worker silent for two leases is presumed lost.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease: Duration,
 }
 
 /// Parse `500ms`, `30s`, `2m`, `1h 30m`.

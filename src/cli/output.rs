@@ -4,13 +4,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{CliError, IdArg, JobsArgs, JsonArg, ShowArgs};
+use super::{CliError, IdArg, JobsArgs, ShowArgs, StatusArgs};
 use crate::job::{redacted_env, JobId};
 use crate::machine::fmt_duration;
 use crate::store::{AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, WorkerRow};
 
-/// The lease `status` assumes when judging workers lost (the worker default).
-const STATUS_LEASE: Duration = Duration::from_secs(15);
 /// Widest command shown in the `jobs` table.
 const COMMAND_WIDTH: usize = 48;
 
@@ -243,8 +241,8 @@ fn worker_json(worker: &WorkerRow) -> Value {
 }
 
 /// `status`.
-pub async fn status(store: &AnyStore, args: JsonArg) -> Result<i32, CliError> {
-    let workers = store.workers(STATUS_LEASE).await?;
+pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError> {
+    let workers = store.workers(args.lease).await?;
     if args.json {
         print_json(&json!({ "workers": workers.iter().map(worker_json).collect::<Vec<_>>() }))?;
         return Ok(0);

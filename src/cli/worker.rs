@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::{parse_duration, CliError};
 use crate::executor::watchdog::Watchdog;
 use crate::executor::ProcessExecutor;
+use crate::http::Monitor;
 use crate::machine::{Config, Signal};
 use crate::shell::{self, ShellConfig};
 use crate::store::{AnyStore, WorkerInfo};
@@ -35,6 +36,9 @@ pub struct WorkerArgs {
     /// How long a claim stays valid without a heartbeat (heartbeats every lease/3).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 0.0.0.0:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 impl WorkerArgs {
@@ -100,11 +104,29 @@ pub async fn run(
         queues: args.queues.clone(),
         concurrency: args.concurrency,
     };
+    let monitor = Monitor::new(&worker.id, config.heartbeat_interval());
+    if let Some(addr) = &args.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError(format!("cannot serve HTTP on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.clone());
+        tracing::info!(worker_id = %worker.id, addr = %bound, "serving HTTP on {bound}");
+        let (monitor, worker_id) = (monitor.clone(), worker.id.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::http::serve(listener, monitor).await {
+                tracing::error!(worker_id = %worker_id, %error, "HTTP server stopped");
+            }
+        });
+    }
     let shell_config = ShellConfig {
         worker,
         queues: args.queues,
         machine: config,
         store_timeout: Duration::from_secs(5),
+        monitor: Some(monitor),
     };
     let report = shell::run(store, ProcessExecutor::new(watchdog), signals, shell_config).await;
     if let Some(message) = report.fatal {

@@ -619,6 +619,7 @@ impl Harness {
             },
             attempts: 0,
             interruptions: 0,
+            waited: Duration::ZERO,
         }
     }
 

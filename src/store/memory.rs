@@ -221,6 +221,7 @@ impl Store for MemoryStore {
             let Some(row) = state.jobs.get_mut(&id) else {
                 continue;
             };
+            let run_at = row.job.run_at;
             row.job.state = JobState::Running;
             row.job.worker_id = Some(worker.to_string());
             row.job.lease_token += 1;
@@ -236,6 +237,7 @@ impl Store for MemoryStore {
                 spec: row.job.spec.clone(),
                 attempts: row.job.attempts,
                 interruptions: row.job.interruptions,
+                waited: Duration::from_millis((now - run_at).max(0) as u64),
             });
             state.event(JobId(id), now, "claimed", Some(worker), Some(token), None);
         }

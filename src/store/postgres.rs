@@ -211,12 +211,12 @@ impl Store for PostgresStore {
                     cancel_requested = false
                 FROM picked WHERE j.id = picked.id
                 RETURNING j.id, j.lease_token, j.queue, j.spec::text AS spec, j.attempts, j.interruptions,
-                    j.priority, j.run_at
+                    j.priority, j.run_at, (extract(epoch FROM now() - j.run_at) * 1000)::bigint AS waited_ms
             ), ev AS (
                 INSERT INTO job_events (job_id, kind, worker_id, lease_token)
                 SELECT id, 'claimed', $1, lease_token FROM claimed
             )
-            SELECT id, lease_token, queue, spec, attempts, interruptions FROM claimed
+            SELECT id, lease_token, queue, spec, attempts, interruptions, waited_ms FROM claimed
             ORDER BY priority DESC, run_at, id",
         )
         .bind(worker)
@@ -238,6 +238,7 @@ impl Store for PostgresStore {
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     attempts: row.try_get::<i32, _>("attempts")? as u32,
                     interruptions: row.try_get::<i32, _>("interruptions")? as u32,
+                    waited: Duration::from_millis(row.try_get::<i64, _>("waited_ms")?.max(0) as u64),
                 })
             })
             .collect()

@@ -186,6 +186,7 @@ impl Store for SqliteStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 attempts: row.try_get::<i64, _>("attempts")? as u32,
                 interruptions: row.try_get::<i64, _>("interruptions")? as u32,
+                waited: Duration::from_millis((now - run_at).max(0) as u64),
             });
         }
         tx.commit().await?;

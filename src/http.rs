@@ -1,0 +1,185 @@
+//! `worker --http ADDR`: `/healthz`, `/readyz`, `/metrics`, `/status`.
+//!
+//! The shell publishes its state to a [`Monitor`]; the HTTP tasks only read
+//! it, so a slow scraper can never slow the worker down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::machine::{Machine, Phase, Status};
+use crate::metrics::Metrics;
+
+/// Publish at most this often, except on a phase change.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// What the shell last published.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The worker.
+    pub worker_id: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// Its status report.
+    pub status: Option<Status>,
+    /// False once the shell's loop has ended.
+    pub alive: bool,
+    /// When the loop last went round.
+    pub updated: Instant,
+}
+
+/// The shell's window to the outside: metrics and a state snapshot.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    /// The worker's metrics.
+    pub metrics: Arc<Metrics>,
+    tx: Arc<watch::Sender<Snapshot>>,
+    /// The loop goes round at least every heartbeat; `/healthz` fails when
+    /// it has not for this long.
+    stale_after: Duration,
+}
+
+impl Monitor {
+    /// A monitor for `worker_id`, whose loop turns at least every `heartbeat`.
+    pub fn new(worker_id: &str, heartbeat: Duration) -> Self {
+        let snapshot = Snapshot {
+            worker_id: worker_id.to_string(),
+            phase: Phase::Running,
+            status: None,
+            alive: true,
+            updated: Instant::now(),
+        };
+        Monitor {
+            metrics: Arc::new(Metrics::new()),
+            tx: Arc::new(watch::channel(snapshot).0),
+            stale_after: (heartbeat * 3).max(Duration::from_secs(5)),
+        }
+    }
+
+    /// Called by the shell after every event. Returns when a skipped
+    /// publish falls due: the shell must call again then, so the last state
+    /// before an idle spell is always published.
+    pub fn publish(&self, machine: &Machine) -> Option<Instant> {
+        let phase = machine.phase();
+        let counters = machine.counters();
+        self.metrics
+            .on_state(phase, machine.alive(), counters.store_errors);
+        let now = Instant::now();
+        let mut due = None;
+        self.tx.send_if_modified(|snapshot| {
+            let next = snapshot.updated + PUBLISH_EVERY;
+            if snapshot.phase == phase && now < next {
+                due = Some(next);
+                return false;
+            }
+            snapshot.phase = phase;
+            snapshot.status = Some(machine.status());
+            snapshot.updated = now;
+            true
+        });
+        due
+    }
+
+    /// The loop has ended.
+    pub fn finish(&self) {
+        self.tx.send_modify(|snapshot| {
+            snapshot.alive = false;
+            snapshot.phase = Phase::Stopped;
+        });
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.tx.borrow().clone()
+    }
+}
+
+/// The `/status` document (the same content as the SIGUSR1 line).
+pub fn status_json(worker_id: &str, status: &Status) -> Value {
+    let c = &status.counters;
+    json!({
+        "worker_id": worker_id,
+        "phase": status.phase.as_str(),
+        "signals": status.signals,
+        "jobs": status.jobs.iter().map(|job| json!({
+            "id": job.id,
+            "queue": job.queue,
+            "state": job.state,
+            "elapsed_ms": job.elapsed.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+        "counters": {
+            "claimed": c.claimed,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "interrupted": c.interrupted,
+            "cancelled": c.cancelled,
+            "handed_back": c.handed_back,
+            "lost": c.lost,
+            "refused": c.refused,
+            "store_errors": c.store_errors,
+        },
+    })
+}
+
+/// Serve until the process exits.
+pub async fn serve(listener: TcpListener, monitor: Monitor) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(monitor);
+    axum::serve(listener, app).await
+}
+
+async fn healthz(State(monitor): State<Monitor>) -> Response {
+    let snapshot = monitor.snapshot();
+    // Only a loop that has not turned for a long while is unhealthy: an idle
+    // loop still turns for every heartbeat.
+    let stale = snapshot.updated.elapsed() > monitor.stale_after;
+    if snapshot.alive && !stale {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopped\n").into_response()
+    }
+}
+
+async fn readyz(State(monitor): State<Monitor>) -> Response {
+    let snapshot = monitor.snapshot();
+    if snapshot.alive && snapshot.phase == Phase::Running {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", snapshot.phase),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(monitor): State<Monitor>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        monitor.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(monitor): State<Monitor>) -> Response {
+    let snapshot = monitor.snapshot();
+    let Some(status) = snapshot.status else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    };
+    Json(status_json(&snapshot.worker_id, &status)).into_response()
+}
