@@ -8,9 +8,13 @@ use dockhand::cli::{self, Cli, Command, LogFormat, EXIT_FATAL};
 use dockhand::executor::watchdog::Watchdog;
 use tracing_subscriber::EnvFilter;
 
-fn init_logging(format: Option<LogFormat>) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+fn init_logging(format: Option<LogFormat>, quiet: bool) {
+    let default = if quiet {
+        "warn,sqlx=error"
+    } else {
+        "info,sqlx=warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -56,8 +60,9 @@ fn main() {
             usage_error(&format!("invalid worker configuration: {error}"));
         }
     }
-    init_logging(cli.log_format);
-    let watchdog = if matches!(cli.command, Command::Worker(_)) {
+    // The demo tells its own story; the worker's logs would drown it.
+    init_logging(cli.log_format, matches!(cli.command, Command::Demo));
+    let watchdog = if matches!(cli.command, Command::Worker(_) | Command::Demo) {
         // SAFETY: no thread exists yet; the runtime is built below.
         match unsafe { Watchdog::spawn() } {
             Ok(watchdog) => Some(watchdog),

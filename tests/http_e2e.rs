@@ -80,7 +80,9 @@ async fn readiness_flips_on_term_while_health_stays_up() {
         let (code, body) = http_get(&addr, "/status");
         assert_eq!(code, 200);
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let only_slow = status["jobs"].as_array().map(|j| j.len() == 1 && j[0]["id"] == slow);
+        let only_slow = status["jobs"]
+            .as_array()
+            .map(|j| j.len() == 1 && j[0]["id"] == slow);
         async move { (only_slow == Some(true)).then_some(status) }
     })
     .await;

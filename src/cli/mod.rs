@@ -1,5 +1,6 @@
 //! The command line: the contract in DESIGN.md ("Command line").
 
+mod demo;
 mod enqueue;
 mod output;
 mod worker;
@@ -65,6 +66,8 @@ pub enum Command {
     Retry(IdArg),
     /// Show the workers of the fleet.
     Status(StatusArgs),
+    /// A self-contained tour: six jobs, a worker, a SIGTERM half-way (no server needed).
+    Demo,
 }
 
 /// `jobs` options.
@@ -141,6 +144,9 @@ pub async fn run(
     cli: Cli,
     watchdog: Option<crate::executor::watchdog::Watchdog>,
 ) -> Result<i32, CliError> {
+    if let Command::Demo = cli.command {
+        return demo::run(watchdog).await;
+    }
     let store = open_store(cli.database_url.as_deref()).await?;
     match cli.command {
         Command::Migrate => {
@@ -155,5 +161,6 @@ pub async fn run(
         Command::Cancel(args) => output::cancel(&store, args).await,
         Command::Retry(args) => output::retry(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
+        Command::Demo => Ok(0),
     }
 }

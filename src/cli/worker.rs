@@ -55,7 +55,7 @@ impl WorkerArgs {
     }
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -65,7 +65,7 @@ fn host_name() -> String {
 
 /// Forward TERM, INT and USR1 to the shell. Registered before anything else
 /// so no signal falls to its default action once the worker runs.
-fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
+pub(crate) fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1])
         .map_err(|e| CliError(format!("cannot install signal handlers: {e}")))?;
     let (tx, rx) = mpsc::channel(64);
