@@ -62,6 +62,15 @@ pub struct JobSpec {
     /// failed attempt when it runs longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Container memory limit in bytes (overrides the worker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Container CPU limit in thousandths of a CPU (overrides the worker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    /// Container process limit (overrides the worker's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
 }
 
 impl JobSpec {

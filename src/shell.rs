@@ -165,6 +165,7 @@ where
             _ = tokio::time::sleep_until(deadline) => Event::TimerFired,
         };
         monitor.metrics.on_event(&event);
+        forget_recorded(&mut executor, &event);
         machine.handle(event, now());
         // Take whatever else is already waiting, so replies and exits that
         // arrived together are handled before acting (outcomes batch up).
@@ -172,6 +173,7 @@ where
             let next = match (events.try_recv(), exec_events.try_recv()) {
                 (Ok(a), Ok(b)) => {
                     monitor.metrics.on_event(&a);
+                    forget_recorded(&mut executor, &a);
                     machine.handle(a, now());
                     exec_event(b)
                 }
@@ -180,6 +182,7 @@ where
                 (Err(_), Err(_)) => break,
             };
             monitor.metrics.on_event(&next);
+            forget_recorded(&mut executor, &next);
             machine.handle(next, now());
         }
         publish_due = monitor.publish(&machine);
@@ -189,7 +192,7 @@ where
         .map(|at| now().saturating_since(at));
     monitor.metrics.on_exit(since_signal);
     monitor.finish();
-    executor.kill_all();
+    executor.kill_all().await;
     if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&worker_id)).await {
         tracing::warn!(worker_id = %worker_id, %error, "could not deregister; the registry will show this worker as lost");
     }
@@ -221,6 +224,20 @@ async fn recv_wakeup(wakeups: &mut Option<mpsc::Receiver<Wakeup>>) -> Option<Wak
     match wakeups {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Once the store has an outcome (or refused it), the executor may let go
+/// of what it kept for the job (e.g. remove its container).
+fn forget_recorded<E: Executor>(executor: &mut E, event: &Event) {
+    if let Event::RecordReply {
+        result: Ok(results),
+        ..
+    } = event
+    {
+        for (job, _) in results {
+            executor.forget(*job);
+        }
     }
 }
 

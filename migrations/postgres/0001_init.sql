@@ -50,3 +50,12 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- A random identity of this database, so containers of different
+-- deployments sharing one Docker engine are never confused.
+CREATE TABLE IF NOT EXISTS dockhand_instance (
+    id text PRIMARY KEY
+);
+INSERT INTO dockhand_instance (id)
+SELECT md5(random()::text || clock_timestamp()::text)
+WHERE NOT EXISTS (SELECT 1 FROM dockhand_instance);

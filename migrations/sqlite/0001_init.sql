@@ -48,3 +48,12 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at   INTEGER NOT NULL,
     heartbeat_at INTEGER NOT NULL
 );
+
+-- A random identity of this database, so containers of different
+-- deployments sharing one Docker engine are never confused.
+CREATE TABLE IF NOT EXISTS dockhand_instance (
+    id TEXT PRIMARY KEY
+);
+INSERT INTO dockhand_instance (id)
+SELECT lower(hex(randomblob(16)))
+WHERE NOT EXISTS (SELECT 1 FROM dockhand_instance);

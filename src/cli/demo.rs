@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::worker::{host_name, signal_source};
 use super::CliError;
 use crate::executor::watchdog::Watchdog;
-use crate::executor::ProcessExecutor;
+use crate::executor::{ProcessExecutor, Router};
 use crate::http::Monitor;
 use crate::job::{JobId, JobState, NewJob};
 use crate::machine::Config;
@@ -148,7 +148,10 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
     ));
     let worker_task = tokio::spawn(shell::run(
         store.clone(),
-        ProcessExecutor::new(watchdog),
+        Router::new(
+            ProcessExecutor::new(watchdog),
+            Err("the demo runs no containers".into()),
+        ),
         signals,
         shell_config,
     ));

@@ -33,6 +33,15 @@ pub struct EnqueueArgs {
     /// Not before this long from now.
     #[arg(long, value_parser = parse_duration)]
     pub delay: Option<Duration>,
+    /// Container memory limit, e.g. 256m or 1g (image jobs; default: the worker's).
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Container CPU limit, e.g. 0.5 (image jobs; default: the worker's).
+    #[arg(long, value_parser = parse_cpus)]
+    pub cpus: Option<u32>,
+    /// Container process limit (image jobs; default: the worker's).
+    #[arg(long)]
+    pub pids: Option<u32>,
     /// Environment variable for the job (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -45,6 +54,44 @@ pub struct EnqueueArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", required_unless_present = "from_file")]
     pub command: Vec<String>,
+}
+
+/// `512m`, `1g`, `64k` or bytes.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let factor: u64 = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("invalid memory size {text:?}; use e.g. 256m or 1g")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid memory size {text:?}; use e.g. 256m or 1g"))?;
+    match value.checked_mul(factor) {
+        Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
+        Some(_) => Err(format!(
+            "memory limit {text:?} is below Docker's minimum of 6m"
+        )),
+        None => Err(format!("memory size {text:?} is too large")),
+    }
+}
+
+/// `0.5`, `2`: CPUs, as thousandths.
+pub fn parse_cpus(text: &str) -> Result<u32, String> {
+    let cpus: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count {text:?}; use e.g. 0.5 or 2"))?;
+    if !(0.01..=1024.0).contains(&cpus) {
+        return Err(format!("CPU count {text:?} must be between 0.01 and 1024"));
+    }
+    Ok((cpus * 1000.0).round() as u32)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -66,6 +113,9 @@ struct Line {
     priority: Option<i32>,
     delay: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    memory: Option<String>,
+    cpus: Option<f64>,
+    pids: Option<u32>,
 }
 
 impl Line {
@@ -79,6 +129,9 @@ impl Line {
                 image: self.image,
                 env: self.env.unwrap_or_default(),
                 timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                memory_bytes: self.memory.as_deref().map(parse_memory).transpose()?,
+                cpu_millis: self.cpus.map(|c| parse_cpus(&c.to_string())).transpose()?,
+                pids: self.pids,
             },
             priority: self.priority.unwrap_or(0),
             max_attempts: self.max_attempts.unwrap_or(3),
@@ -128,6 +181,9 @@ pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
                 image: args.image,
                 env: args.env.into_iter().collect(),
                 timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+                memory_bytes: args.memory,
+                cpu_millis: args.cpus,
+                pids: args.pids,
             },
             priority: args.priority,
             max_attempts: args.max_attempts,

@@ -8,12 +8,13 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use tokio::sync::mpsc;
 
 use super::{parse_duration, CliError};
+use crate::executor::docker::{self, DockerExecutor, Limits};
 use crate::executor::watchdog::Watchdog;
-use crate::executor::ProcessExecutor;
+use crate::executor::{ProcessExecutor, Router};
 use crate::http::Monitor;
 use crate::machine::{Config, Signal};
 use crate::shell::{self, ShellConfig};
-use crate::store::{AnyStore, WorkerInfo};
+use crate::store::{AnyStore, Store, WorkerInfo};
 
 /// `worker` options.
 #[derive(Debug, Args)]
@@ -36,6 +37,15 @@ pub struct WorkerArgs {
     /// How long a claim stays valid without a heartbeat (heartbeats every lease/3).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// Default memory limit of job containers, e.g. 512m.
+    #[arg(long, default_value = "512m", value_parser = super::enqueue::parse_memory)]
+    pub docker_memory: u64,
+    /// Default CPU limit of job containers, e.g. 1 or 0.5.
+    #[arg(long, default_value = "1", value_parser = super::enqueue::parse_cpus)]
+    pub docker_cpus: u32,
+    /// Default process limit of job containers.
+    #[arg(long, default_value_t = 512)]
+    pub docker_pids: u32,
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
@@ -84,6 +94,50 @@ pub(crate) fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
     Ok(rx)
 }
 
+/// Connect to the Docker engine for image jobs, clean up containers left by
+/// dead workers, and keep doing so in the background. Without an engine the
+/// worker still runs process jobs; image jobs fail with the reason.
+async fn docker_executor(
+    store: &AnyStore,
+    args: &WorkerArgs,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<DockerExecutor, String> {
+    let client = match docker::connect().await {
+        Ok(client) => client,
+        Err(why) => {
+            tracing::warn!(
+                worker_id,
+                "{why}: jobs with an image will fail until it is reachable"
+            );
+            return Err(why);
+        }
+    };
+    let (reconcile_store, id) = (store.clone(), worker_id.to_string());
+    let reconciler = client.clone();
+    tokio::spawn(async move {
+        // At start-up, then every lease: an orphan is removed at most a lease
+        // after its claim expired.
+        loop {
+            match docker::reconcile(&reconciler, &reconcile_store, &id, lease).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(worker_id = %id, removed = n, "removed containers left by dead workers")
+                }
+                Err(error) => tracing::debug!(worker_id = %id, %error, "reconciliation failed"),
+            }
+            tokio::time::sleep(lease).await;
+        }
+    });
+    let limits = Limits {
+        memory_bytes: args.docker_memory,
+        cpu_millis: args.docker_cpus,
+        pids: args.docker_pids,
+    };
+    let store_id = store.instance_id().await.map_err(|e| e.to_string())?;
+    Ok(DockerExecutor::new(client, &store_id, worker_id, limits))
+}
+
 /// Run the worker; the exit code is the machine's (0 or 75), 1 if fatal.
 pub async fn run(
     store: AnyStore,
@@ -121,14 +175,20 @@ pub async fn run(
             }
         });
     }
+    let worker_id = worker.id.clone();
+    let lease = config.lease;
     let shell_config = ShellConfig {
         worker,
-        queues: args.queues,
+        queues: args.queues.clone(),
         machine: config,
         store_timeout: Duration::from_secs(5),
         monitor: Some(monitor),
     };
-    let report = shell::run(store, ProcessExecutor::new(watchdog), signals, shell_config).await;
+    let executor = Router::new(
+        ProcessExecutor::new(watchdog),
+        docker_executor(&store, &args, &worker_id, lease).await,
+    );
+    let report = shell::run(store, executor, signals, shell_config).await;
     if let Some(message) = report.fatal {
         return Err(CliError(message));
     }

@@ -2,15 +2,21 @@
 //! in-process handlers. The shell starts and signals jobs through the
 //! [`Executor`] trait and learns how they ended from [`ExecEvent`]s.
 
+pub mod docker;
 pub mod process;
+pub mod router;
 pub mod watchdog;
 
 use tokio::sync::mpsc;
 
-use crate::job::{ClaimedJob, Exit, JobId};
+use std::future::Future;
+
+use crate::job::{ClaimedJob, Exit, JobId, OUTPUT_LIMIT};
 use crate::machine::JobSignal;
 
+pub use docker::DockerExecutor;
 pub use process::ProcessExecutor;
+pub use router::Router;
 
 /// What an executor reports about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +53,52 @@ pub trait Executor: Send + 'static {
     /// Send TERM or KILL to a running job (its whole process group).
     fn signal(&mut self, job: JobId, signal: JobSignal);
 
-    /// KILL everything still running (the worker is exiting).
-    fn kill_all(&mut self);
+    /// The job's outcome is recorded: release what is kept for it (a
+    /// container is removed only now, so its logs and exit code outlive a
+    /// crash between exit and record).
+    fn forget(&mut self, _job: JobId) {}
+
+    /// KILL everything still running and clean up (the worker is exiting).
+    fn kill_all(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Keeps the last [`OUTPUT_LIMIT`] bytes of a job's output.
+#[derive(Debug, Default)]
+pub struct OutputTail {
+    bytes: Vec<u8>,
+}
+
+impl OutputTail {
+    /// Append a chunk; memory stays under twice the limit.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * OUTPUT_LIMIT {
+            let cut = self.bytes.len() - OUTPUT_LIMIT;
+            self.bytes.drain(..cut);
+        }
+    }
+
+    /// The tail as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        let start = self.bytes.len().saturating_sub(OUTPUT_LIMIT);
+        String::from_utf8_lossy(&self.bytes[start..]).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut tail = OutputTail::default();
+        for _ in 0..10 {
+            tail.push(&vec![b'a'; OUTPUT_LIMIT / 2]);
+        }
+        tail.push(b"end");
+        let text = tail.text();
+        assert_eq!(text.len(), OUTPUT_LIMIT);
+        assert!(text.ends_with("aend"));
+        assert!(tail.bytes.len() <= 2 * OUTPUT_LIMIT);
+    }
 }

@@ -1,5 +1,5 @@
 //! Runs a job as a local process in its own session and process group, with
-//! its output captured (the last [`OUTPUT_LIMIT`] bytes) and every signal sent
+//! its output captured (the last [`crate::job::OUTPUT_LIMIT`] bytes) and every signal sent
 //! to the whole group.
 
 use std::collections::BTreeMap;
@@ -13,8 +13,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use super::watchdog::Watchdog;
-use super::{ExecEvent, Executor};
-use crate::job::{ClaimedJob, Exit, JobId, OUTPUT_LIMIT};
+use super::{ExecEvent, Executor, OutputTail};
+use crate::job::{ClaimedJob, Exit, JobId};
 use crate::machine::JobSignal;
 
 /// Variables passed from the worker's environment to jobs; nothing else is,
@@ -81,28 +81,7 @@ fn command(job: &ClaimedJob) -> Command {
     cmd
 }
 
-/// Keep the last `OUTPUT_LIMIT` bytes of everything both pipes produce.
-#[derive(Default)]
-struct Tail {
-    bytes: Vec<u8>,
-}
-
-impl Tail {
-    fn push(&mut self, chunk: &[u8]) {
-        self.bytes.extend_from_slice(chunk);
-        if self.bytes.len() > 2 * OUTPUT_LIMIT {
-            let cut = self.bytes.len() - OUTPUT_LIMIT;
-            self.bytes.drain(..cut);
-        }
-    }
-
-    fn text(&self) -> String {
-        let start = self.bytes.len().saturating_sub(OUTPUT_LIMIT);
-        String::from_utf8_lossy(&self.bytes[start..]).into_owned()
-    }
-}
-
-async fn pump(mut pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+async fn pump(mut pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<OutputTail>>) {
     let mut buf = vec![0u8; 8192];
     loop {
         match pipe.read(&mut buf).await {
@@ -136,7 +115,7 @@ impl Executor for ProcessExecutor {
                 watchdog.guard(pgid);
             }
         }
-        let tail = Arc::new(Mutex::new(Tail::default()));
+        let tail = Arc::new(Mutex::new(OutputTail::default()));
         let stdout = child
             .stdout
             .take()
@@ -194,28 +173,11 @@ impl Executor for ProcessExecutor {
         unsafe { libc::kill(-pgid, sig) };
     }
 
-    fn kill_all(&mut self) {
+    fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {
         for pgid in self.groups().values() {
             // SAFETY: plain syscall on groups we created.
             unsafe { libc::kill(-*pgid, libc::SIGKILL) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut tail = Tail::default();
-        for _ in 0..10 {
-            tail.push(&vec![b'a'; OUTPUT_LIMIT / 2]);
-        }
-        tail.push(b"end");
-        let text = tail.text();
-        assert_eq!(text.len(), OUTPUT_LIMIT);
-        assert!(text.ends_with("aend"));
-        assert!(tail.bytes.len() <= 2 * OUTPUT_LIMIT);
+        std::future::ready(())
     }
 }

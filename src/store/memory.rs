@@ -486,6 +486,10 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        Ok(format!("memory-{:p}", Arc::as_ptr(&self.state)))
+    }
+
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
         let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
         self.lock().subscribers.push(tx);

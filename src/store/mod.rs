@@ -333,6 +333,10 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<WorkerRow>, StoreError>> + Send;
 
+    /// A random identity of this database, made at migration: it tells
+    /// apart deployments that share a Docker engine.
+    fn instance_id(&self) -> impl Future<Output = Result<String, StoreError>> + Send;
+
     /// Pushed wake-ups, if the backend has them (`None`: poll only).
     fn wakeups(
         &self,
@@ -531,6 +535,9 @@ impl Store for AnyStore {
     }
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         delegate!(self, s => s.workers(lease))
+    }
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        delegate!(self, s => s.instance_id())
     }
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
         delegate!(self, s => s.wakeups())

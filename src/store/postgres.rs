@@ -598,6 +598,12 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM dockhand_instance")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen_all([JOBS_CHANNEL, CANCEL_CHANNEL]).await?;

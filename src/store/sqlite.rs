@@ -557,6 +557,12 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM dockhand_instance")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
         // Other processes cannot push to us through a file: poll only.
         Ok(None)

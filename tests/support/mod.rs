@@ -338,3 +338,34 @@ impl Worker {
             .collect()
     }
 }
+
+/// The locally built test image (`./scripts/test` builds it); a failure, never a skip.
+pub fn test_image() -> String {
+    std::env::var("DOCKHAND_TEST_IMAGE").unwrap_or_else(|_| {
+        panic!("DOCKHAND_TEST_IMAGE is not set: run the tests with ./scripts/test, which builds it")
+    })
+}
+
+/// Names of the containers (running or not) labelled with this store's instance id.
+pub fn containers_of(store_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=dockhand.store={store_id}"),
+            "--format",
+            "{{.Names}} {{.Status}}",
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,84 @@
+//! Sends each job to the right executor: a container when it has an image,
+//! a local process otherwise.
+
+use std::collections::BTreeSet;
+
+use tokio::sync::mpsc;
+
+use super::{DockerExecutor, ExecEvent, Executor, ProcessExecutor};
+use crate::job::{ClaimedJob, JobId};
+use crate::machine::JobSignal;
+
+/// Routes by `spec.image`.
+#[derive(Debug)]
+pub struct Router {
+    process: ProcessExecutor,
+    docker: Option<DockerExecutor>,
+    /// Why there is no Docker executor, for the jobs that needed one.
+    no_docker: String,
+    in_containers: BTreeSet<JobId>,
+}
+
+impl Router {
+    /// Processes always; containers when `docker` is set (else image jobs
+    /// fail with `no_docker` as their error).
+    pub fn new(process: ProcessExecutor, docker: Result<DockerExecutor, String>) -> Self {
+        let (docker, no_docker) = match docker {
+            Ok(docker) => (Some(docker), String::new()),
+            Err(why) => (None, why),
+        };
+        Router {
+            process,
+            docker,
+            no_docker,
+            in_containers: BTreeSet::new(),
+        }
+    }
+}
+
+impl Executor for Router {
+    fn start(&mut self, job: ClaimedJob, events: mpsc::Sender<ExecEvent>) {
+        if job.spec.image.is_none() {
+            return self.process.start(job, events);
+        }
+        let id = job.lease.job;
+        match &mut self.docker {
+            Some(docker) => {
+                self.in_containers.insert(id);
+                docker.start(job, events);
+            }
+            None => {
+                let error = format!("cannot run a container: {}", self.no_docker);
+                tokio::spawn(async move {
+                    let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+                });
+            }
+        }
+    }
+
+    fn signal(&mut self, job: JobId, signal: JobSignal) {
+        match (&mut self.docker, self.in_containers.contains(&job)) {
+            (Some(docker), true) => docker.signal(job, signal),
+            _ => self.process.signal(job, signal),
+        }
+    }
+
+    fn forget(&mut self, job: JobId) {
+        if self.in_containers.remove(&job) {
+            if let Some(docker) = &mut self.docker {
+                docker.forget(job);
+            }
+        }
+    }
+
+    fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        let process = self.process.kill_all();
+        let docker = self.docker.as_mut().map(|d| d.kill_all());
+        async move {
+            process.await;
+            if let Some(docker) = docker {
+                docker.await;
+            }
+        }
+    }
+}
