@@ -39,7 +39,7 @@ impl fmt::Display for LeaseToken {
 }
 
 /// One claim of one job: every write about a running job carries it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Lease {
     /// The job.
     pub job: JobId,
@@ -112,7 +112,7 @@ impl NewJob {
 }
 
 /// A job handed to a worker by a claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimedJob {
     /// The claim: job id and fencing token.
     pub lease: Lease,
@@ -228,7 +228,7 @@ impl fmt::Display for Exit {
 }
 
 /// What a worker reports about a claimed job when it is done with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Ran to the end with exit code 0.
     Succeeded,
@@ -267,7 +267,7 @@ impl Outcome {
 }
 
 /// An outcome to record, fenced by the lease it was claimed with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
     /// The claim this outcome belongs to.
     pub lease: Lease,
@@ -278,7 +278,7 @@ pub struct Completion {
 }
 
 /// The store's answer for one completion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordResult {
     /// Written.
     Recorded,

@@ -11,5 +11,7 @@ pub mod http;
 pub mod job;
 pub mod machine;
 pub mod metrics;
+#[doc(hidden)]
+pub mod planted;
 pub mod shell;
 pub mod store;

@@ -21,6 +21,7 @@ use tokio::time::Instant as TokioInstant;
 
 use crate::executor::{ExecEvent, Executor};
 use crate::http::Monitor;
+use crate::job::Lease;
 use crate::machine::trace::{StatusText, Trace};
 use crate::machine::{
     Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
@@ -45,6 +46,9 @@ pub struct ShellConfig {
     pub store_timeout: Duration,
     /// Where metrics and state go (the HTTP endpoints read it).
     pub monitor: Option<Monitor>,
+    /// Write the SIGUSR1 report on stderr (the binary); otherwise it goes to
+    /// the log only (the simulation).
+    pub status_to_stderr: bool,
 }
 
 /// How the worker ended.
@@ -58,6 +62,9 @@ pub struct ExitReport {
     pub status: Status,
     /// Set when the worker could not start or run (exit code 1).
     pub fatal: Option<String>,
+    /// Leases given up without an outcome: those jobs run again elsewhere
+    /// once their lease expires.
+    pub abandoned: Vec<Lease>,
 }
 
 /// Run one worker until it stops. Signals arrive on `signals`.
@@ -94,6 +101,11 @@ where
     };
     tracing::info!(worker_id = %worker_id, queues = ?config.queues, concurrency = config.machine.concurrency, "worker started");
 
+    // A signal that arrived while registering is handled before the first
+    // claim goes out.
+    while let Ok(signal) = signals.try_recv() {
+        machine.handle(Event::Signal(signal), now());
+    }
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_CAPACITY);
     let (exec_tx, mut exec_events) = mpsc::channel::<ExecEvent>(EVENT_CAPACITY);
     let mut trace: Option<Trace> = None;
@@ -203,6 +215,7 @@ where
         trace: trace.map(|t| t.render()).unwrap_or_default(),
         status,
         fatal: None,
+        abandoned: machine.abandoned().copied().collect(),
     }
 }
 
@@ -217,6 +230,7 @@ fn fatal(message: String) -> ExitReport {
             counters: Default::default(),
         },
         fatal: Some(message),
+        abandoned: Vec::new(),
     }
 }
 
@@ -340,10 +354,15 @@ fn perform<S: Store + Clone, E: Executor>(
         }
         Action::ReportStatus(status) => {
             // One line on stderr, whatever the log format: operators grep it.
-            eprintln!(
+            let line = format!(
                 "dockhand status: worker={worker_id} {}",
                 StatusText(&status)
             );
+            if config.status_to_stderr {
+                eprintln!("{line}");
+            } else {
+                tracing::info!(worker_id, "{line}");
+            }
         }
         Action::Exit { .. } => {}
     }

@@ -231,3 +231,23 @@ fn wake_up_while_draining_claims_nothing() {
     });
     insta::assert_snapshot!(trace);
 }
+
+#[test]
+fn term_before_the_first_claim_is_sent_claims_nothing() {
+    // The machine was created (its first claim queued) but the driver read a
+    // pending TERM before performing any action.
+    let mut machine =
+        dockhand::machine::Machine::new(config(), dockhand::machine::Instant::ZERO).unwrap();
+    machine.handle(
+        Event::Signal(Signal::Term),
+        dockhand::machine::Instant::from_millis(1),
+    );
+    let mut trace = dockhand::machine::trace::Trace::new(dockhand::machine::Instant::ZERO);
+    while let Some(note) = machine.poll_note() {
+        trace.note(&note);
+    }
+    while let Some(action) = machine.poll_action() {
+        trace.action(dockhand::machine::Instant::from_millis(1), &action);
+    }
+    insta::assert_snapshot!(trace.render());
+}

@@ -1,1 +1,892 @@
-pub use dockhand;
+//! Deterministic simulation of dockhand workers (turmoil).
+//!
+//! One world per seed: a database host serving the in-memory store over
+//! simulated TCP, 1–4 worker hosts each running the real shell and machine
+//! with simulated job processes, and an operator that sends TERM / INT /
+//! USR1, crashes and restarts hosts, partitions them from the database and
+//! makes the store fail or lag. Every world draws its own parameters from its
+//! seed (swarm testing). Invariants are checked after every step; then every
+//! fault heals, a healthy worker joins, and every job must reach a final
+//! state.
+//!
+//! The same seed gives the same trace, byte for byte: all randomness comes
+//! from the seed, all time is simulated, all maps are ordered.
+//!
+//! Replay a seed: `DOCKHAND_SEED=123 cargo test -p dockhand-sim --test sweep replay -- --nocapture`
+
+pub mod executor;
+pub mod protocol;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use dockhand::job::{JobId, JobState, LeaseToken, NewJob};
+use dockhand::machine::{Config, Signal};
+use dockhand::planted::{self, Bug};
+use dockhand::shell::{self, ShellConfig};
+use dockhand::store::{JobFilter, MemoryStore, Store, WorkerInfo};
+use tokio::sync::mpsc;
+
+use executor::{Behavior, SimExecutor};
+use protocol::{ClaimLog, Faults, RemoteStore};
+
+/// Simulated time per step.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Longest a store call may take before the shell counts it failed.
+const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The shell's limit on deregistering at exit, added to the exit bound.
+const DEREGISTER_SLACK: Duration = Duration::from_secs(2);
+/// The healing phase gives up after this long.
+const HEALING_LIMIT: Duration = Duration::from_secs(180);
+
+/// A world's parameters, drawn from its seed.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Worker hosts.
+    pub workers: usize,
+    /// Jobs per worker.
+    pub concurrency: u32,
+    /// Claim batch limit.
+    pub batch: u32,
+    /// Drain time after the first signal.
+    pub shutdown_timeout: Duration,
+    /// TERM to KILL.
+    pub kill_grace: Duration,
+    /// Lease.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll: Duration,
+    /// How long the operator makes trouble.
+    pub chaos: Duration,
+    /// Chance per step of a signal to some worker.
+    pub signal_rate: f64,
+    /// Chance per step of a crash.
+    pub crash_rate: f64,
+    /// Chance per step of a partition.
+    pub partition_rate: f64,
+    /// Chance that a store call fails.
+    pub store_error_rate: f64,
+    /// Longest extra delay of a store call.
+    pub store_delay: Duration,
+    /// Longest network latency.
+    pub latency: Duration,
+    /// The jobs: behaviour, timeout, max attempts, delay.
+    pub jobs: Vec<(Behavior, Option<Duration>, u32, Duration)>,
+}
+
+impl Params {
+    /// Draw a world from `seed`.
+    pub fn draw(seed: u64) -> Params {
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x6a09_e667_f3bc_c909);
+        let ms =
+            |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..=hi));
+        let rate =
+            |rng: &mut fastrand::Rng, max: f64| if rng.bool() { 0.0 } else { rng.f64() * max };
+        let lease = ms(&mut rng, 600, 4000);
+        let mut jobs = Vec::new();
+        for _ in 0..rng.usize(3..=24) {
+            let kind = rng.u8(0..10);
+            let behavior = match kind {
+                0..=3 => Behavior {
+                    run: Some(ms(&mut rng, 10, 800)),
+                    ignores_term: false,
+                    code: 0,
+                },
+                4..=5 => Behavior {
+                    run: Some(ms(&mut rng, 1000, 8000)),
+                    ignores_term: rng.bool(),
+                    code: 0,
+                },
+                6 => Behavior {
+                    run: None,
+                    ignores_term: rng.bool(),
+                    code: 0,
+                },
+                7 => Behavior {
+                    run: Some(ms(&mut rng, 10, 500)),
+                    ignores_term: false,
+                    code: rng.i32(1..=3),
+                },
+                _ => Behavior {
+                    run: Some(ms(&mut rng, 2000, 6000)),
+                    ignores_term: rng.bool(),
+                    code: 0,
+                },
+            };
+            // A job that never ends must have a timeout, or nothing could finish it.
+            let timeout = match (behavior.run, kind) {
+                (None, _) | (_, 8) => Some(ms(&mut rng, 300, 3000)),
+                _ if rng.u8(0..6) == 0 => Some(ms(&mut rng, 300, 5000)),
+                _ => None,
+            };
+            let delay = if rng.u8(0..4) == 0 {
+                ms(&mut rng, 0, 5000)
+            } else {
+                Duration::ZERO
+            };
+            jobs.push((behavior, timeout, rng.u32(1..=3), delay));
+        }
+        Params {
+            workers: rng.usize(1..=4),
+            concurrency: rng.u32(1..=4),
+            batch: rng.u32(1..=4),
+            shutdown_timeout: ms(&mut rng, 0, 5000),
+            kill_grace: ms(&mut rng, 100, 2000),
+            lease,
+            poll: ms(&mut rng, 20, 500),
+            chaos: ms(&mut rng, 5_000, 30_000),
+            signal_rate: rate(&mut rng, 0.01),
+            crash_rate: rate(&mut rng, 0.003),
+            partition_rate: rate(&mut rng, 0.003),
+            store_error_rate: rate(&mut rng, 0.3),
+            store_delay: ms(&mut rng, 0, 300),
+            latency: ms(&mut rng, 1, 100),
+            jobs,
+        }
+    }
+
+    fn machine(&self) -> Config {
+        Config {
+            concurrency: self.concurrency,
+            batch_max: self.batch,
+            poll_interval: self.poll,
+            shutdown_timeout: self.shutdown_timeout,
+            kill_grace: self.kill_grace,
+            lease: self.lease,
+            store_grace: Duration::from_secs(2),
+            max_store_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// How one worker incarnation ended.
+#[derive(Clone, Debug)]
+struct ExitRecord {
+    worker: String,
+    host: String,
+    code: i32,
+    at: Duration,
+    fatal: Option<String>,
+    trace: String,
+    abandoned: Vec<dockhand::job::Lease>,
+}
+
+/// State shared between the hosts and the checker (one thread: the lock is
+/// never contended; it only satisfies `Send` bounds).
+#[derive(Default)]
+pub struct Shared {
+    store: Option<MemoryStore>,
+    signals: BTreeMap<String, mpsc::Sender<Signal>>,
+    incarnations: BTreeMap<String, u32>,
+    current: BTreeMap<String, String>,
+    /// Simulated processes alive: (worker, job) → lease token.
+    pub alive: BTreeMap<(String, JobId), LeaseToken>,
+    /// Every claim a worker actually started: (worker, job, token).
+    pub started: BTreeSet<(String, JobId, i64)>,
+    exits: Vec<ExitRecord>,
+    claims: Vec<ClaimLog>,
+    fault_rng: Option<fastrand::Rng>,
+    store_error_rate: f64,
+    store_delay: Duration,
+    store_errors_injected: u64,
+    last_store_error: Option<Duration>,
+}
+
+fn lock(shared: &Arc<Mutex<Shared>>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct SharedFaults(Arc<Mutex<Shared>>);
+
+impl Faults for SharedFaults {
+    fn next(&self) -> (bool, Duration) {
+        let mut shared = lock(&self.0);
+        let (rate, max_delay) = (shared.store_error_rate, shared.store_delay);
+        let Some(rng) = shared.fault_rng.as_mut() else {
+            return (false, Duration::ZERO);
+        };
+        let fail = rate > 0.0 && rng.f64() < rate;
+        let delay = Duration::from_millis(rng.u64(0..=max_delay.as_millis() as u64));
+        if fail {
+            shared.store_errors_injected += 1;
+            shared.last_store_error = turmoil::sim_elapsed();
+        }
+        (fail, delay)
+    }
+
+    fn log_claim(&self, claim: ClaimLog) {
+        lock(&self.0).claims.push(claim);
+    }
+}
+
+/// Poll a future that completes without waiting (the in-memory store's).
+fn now_or_never<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("the in-memory store never waits"),
+    }
+}
+
+/// A world's result.
+#[derive(Debug)]
+pub struct Report {
+    /// The trace.
+    pub trace: String,
+    /// FNV-1a of the trace.
+    pub hash: u64,
+    /// Counts for the summary.
+    pub stats: Stats,
+}
+
+/// What happened in a world.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Signals sent.
+    pub signals: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Store errors injected.
+    pub store_errors: u64,
+    /// Jobs.
+    pub jobs: u64,
+    /// Worker incarnations that exited.
+    pub exits: u64,
+    /// Simulated time.
+    pub simulated: Duration,
+}
+
+/// A broken invariant, with what it takes to replay it.
+#[derive(Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// The world.
+    pub params: String,
+    /// What broke.
+    pub message: String,
+    /// The last lines of the trace.
+    pub trace_tail: String,
+    /// The whole trace.
+    pub trace: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "simulation seed {} broke an invariant: {}",
+            self.seed, self.message
+        )?;
+        writeln!(f, "world: {}", self.params)?;
+        writeln!(f, "--- trace tail ---\n{}", self.trace_tail)?;
+        write!(
+            f,
+            "replay: DOCKHAND_SEED={} cargo test -p dockhand-sim --test sweep replay -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+struct World {
+    seed: u64,
+    params: Params,
+    trace: String,
+    stats: Stats,
+    shared: Arc<Mutex<Shared>>,
+    first_signal: BTreeMap<String, Duration>,
+    /// Per worker host: when it was last disturbed (partitioned, repaired, crashed).
+    disturbed: BTreeMap<String, Duration>,
+    partitioned: BTreeSet<String>,
+    crashed: BTreeMap<String, Duration>,
+    /// When each incarnation ended (crash or exit): its leases expire legitimately after.
+    ended: BTreeMap<String, Duration>,
+    exited_hosts: BTreeMap<String, Duration>,
+    repairs: Vec<(Duration, String)>,
+    exits_seen: usize,
+    claims_seen: usize,
+    rng: fastrand::Rng,
+}
+
+fn hosts(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("w{i}")).collect()
+}
+
+impl World {
+    fn line(&mut self, at: Duration, text: impl fmt::Display) {
+        let _ = writeln!(
+            self.trace,
+            "{:>4}.{:03}s  {text}",
+            at.as_secs(),
+            at.subsec_millis()
+        );
+    }
+
+    fn fail(&self, message: impl Into<String>) -> Failure {
+        let lines: Vec<&str> = self.trace.lines().collect();
+        Failure {
+            seed: self.seed,
+            params: format!("{:?}", self.params),
+            message: message.into(),
+            trace_tail: lines[lines.len().saturating_sub(40)..].join("\n"),
+            trace: self.trace.clone(),
+        }
+    }
+
+    fn store(&self) -> Option<MemoryStore> {
+        lock(&self.shared).store.clone()
+    }
+
+    fn send_signal(&mut self, at: Duration, host: &str, signal: Signal) {
+        let (sender, worker) = {
+            let shared = lock(&self.shared);
+            (
+                shared.signals.get(host).cloned(),
+                shared.current.get(host).cloned(),
+            )
+        };
+        let (Some(sender), Some(worker)) = (sender, worker) else {
+            return;
+        };
+        if sender.try_send(signal).is_ok() {
+            self.stats.signals += 1;
+            if signal != Signal::Usr1 {
+                self.first_signal.entry(worker.clone()).or_insert(at);
+            }
+            self.line(at, format_args!("operator: {signal} to {worker}"));
+        }
+    }
+
+    /// Checks after every step.
+    fn check_step(&mut self, now: Duration) -> Result<(), Failure> {
+        let (new_claims, new_exits, alive) = {
+            let shared = lock(&self.shared);
+            (
+                shared.claims[self.claims_seen..].to_vec(),
+                shared.exits[self.exits_seen..].to_vec(),
+                shared.alive.clone(),
+            )
+        };
+        self.claims_seen += new_claims.len();
+        self.exits_seen += new_exits.len();
+        for claim in new_claims {
+            if !claim.jobs.is_empty() {
+                self.line(
+                    claim.sent_at,
+                    format_args!("{} claimed {:?}", claim.worker, claim.jobs),
+                );
+            }
+            if let Some(signal) = self.first_signal.get(&claim.worker) {
+                if claim.sent_at > *signal + 2 * TICK {
+                    return Err(self.fail(format!(
+                        "{} sent a claim at {:?}, after its first shutdown signal at {signal:?}",
+                        claim.worker, claim.sent_at
+                    )));
+                }
+            }
+        }
+        let mut per_worker: BTreeMap<&str, u32> = BTreeMap::new();
+        for (worker, _) in alive.keys() {
+            *per_worker.entry(worker).or_default() += 1;
+        }
+        if let Some((worker, n)) = per_worker
+            .iter()
+            .find(|(_, n)| **n > self.params.concurrency)
+        {
+            return Err(self.fail(format!(
+                "{worker} runs {n} jobs, above concurrency {}",
+                self.params.concurrency
+            )));
+        }
+        if let Some(store) = self.store() {
+            let mut by_job: BTreeMap<JobId, Vec<(&str, LeaseToken)>> = BTreeMap::new();
+            for ((worker, job), token) in &alive {
+                by_job.entry(*job).or_default().push((worker, *token));
+            }
+            for (job, holders) in by_job.iter().filter(|(_, h)| h.len() > 1) {
+                let row = now_or_never(store.get(*job)).ok().flatten();
+                let live = holders
+                    .iter()
+                    .filter(|(worker, token)| {
+                        row.as_ref().is_some_and(|r| {
+                            r.state == JobState::Running
+                                && r.worker_id.as_deref() == Some(*worker)
+                                && r.lease_token == token.0
+                        })
+                    })
+                    .count();
+                if live > 1 {
+                    return Err(self.fail(format!("job {job} has {live} live leases")));
+                }
+            }
+        }
+        for exit in new_exits {
+            self.check_exit(&exit, now)?;
+        }
+        Ok(())
+    }
+
+    fn check_exit(&mut self, exit: &ExitRecord, _now: Duration) -> Result<(), Failure> {
+        self.stats.exits += 1;
+        self.exited_hosts.insert(exit.host.clone(), exit.at);
+        self.ended.entry(exit.worker.clone()).or_insert(exit.at);
+        lock(&self.shared)
+            .alive
+            .retain(|(worker, _), _| *worker != exit.worker);
+        self.line(
+            exit.at,
+            format_args!("{} exited with {}", exit.worker, exit.code),
+        );
+        for line in exit.trace.lines() {
+            let _ = writeln!(self.trace, "             | {line}");
+        }
+        if let Some(fatal) = &exit.fatal {
+            return if fatal.contains("cannot register") {
+                Ok(())
+            } else {
+                Err(self.fail(format!("{} failed: {fatal}", exit.worker)))
+            };
+        }
+        let Some(signal) = self.first_signal.get(&exit.worker).copied() else {
+            return Err(self.fail(format!("{} exited without a shutdown signal", exit.worker)));
+        };
+        let bound = self.params.machine().exit_bound();
+        let took = exit.at.saturating_sub(signal);
+        if took > bound + DEREGISTER_SLACK + 3 * TICK {
+            return Err(self.fail(format!(
+                "{} exited {took:?} after its signal, past the bound {bound:?}",
+                exit.worker
+            )));
+        }
+        let Some(store) = self.store() else {
+            return Ok(());
+        };
+        let jobs = now_or_never(store.list(&JobFilter {
+            limit: Some(10_000),
+            ..JobFilter::default()
+        }))
+        .map_err(|e| self.fail(e.to_string()))?;
+        if exit.code == 0 {
+            for job in &jobs {
+                let history =
+                    now_or_never(store.history(job.id)).map_err(|e| self.fail(e.to_string()))?;
+                if history.iter().any(|e| {
+                    e.kind == "interrupted" && e.worker_id.as_deref() == Some(exit.worker.as_str())
+                }) {
+                    return Err(self.fail(format!(
+                        "{} exited 0 but interrupted job {}",
+                        exit.worker, job.id
+                    )));
+                }
+            }
+        }
+        if exit.code != 0 && exit.code != 75 {
+            return Err(self.fail(format!("{} exited with {}", exit.worker, exit.code)));
+        }
+        // Every job this worker started and still leases in the store must be
+        // one it says it abandoned (lease lost or expired, or left at the exit
+        // deadline): those go to lease expiry. A claim whose reply was lost
+        // (never started) is handled by lease expiry too.
+        let started = lock(&self.shared).started.clone();
+        if let Some(job) = jobs.iter().find(|j| {
+            j.state == JobState::Running
+                && j.worker_id.as_deref() == Some(exit.worker.as_str())
+                && started.contains(&(exit.worker.clone(), j.id, j.lease_token))
+                && !exit
+                    .abandoned
+                    .iter()
+                    .any(|l| l.job == j.id && l.token.0 == j.lease_token)
+        }) {
+            return Err(self.fail(format!(
+                "{} exited leaving job {} running under its lease without abandoning it",
+                exit.worker, job.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks once every job is final.
+    fn check_end(&mut self) -> Result<(), Failure> {
+        let Some(store) = self.store() else {
+            return Err(self.fail("no store"));
+        };
+        let jobs = now_or_never(store.list(&JobFilter {
+            limit: Some(10_000),
+            ..JobFilter::default()
+        }))
+        .map_err(|e| self.fail(e.to_string()))?;
+        for job in jobs.iter().rev() {
+            let history =
+                now_or_never(store.history(job.id)).map_err(|e| self.fail(e.to_string()))?;
+            let runs = history
+                .iter()
+                .filter(|e| {
+                    matches!(e.kind.as_str(), "succeeded" | "retry-scheduled")
+                        || (e.kind == "failed"
+                            && e.detail
+                                .as_deref()
+                                .is_some_and(|d| !d.contains("worker shutdown")))
+                })
+                .count() as u32;
+            if job.attempts != runs {
+                return Err(self.fail(format!(
+                    "job {} has attempts = {} but {} runs ended in success or failure (interruptions must not use attempts)",
+                    job.id, job.attempts, runs
+                )));
+            }
+            for event in history.iter().filter(|e| e.kind == "lease-expired") {
+                let at = Duration::from_millis(event.at.max(0) as u64);
+                let Some(worker) = event.worker_id.as_deref() else {
+                    continue;
+                };
+                let host = worker.split('#').next().unwrap_or("");
+                let window = self.params.lease + Duration::from_secs(1);
+                let disturbed = self
+                    .disturbed
+                    .get(host)
+                    .is_some_and(|d| at.saturating_sub(*d) < window + self.params.lease)
+                    || self.ended.get(worker).is_some_and(|e| *e <= at)
+                    || lock(&self.shared)
+                        .last_store_error
+                        .is_some_and(|e| at.saturating_sub(e) < window + self.params.lease)
+                    || self.params.store_error_rate > 0.0
+                    || self.params.latency + self.params.store_delay > self.params.lease / 6;
+                if !disturbed {
+                    return Err(self.fail(format!(
+                        "job {}'s lease expired at {at:?} although {worker} was alive and reachable: heartbeats stopped",
+                        job.id
+                    )));
+                }
+            }
+            self.line(
+                self.stats.simulated,
+                format_args!(
+                    "job {} {} attempts={} interruptions={}",
+                    job.id, job.state, job.attempts, job.interruptions
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Run the world of `seed` (no planted bug).
+pub fn run(seed: u64) -> Result<Report, Failure> {
+    run_with(seed, None)
+}
+
+/// Run the world of `seed` with `bug` planted (tests of the simulation itself).
+pub fn run_with(seed: u64, bug: Option<Bug>) -> Result<Report, Failure> {
+    planted::set(bug);
+    let result = run_world(seed);
+    planted::set(None);
+    result
+}
+
+fn worker_host(
+    sim: &mut turmoil::Sim<'_>,
+    host: &str,
+    params: &Params,
+    shared: &Arc<Mutex<Shared>>,
+) {
+    let (host_name, config, shared) = (host.to_string(), params.machine(), shared.clone());
+    sim.host(host, move || {
+        let (host, config, shared) = (host_name.clone(), config.clone(), shared.clone());
+        async move {
+            let (worker, rx, pid) = {
+                let mut s = lock(&shared);
+                let n = s.incarnations.entry(host.clone()).or_insert(0);
+                *n += 1;
+                let n = *n;
+                let worker = format!("{host}#{n}");
+                let (tx, rx) = mpsc::channel(16);
+                s.signals.insert(host.clone(), tx);
+                s.current.insert(host.clone(), worker.clone());
+                (worker, rx, n)
+            };
+            let shell_config = ShellConfig {
+                worker: WorkerInfo {
+                    id: worker.clone(),
+                    host: host.clone(),
+                    pid,
+                    queues: vec!["default".into()],
+                    concurrency: config.concurrency,
+                },
+                queues: vec!["default".into()],
+                machine: config,
+                store_timeout: STORE_TIMEOUT,
+                monitor: None,
+                status_to_stderr: false,
+            };
+            let executor = SimExecutor::new(&worker, shared.clone());
+            let report = shell::run(RemoteStore::new("db"), executor, rx, shell_config).await;
+            let at = turmoil::sim_elapsed().unwrap_or_default();
+            let mut s = lock(&shared);
+            s.signals.remove(&host);
+            s.exits.push(ExitRecord {
+                worker,
+                host,
+                code: report.code,
+                at,
+                fatal: report.fatal,
+                trace: report.trace,
+                abandoned: report.abandoned,
+            });
+            Ok(())
+        }
+    });
+}
+
+fn run_world(seed: u64) -> Result<Report, Failure> {
+    let params = Params::draw(seed);
+    let shared = Arc::new(Mutex::new(Shared {
+        fault_rng: Some(fastrand::Rng::with_seed(seed ^ 0xbb67_ae85_84ca_a73b)),
+        store_error_rate: params.store_error_rate,
+        store_delay: params.store_delay,
+        ..Shared::default()
+    }));
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .tick_duration(TICK)
+        .simulation_duration(params.chaos + HEALING_LIMIT + Duration::from_secs(120))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(params.latency)
+        .build();
+    let jobs: Vec<NewJob> = params
+        .jobs
+        .iter()
+        .map(|(behavior, timeout, max_attempts, delay)| {
+            let mut job = NewJob::new(behavior.command());
+            job.spec.timeout_ms = timeout.map(|t| t.as_millis() as u64);
+            job.max_attempts = *max_attempts;
+            job.delay = *delay;
+            job
+        })
+        .collect();
+    {
+        let shared = shared.clone();
+        sim.host("db", move || {
+            let (shared, jobs) = (shared.clone(), jobs.clone());
+            async move {
+                // Made inside the host, so its clock is the simulated one.
+                let (store, fresh) = {
+                    let mut s = lock(&shared);
+                    let fresh = s.store.is_none();
+                    let store = s
+                        .store
+                        .get_or_insert_with(|| MemoryStore::with_seed(0, seed))
+                        .clone();
+                    (store, fresh)
+                };
+                if fresh {
+                    store.enqueue_many(&jobs).await?;
+                }
+                protocol::serve(store, Rc::new(SharedFaults(shared))).await
+            }
+        });
+    }
+    let hosts = hosts(params.workers);
+    for host in &hosts {
+        worker_host(&mut sim, host, &params, &shared);
+    }
+    let mut world = World {
+        seed,
+        stats: Stats {
+            jobs: params.jobs.len() as u64,
+            ..Stats::default()
+        },
+        params,
+        trace: String::new(),
+        shared,
+        first_signal: BTreeMap::new(),
+        disturbed: BTreeMap::new(),
+        partitioned: BTreeSet::new(),
+        crashed: BTreeMap::new(),
+        ended: BTreeMap::new(),
+        exited_hosts: BTreeMap::new(),
+        repairs: Vec::new(),
+        exits_seen: 0,
+        claims_seen: 0,
+        rng: fastrand::Rng::with_seed(seed ^ 0x3c6e_f372_fe94_f82b),
+    };
+    let p = world.params.clone();
+    world.line(
+        Duration::ZERO,
+        format_args!("world {seed}: {} workers, {} jobs", p.workers, p.jobs.len()),
+    );
+
+    // ---- chaos ----
+    let mut restarts: Vec<(Duration, String)> = Vec::new();
+    while sim.elapsed() < p.chaos {
+        step(&mut sim, &mut world)?;
+        let now = sim.elapsed();
+        let rng = &mut world.rng;
+        let roll = rng.f64();
+        let host = hosts[rng.usize(0..hosts.len())].clone();
+        if roll < p.signal_rate {
+            let signal = match world.rng.u8(0..10) {
+                0..=5 => Signal::Term,
+                6..=7 => Signal::Int,
+                _ => Signal::Usr1,
+            };
+            if !world.crashed.contains_key(&host) {
+                world.send_signal(now, &host, signal);
+            }
+        } else if roll < p.signal_rate + p.crash_rate
+            && !world.crashed.contains_key(&host)
+            && sim.is_host_running(host.as_str())
+        {
+            sim.crash(host.as_str());
+            world.stats.crashes += 1;
+            world.crashed.insert(host.clone(), now);
+            if let Some(worker) = lock(&world.shared).current.get(&host).cloned() {
+                world.ended.entry(worker).or_insert(now);
+            }
+            world.disturbed.insert(host.clone(), now);
+            let worker = lock(&world.shared)
+                .current
+                .get(&host)
+                .cloned()
+                .unwrap_or_default();
+            lock(&world.shared).alive.retain(|(w, _), _| *w != worker);
+            lock(&world.shared).signals.remove(&host);
+            world.line(now, format_args!("operator: crash {worker} (SIGKILL)"));
+            restarts.push((now + Duration::from_millis(world.rng.u64(200..=3000)), host));
+        } else if roll < p.signal_rate + p.crash_rate + p.partition_rate
+            && !world.partitioned.contains(&host)
+        {
+            sim.partition(host.as_str(), "db");
+            world.stats.partitions += 1;
+            world.partitioned.insert(host.clone());
+            world.disturbed.insert(host.clone(), now);
+            world.line(now, format_args!("operator: partition {host} from db"));
+            world
+                .repairs
+                .push((now + Duration::from_millis(world.rng.u64(200..=6000)), host));
+        }
+        // Restart crashed hosts and exited workers (a rolling restart), repair partitions.
+        let due: Vec<String> = restarts
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, h)| h.clone())
+            .collect();
+        restarts.retain(|(at, _)| *at > now);
+        for host in due {
+            world.crashed.remove(&host);
+            world.exited_hosts.remove(&host);
+            sim.bounce(host.as_str());
+            world.line(now, format_args!("operator: start {host}"));
+        }
+        let exited: Vec<String> = world
+            .exited_hosts
+            .iter()
+            .filter(|(h, _)| !restarts.iter().any(|(_, r)| r == *h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in exited {
+            restarts.push((now + Duration::from_millis(world.rng.u64(100..=2000)), host));
+        }
+        repair_due(&mut sim, &mut world, now);
+    }
+
+    // ---- healing ----
+    let healed_at = sim.elapsed();
+    for host in std::mem::take(&mut world.partitioned) {
+        sim.repair(host.as_str(), "db");
+        world.disturbed.insert(host.clone(), healed_at);
+    }
+    world.repairs.clear();
+    {
+        let mut s = lock(&world.shared);
+        s.store_error_rate = 0.0;
+        s.store_delay = Duration::ZERO;
+    }
+    world.line(
+        healed_at,
+        "operator: heal every fault; a healthy worker joins",
+    );
+    worker_host(&mut sim, "healer", &p, &world.shared);
+    let store = world.store().ok_or_else(|| world.fail("no store"))?;
+    loop {
+        step(&mut sim, &mut world)?;
+        let jobs = now_or_never(store.list(&JobFilter {
+            limit: Some(10_000),
+            ..JobFilter::default()
+        }))
+        .map_err(|e| world.fail(e.to_string()))?;
+        if jobs.iter().all(|j| j.state.is_final()) {
+            break;
+        }
+        if sim.elapsed() > healed_at + HEALING_LIMIT {
+            let open: Vec<String> = jobs
+                .iter()
+                .filter(|j| !j.state.is_final())
+                .map(|j| format!("{} {}", j.id, j.state))
+                .collect();
+            return Err(world.fail(format!(
+                "liveness: jobs not final {HEALING_LIMIT:?} after healing: {open:?}"
+            )));
+        }
+    }
+    // ---- shutdown of whoever is still running ----
+    let now = sim.elapsed();
+    let running: Vec<String> = lock(&world.shared).signals.keys().cloned().collect();
+    for host in &running {
+        world.send_signal(now, host, Signal::Term);
+    }
+    let limit = now + p.machine().exit_bound() + DEREGISTER_SLACK + Duration::from_secs(1);
+    while !lock(&world.shared).signals.is_empty() {
+        if sim.elapsed() > limit {
+            return Err(world.fail("workers did not exit after the final SIGTERM"));
+        }
+        step(&mut sim, &mut world)?;
+    }
+    world.stats.simulated = sim.elapsed();
+    world.stats.store_errors = lock(&world.shared).store_errors_injected;
+    world.check_end()?;
+    let hash = fnv1a(world.trace.as_bytes());
+    Ok(Report {
+        trace: world.trace,
+        hash,
+        stats: world.stats,
+    })
+}
+
+fn step(sim: &mut turmoil::Sim<'_>, world: &mut World) -> Result<(), Failure> {
+    if let Err(error) = sim.step() {
+        return Err(world.fail(format!("a host failed: {error}")));
+    }
+    let now = sim.elapsed();
+    world.check_step(now)
+}
+
+fn repair_due(sim: &mut turmoil::Sim<'_>, world: &mut World, now: Duration) {
+    let due: Vec<String> = world
+        .repairs
+        .iter()
+        .filter(|(at, _)| *at <= now)
+        .map(|(_, h)| h.clone())
+        .collect();
+    world.repairs.retain(|(at, _)| *at > now);
+    for host in due {
+        sim.repair(host.as_str(), "db");
+        world.partitioned.remove(&host);
+        world.disturbed.insert(host.clone(), now);
+        world.line(now, format_args!("operator: repair {host}"));
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash of a trace.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

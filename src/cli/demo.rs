@@ -130,6 +130,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         machine: config,
         store_timeout: Duration::from_secs(5),
         monitor: Some(monitor),
+        status_to_stderr: true,
     };
     let start = tokio::time::Instant::now();
     let bar = ProgressBar::new(JOBS.len() as u64);

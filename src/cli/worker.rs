@@ -183,6 +183,7 @@ pub async fn run(
         machine: config,
         store_timeout: Duration::from_secs(5),
         monitor: Some(monitor),
+        status_to_stderr: true,
     };
     let executor = Router::new(
         ProcessExecutor::new(watchdog),

@@ -51,6 +51,10 @@ pub use time::{Fired, Instant, JobTimer, Timer, TimerTable};
 use crate::job::{
     tail, ClaimedJob, Completion, Exit, JobId, Lease, Outcome, RecordResult, OUTPUT_LIMIT,
 };
+use crate::planted::{self, Bug};
+
+/// Most abandoned leases remembered.
+pub const MAX_ABANDONED: usize = 1024;
 
 /// Most trace notes kept undrained before the oldest are dropped.
 pub const MAX_NOTES: usize = 10_000;
@@ -100,7 +104,9 @@ impl fmt::Display for JobSignal {
 }
 
 /// The worker's phase, as reported to the outside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Phase {
     /// Claiming and running jobs.
     Running,
@@ -135,7 +141,7 @@ impl fmt::Display for Phase {
 pub struct StoreFailure(pub String);
 
 /// The store's answer to a heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeartbeatAnswer {
     /// Jobs whose lease we no longer hold (reaped, or claimed by another).
     pub lost: Vec<JobId>,
@@ -411,6 +417,7 @@ pub struct Machine {
     first_signal_at: Option<Instant>,
     interrupted: bool,
     gave_up: usize,
+    abandoned: VecDeque<Lease>,
     counters: Counters,
 }
 
@@ -439,6 +446,7 @@ impl Machine {
             first_signal_at: None,
             interrupted: false,
             gave_up: 0,
+            abandoned: VecDeque::new(),
             counters: Counters::default(),
             config,
         };
@@ -486,6 +494,20 @@ impl Machine {
     /// When the first TERM/INT arrived.
     pub fn first_signal_at(&self) -> Option<Instant> {
         self.first_signal_at
+    }
+
+    /// Leases given up without recording an outcome (lost, expired, or left
+    /// at the exit deadline), most recent last; the store's lease expiry
+    /// hands those jobs to another worker. Keeps the last [`MAX_ABANDONED`].
+    pub fn abandoned(&self) -> impl Iterator<Item = &Lease> {
+        self.abandoned.iter()
+    }
+
+    fn abandon(&mut self, lease: Lease) {
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(lease);
     }
 
     /// Totals so far.
@@ -605,11 +627,23 @@ impl Machine {
         self.inner = Inner::Draining;
         self.first_signal_at = Some(now);
         self.claim_wanted = false;
-        self.timers.stop(Timer::Poll);
+        if !planted::active(Bug::ClaimWhileDraining) {
+            self.timers.stop(Timer::Poll);
+        }
         self.timers
             .set(Timer::ShutdownDeadline, now + self.config.shutdown_timeout);
         self.timers
             .set(Timer::ExitDeadline, now + self.config.exit_bound());
+        // A claim queued but not yet polled was never issued: withdraw it
+        // (the signal arrived before the driver performed it).
+        if let Some(pos) = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Claim { .. }))
+        {
+            self.actions.remove(pos);
+            self.claim_in_flight = None;
+        }
         let alive = self.alive();
         let mut text = format!(
             "running -> draining: {signal} received; {alive} job{} running, no new claims, drain deadline in {}",
@@ -684,7 +718,7 @@ impl Machine {
         for fired in self.timers.take_expired(now) {
             match fired {
                 Fired::Worker(Timer::Poll) => {
-                    if self.inner == Inner::Running {
+                    if self.inner == Inner::Running || self.planted_claims() {
                         self.actions.push_back(Action::Reap);
                         self.claim_wanted = true;
                         self.timers
@@ -692,7 +726,11 @@ impl Machine {
                     }
                 }
                 Fired::Worker(Timer::Heartbeat) => {
-                    self.send_heartbeat();
+                    let skip = planted::active(Bug::NoHeartbeatWhileDraining)
+                        && self.inner != Inner::Running;
+                    if !skip {
+                        self.send_heartbeat();
+                    }
                     self.timers
                         .set(Timer::Heartbeat, now + self.config.heartbeat_interval());
                 }
@@ -741,6 +779,10 @@ impl Machine {
         }
         let ids: Vec<JobId> = self.slots.keys().copied().collect();
         self.gave_up = ids.len();
+        let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
+        for lease in leases {
+            self.abandon(lease);
+        }
         for id in &ids {
             let alive = self.slots.get(id).is_some_and(Slot::alive);
             let text = if alive {
@@ -998,6 +1040,7 @@ impl Machine {
         if reason == Some(StopReason::LeaseLost) {
             self.slots.remove(&id);
             self.counters.lost += 1;
+            self.abandon(lease);
             self.note_job(
                 id,
                 format!(
@@ -1171,7 +1214,7 @@ impl Machine {
             return;
         }
         let free = (self.config.concurrency as usize).saturating_sub(self.slots.len());
-        if self.inner == Inner::Running
+        if (self.inner == Inner::Running || self.planted_claims())
             && self.claim_wanted
             && self.claim_in_flight.is_none()
             && free > 0
@@ -1179,7 +1222,7 @@ impl Machine {
             let max = (free as u32).min(self.config.batch_max);
             // Invariant 1: no claim after the first shutdown signal.
             assert!(
-                self.first_signal_at.is_none(),
+                self.first_signal_at.is_none() || self.planted_claims(),
                 "claim after a shutdown signal"
             );
             let request = self.request_id();
@@ -1220,6 +1263,11 @@ impl Machine {
             };
             self.stop(cause);
         }
+    }
+
+    /// A planted bug (tests only, see [`crate::planted`]): claims go on while Draining.
+    fn planted_claims(&self) -> bool {
+        self.inner == Inner::Draining && planted::active(Bug::ClaimWhileDraining)
     }
 
     fn request_id(&mut self) -> u64 {

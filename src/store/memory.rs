@@ -532,6 +532,9 @@ fn apply_outcome(
             }
         }
         Outcome::Interrupted { reason } => {
+            if crate::planted::active(crate::planted::Bug::InterruptionUsesAttempt) {
+                row.job.attempts += 1;
+            }
             interrupt(row, now);
             let kind = if row.job.state == JobState::Failed {
                 "failed"

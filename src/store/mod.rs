@@ -201,7 +201,7 @@ impl JobFilter {
 }
 
 /// A worker announcing itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     /// Unique id (host-pid-random).
     pub id: String,

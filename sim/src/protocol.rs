@@ -1,0 +1,344 @@
+//! The store over the simulated network: a worker's store calls become JSON
+//! lines over turmoil TCP to the database host, so they can be delayed,
+//! dropped, partitioned or failed like real database calls.
+
+use std::time::Duration;
+
+use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
+use dockhand::machine::{HeartbeatAnswer, Phase};
+use dockhand::store::{
+    CancelResult, Job, JobEvent, JobFilter, MemoryStore, Store, StoreError, Wakeup, WorkerInfo,
+    WorkerRow,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use turmoil::net::{TcpListener, TcpStream};
+
+/// The database host's port.
+pub const PORT: u16 = 7000;
+/// Longest request or response line accepted.
+const MAX_LINE: usize = 1 << 20;
+
+/// A store call.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// `register_worker`.
+    Register(WorkerInfo),
+    /// `deregister_worker`.
+    Deregister(String),
+    /// `claim`, with the simulated time it was sent.
+    Claim {
+        /// Worker.
+        worker: String,
+        /// Queues.
+        queues: Vec<String>,
+        /// Most jobs.
+        max: u32,
+        /// Lease.
+        lease_ms: u64,
+        /// Simulated time of sending (for the claim-after-signal check).
+        sent_at_ms: u64,
+    },
+    /// `heartbeat`.
+    Heartbeat {
+        /// Worker.
+        worker: String,
+        /// Phase.
+        phase: Phase,
+        /// Leases held.
+        leases: Vec<Lease>,
+        /// Lease.
+        lease_ms: u64,
+    },
+    /// `record`.
+    Record {
+        /// Worker.
+        worker: String,
+        /// Outcomes.
+        completions: Vec<Completion>,
+    },
+    /// `reap_expired`.
+    Reap,
+}
+
+/// A store answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Done, nothing to return.
+    Done,
+    /// Claimed jobs.
+    Claimed(Vec<ClaimedJob>),
+    /// Heartbeat answer.
+    Heartbeat(HeartbeatAnswer),
+    /// Record results.
+    Recorded(Vec<(JobId, RecordResult)>),
+    /// Jobs reaped.
+    Reaped(u64),
+    /// The call failed.
+    Failed(String),
+}
+
+/// What the database host was asked to do, for the checker.
+#[derive(Clone, Debug)]
+pub struct ClaimLog {
+    /// Worker.
+    pub worker: String,
+    /// Simulated send time.
+    pub sent_at: Duration,
+    /// Jobs it got.
+    pub jobs: Vec<JobId>,
+}
+
+/// Fault injection at the database host.
+pub trait Faults: 'static {
+    /// Whether this request fails, and how long it takes first.
+    fn next(&self) -> (bool, Duration);
+    /// Record a claim for the checker.
+    fn log_claim(&self, claim: ClaimLog);
+}
+
+/// Serve `store` until the host stops.
+pub async fn serve(store: MemoryStore, faults: std::rc::Rc<dyn Faults>) -> turmoil::Result {
+    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (store, faults) = (store.clone(), faults.clone());
+        tokio::task::spawn_local(async move {
+            let _ = handle(stream, store, faults).await;
+        });
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    store: MemoryStore,
+    faults: std::rc::Rc<dyn Faults>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read);
+    let n = reader.read_line(&mut line).await?;
+    if n == 0 || n > MAX_LINE {
+        return Ok(());
+    }
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(_) => return Ok(()),
+    };
+    let (fail, delay) = faults.next();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = if fail {
+        Response::Failed("injected store error".into())
+    } else {
+        answer(&store, request, &*faults).await
+    };
+    let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "\"Done\"".into());
+    out.push('\n');
+    write.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> Response {
+    let result = match request {
+        Request::Register(info) => store.register_worker(&info).await.map(|()| Response::Done),
+        Request::Deregister(id) => store.deregister_worker(&id).await.map(|()| Response::Done),
+        Request::Claim {
+            worker,
+            queues,
+            max,
+            lease_ms,
+            sent_at_ms,
+        } => {
+            let claimed = store
+                .claim(&worker, &queues, max, Duration::from_millis(lease_ms))
+                .await;
+            if let Ok(jobs) = &claimed {
+                faults.log_claim(ClaimLog {
+                    worker,
+                    sent_at: Duration::from_millis(sent_at_ms),
+                    jobs: jobs.iter().map(|j| j.lease.job).collect(),
+                });
+            }
+            claimed.map(Response::Claimed)
+        }
+        Request::Heartbeat {
+            worker,
+            phase,
+            leases,
+            lease_ms,
+        } => store
+            .heartbeat(&worker, phase, &leases, Duration::from_millis(lease_ms))
+            .await
+            .map(Response::Heartbeat),
+        Request::Record {
+            worker,
+            completions,
+        } => store
+            .record(&worker, &completions)
+            .await
+            .map(Response::Recorded),
+        Request::Reap => store.reap_expired().await.map(Response::Reaped),
+    };
+    result.unwrap_or_else(|e| Response::Failed(e.to_string()))
+}
+
+/// A worker's store: every call a round trip to the database host.
+#[derive(Clone, Debug)]
+pub struct RemoteStore {
+    host: String,
+}
+
+impl RemoteStore {
+    /// A client of the database host `host`.
+    pub fn new(host: &str) -> Self {
+        RemoteStore {
+            host: host.to_string(),
+        }
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, StoreError> {
+        let down = |e: std::io::Error| StoreError::Unreachable(e.to_string());
+        let stream = TcpStream::connect((self.host.as_str(), PORT))
+            .await
+            .map_err(down)?;
+        let (read, mut write) = stream.into_split();
+        let mut line =
+            serde_json::to_string(&request).map_err(|e| StoreError::Database(e.to_string()))?;
+        line.push('\n');
+        write.write_all(line.as_bytes()).await.map_err(down)?;
+        let mut reply = String::new();
+        BufReader::new(read)
+            .read_line(&mut reply)
+            .await
+            .map_err(down)?;
+        if reply.is_empty() {
+            return Err(StoreError::Unreachable("connection closed".into()));
+        }
+        match serde_json::from_str(&reply) {
+            Ok(Response::Failed(message)) => Err(StoreError::Unreachable(message)),
+            Ok(response) => Ok(response),
+            Err(e) => Err(StoreError::Corrupt(e.to_string())),
+        }
+    }
+}
+
+fn unexpected(response: Response) -> StoreError {
+    StoreError::Corrupt(format!("unexpected response {response:?}"))
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Database("not part of the simulation protocol".into())
+}
+
+fn sim_now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+impl Store for RemoteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn enqueue_many(&self, _jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        Err(unsupported())
+    }
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let request = Request::Claim {
+            worker: worker.to_string(),
+            queues: queues.to_vec(),
+            max,
+            lease_ms: lease.as_millis() as u64,
+            sent_at_ms: sim_now().as_millis() as u64,
+        };
+        match self.call(request).await? {
+            Response::Claimed(jobs) => Ok(jobs),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        let request = Request::Heartbeat {
+            worker: worker.to_string(),
+            phase,
+            leases: leases.to_vec(),
+            lease_ms: lease.as_millis() as u64,
+        };
+        match self.call(request).await? {
+            Response::Heartbeat(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        let request = Request::Record {
+            worker: worker.to_string(),
+            completions: completions.to_vec(),
+        };
+        match self.call(request).await? {
+            Response::Recorded(results) => Ok(results),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        match self.call(Request::Reap).await? {
+            Response::Reaped(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn cancel(&self, _id: JobId) -> Result<CancelResult, StoreError> {
+        Err(unsupported())
+    }
+    async fn retry(&self, _id: JobId) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    async fn get(&self, _id: JobId) -> Result<Option<Job>, StoreError> {
+        Err(unsupported())
+    }
+    async fn list(&self, _filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        Err(unsupported())
+    }
+    async fn history(&self, _id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        Err(unsupported())
+    }
+    async fn output(&self, _id: JobId) -> Result<Option<String>, StoreError> {
+        Err(unsupported())
+    }
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        match self.call(Request::Register(info.clone())).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        match self.call(Request::Deregister(id.to_string())).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+    async fn workers(&self, _lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        Err(unsupported())
+    }
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        Ok("sim".into())
+    }
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        // Workers poll in the simulation: wake-ups would cross hosts in-process.
+        Ok(None)
+    }
+}

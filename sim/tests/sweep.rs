@@ -1,0 +1,101 @@
+//! The seed sweep run by `./scripts/test` (2,000 seeds), determinism, replay,
+//! and proof that the simulation catches planted bugs.
+//!
+//! Replay one seed with its full trace:
+//!   DOCKHAND_SEED=123 cargo test -p dockhand-sim --test sweep replay -- --nocapture
+//! Long hunts: `cargo run -p dockhand-sim --release -- --seeds 100000`.
+
+use dockhand::planted::Bug;
+
+/// Seeds per sweep test; eight tests share the 2,000 seeds across cores.
+const PER_TEST: u64 = 250;
+
+fn sweep(part: u64) {
+    let start = part * PER_TEST;
+    for seed in start..start + PER_TEST {
+        if let Err(failure) = dockhand_sim::run(seed) {
+            panic!("{failure}");
+        }
+    }
+}
+
+macro_rules! sweeps {
+    ($($name:ident = $part:expr),*) => {$(
+        #[test]
+        fn $name() {
+            sweep($part);
+        }
+    )*};
+}
+
+sweeps!(
+    sweep_0 = 0,
+    sweep_1 = 1,
+    sweep_2 = 2,
+    sweep_3 = 3,
+    sweep_4 = 4,
+    sweep_5 = 5,
+    sweep_6 = 6,
+    sweep_7 = 7
+);
+
+#[test]
+fn replay() {
+    let seed = std::env::var("DOCKHAND_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    match dockhand_sim::run(seed) {
+        Ok(report) => println!(
+            "{}\nseed {seed}: ok, trace hash {:016x}, {:?}",
+            report.trace, report.hash, report.stats
+        ),
+        Err(failure) => panic!("full trace:\n{}\n{failure}", failure.trace),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    for seed in [3, 17, 4242] {
+        let a = dockhand_sim::run(seed).unwrap_or_else(|f| panic!("{f}"));
+        let b = dockhand_sim::run(seed).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(a.trace, b.trace, "seed {seed} is not deterministic");
+        assert_eq!(a.hash, b.hash);
+        assert!(a.trace.lines().count() > 5, "the trace says something");
+    }
+    let a = dockhand_sim::run(3).unwrap();
+    let b = dockhand_sim::run(4).unwrap();
+    assert_ne!(a.hash, b.hash, "different seeds, different worlds");
+}
+
+/// The first seed (below `limit`) whose world catches `bug`.
+fn caught(bug: Bug, limit: u64) -> (u64, String) {
+    for seed in 0..limit {
+        if let Err(failure) = dockhand_sim::run_with(seed, Some(bug)) {
+            println!("{bug:?} caught by seed {seed}: {}", failure.message);
+            return (seed, failure.message);
+        }
+    }
+    panic!("{bug:?} was not caught within {limit} seeds");
+}
+
+#[test]
+fn catches_a_claim_while_draining() {
+    let (seed, message) = caught(Bug::ClaimWhileDraining, 200);
+    assert!(message.contains("claim"), "seed {seed}: {message}");
+}
+
+#[test]
+fn catches_heartbeats_stopped_while_draining() {
+    let (seed, message) = caught(Bug::NoHeartbeatWhileDraining, 300);
+    assert!(
+        message.contains("heartbeat") || message.contains("lease"),
+        "seed {seed}: {message}"
+    );
+}
+
+#[test]
+fn catches_an_interruption_counted_as_an_attempt() {
+    let (seed, message) = caught(Bug::InterruptionUsesAttempt, 200);
+    assert!(message.contains("attempts"), "seed {seed}: {message}");
+}
