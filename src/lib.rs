@@ -6,6 +6,7 @@
 //! [`executor::Executor`].
 
 pub mod cli;
+pub mod embed;
 pub mod executor;
 pub mod http;
 pub mod job;

@@ -3,6 +3,7 @@
 //! [`Executor`] trait and learns how they ended from [`ExecEvent`]s.
 
 pub mod docker;
+pub mod inprocess;
 pub mod process;
 pub mod router;
 pub mod watchdog;
