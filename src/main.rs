@@ -61,7 +61,10 @@ fn main() {
         }
     }
     // The demo tells its own story; the worker's logs would drown it.
-    init_logging(cli.log_format, matches!(cli.command, Command::Demo));
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Demo | Command::Bench(_)),
+    );
     let watchdog = if matches!(cli.command, Command::Worker(_) | Command::Demo) {
         // SAFETY: no thread exists yet; the runtime is built below.
         match unsafe { Watchdog::spawn() } {

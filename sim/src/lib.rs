@@ -309,6 +309,8 @@ struct World {
     crashed: BTreeMap<String, Duration>,
     /// When each incarnation ended (crash or exit): its leases expire legitimately after.
     ended: BTreeMap<String, Duration>,
+    /// Leases workers said they gave up (worker, job, token).
+    abandoned: BTreeSet<(String, JobId, i64)>,
     exited_hosts: BTreeMap<String, Duration>,
     repairs: Vec<(Duration, String)>,
     exits_seen: usize,
@@ -438,6 +440,10 @@ impl World {
         self.stats.exits += 1;
         self.exited_hosts.insert(exit.host.clone(), exit.at);
         self.ended.entry(exit.worker.clone()).or_insert(exit.at);
+        for lease in &exit.abandoned {
+            self.abandoned
+                .insert((exit.worker.clone(), lease.job, lease.token.0));
+        }
         lock(&self.shared)
             .alive
             .retain(|(worker, _), _| *worker != exit.worker);
@@ -547,8 +553,21 @@ impl World {
                 let Some(worker) = event.worker_id.as_deref() else {
                     continue;
                 };
+                // A lease the worker itself gave up (its local lease timer fired)
+                // keeps heartbeating until the job is killed, up to a kill grace
+                // later: widen the window by that much. A healthy, reachable
+                // worker must never need to give a lease up, though.
+                let token = event.lease_token.unwrap_or(-1);
+                let gave_up = self
+                    .abandoned
+                    .contains(&(worker.to_string(), job.id, token));
+                let extra = if gave_up {
+                    self.params.kill_grace + self.params.lease + Duration::from_secs(1)
+                } else {
+                    Duration::ZERO
+                };
                 let host = worker.split('#').next().unwrap_or("");
-                let window = self.params.lease + Duration::from_secs(1);
+                let window = self.params.lease + Duration::from_secs(1) + extra;
                 let disturbed = self
                     .disturbed
                     .get(host)
@@ -711,6 +730,7 @@ fn run_world(seed: u64) -> Result<Report, Failure> {
         partitioned: BTreeSet::new(),
         crashed: BTreeMap::new(),
         ended: BTreeMap::new(),
+        abandoned: BTreeSet::new(),
         exited_hosts: BTreeMap::new(),
         repairs: Vec::new(),
         exits_seen: 0,

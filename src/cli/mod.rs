@@ -1,5 +1,6 @@
 //! The command line: the contract in DESIGN.md ("Command line").
 
+mod bench;
 mod demo;
 mod enqueue;
 mod output;
@@ -68,6 +69,8 @@ pub enum Command {
     Status(StatusArgs),
     /// A self-contained tour: six jobs, a worker, a SIGTERM half-way (no server needed).
     Demo,
+    /// Measure throughput, latency, shutdown and recovery with no-op jobs.
+    Bench(bench::BenchArgs),
 }
 
 /// `jobs` options.
@@ -162,5 +165,9 @@ pub async fn run(
         Command::Retry(args) => output::retry(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Demo => Ok(0),
+        Command::Bench(args) => {
+            let url = cli.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
+            bench::run(&store, url, args).await
+        }
     }
 }

@@ -515,7 +515,7 @@ impl Machine {
         &self.counters
     }
 
-    /// Jobs held: claimed and not yet recorded.
+    /// Jobs held: claimed and not yet recorded (at most twice the concurrency).
     pub fn held(&self) -> usize {
         self.slots.len()
     }
@@ -1213,7 +1213,22 @@ impl Machine {
         if matches!(self.inner, Inner::Stopped { .. }) {
             return;
         }
-        let free = (self.config.concurrency as usize).saturating_sub(self.slots.len());
+        // Slots count live jobs: a finished job waiting for its outcome write
+        // does not hold one, so claims overlap with writes. Held jobs stay
+        // bounded at twice the concurrency.
+        let concurrency = self.config.concurrency as usize;
+        let alive = self.alive();
+        let free = concurrency
+            .saturating_sub(alive)
+            .min((2 * concurrency).saturating_sub(self.slots.len()));
+        // Claim in worthwhile batches: when a quarter of the slots (up to the
+        // batch limit) are free, or when nothing runs at all.
+        let low_water = (concurrency / 4).clamp(1, self.config.batch_max as usize);
+        let free = if free >= low_water || alive == 0 {
+            free
+        } else {
+            0
+        };
         if (self.inner == Inner::Running || self.planted_claims())
             && self.claim_wanted
             && self.claim_in_flight.is_none()
@@ -1283,7 +1298,7 @@ impl Machine {
                 <= self.config.concurrency as usize,
             "more jobs alive than concurrency allows"
         );
-        assert!(self.slots.len() <= (self.config.concurrency + self.config.batch_max) as usize);
+        assert!(self.slots.len() <= (2 * self.config.concurrency + self.config.batch_max) as usize);
         if let Inner::Stopped { code } = self.inner {
             // Invariant 5: exit only once every job is done and recorded (or given up).
             assert!(self.slots.is_empty(), "stopped while holding jobs");

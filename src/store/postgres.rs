@@ -291,90 +291,110 @@ impl Store for PostgresStore {
         worker: &str,
         completions: &[Completion],
     ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(completions.len());
-        let mut requeued = false;
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(completions.len());
+        let mut tokens = Vec::with_capacity(completions.len());
+        let mut kinds = Vec::with_capacity(completions.len());
+        let mut codes: Vec<Option<i32>> = Vec::with_capacity(completions.len());
+        let mut errors: Vec<Option<String>> = Vec::with_capacity(completions.len());
+        let mut outputs = Vec::with_capacity(completions.len());
         for completion in completions {
             let (kind, exit_code, error) = outcome_params(&completion.outcome);
-            let row = sqlx::query(
-                "WITH target AS (
-                    SELECT id FROM jobs
-                    WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 AND state = 'running'
-                    FOR UPDATE
-                ), upd AS (
-                    UPDATE jobs j SET
-                        attempts = j.attempts + CASE WHEN $4 IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
-                        interruptions = j.interruptions + CASE WHEN $4 = 'interrupted' THEN 1 ELSE 0 END,
-                        state = CASE $4
-                            WHEN 'succeeded' THEN 'succeeded'
-                            WHEN 'failed' THEN CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'queued' END
-                            WHEN 'interrupted' THEN CASE WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed' ELSE 'queued' END
-                            WHEN 'cancelled' THEN 'cancelled'
-                            ELSE 'queued' END,
-                        run_at = CASE WHEN $4 = 'failed'
-                            THEN now() + make_interval(secs => least(600, power(2, j.attempts)) * (0.75 + random() * 0.5))
-                            ELSE now() END,
-                        exit_code = CASE WHEN $4 IN ('succeeded', 'failed') THEN $5 ELSE j.exit_code END,
-                        error = CASE
-                            WHEN $4 = 'failed' THEN $6
-                            WHEN $4 = 'succeeded' THEN NULL
-                            WHEN $4 = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions
-                                THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
-                            ELSE j.error END,
-                        output = CASE WHEN $4 = 'handed-back' THEN j.output ELSE $7 END,
-                        started_at = CASE WHEN $4 = 'handed-back' THEN NULL ELSE j.started_at END,
-                        finished_at = CASE
-                            WHEN $4 IN ('succeeded', 'cancelled') THEN now()
-                            WHEN $4 = 'failed' AND j.attempts + 1 >= j.max_attempts THEN now()
-                            WHEN $4 = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions THEN now()
-                            ELSE NULL END,
-                        lease_expires_at = NULL
-                    FROM target WHERE j.id = target.id
-                    RETURNING j.id, j.state
-                )
+            ids.push(completion.lease.job.0);
+            tokens.push(completion.lease.token.0);
+            kinds.push(kind);
+            codes.push(exit_code);
+            errors.push(error);
+            outputs.push(completion.output.as_str());
+        }
+        // One statement for the whole batch: fenced update, history, and a
+        // `stale-write-refused` event for every outcome whose lease is gone.
+        let recorded: Vec<i64> = sqlx::query_scalar(
+            "WITH input AS (
+                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[])
+                    AS t(id, token, kind, exit_code, error, output)
+            ), target AS (
+                SELECT i.* FROM jobs j JOIN input i ON j.id = i.id
+                WHERE j.lease_owner = $7 AND j.lease_token = i.token AND j.state = 'running'
+                FOR UPDATE OF j
+            ), upd AS (
+                UPDATE jobs j SET
+                    attempts = j.attempts + CASE WHEN t.kind IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
+                    interruptions = j.interruptions + CASE WHEN t.kind = 'interrupted' THEN 1 ELSE 0 END,
+                    state = CASE t.kind
+                        WHEN 'succeeded' THEN 'succeeded'
+                        WHEN 'failed' THEN CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'queued' END
+                        WHEN 'interrupted' THEN CASE WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed' ELSE 'queued' END
+                        WHEN 'cancelled' THEN 'cancelled'
+                        ELSE 'queued' END,
+                    run_at = CASE WHEN t.kind = 'failed'
+                        THEN now() + make_interval(secs => least(600, power(2, j.attempts)) * (0.75 + random() * 0.5))
+                        ELSE now() END,
+                    exit_code = CASE WHEN t.kind IN ('succeeded', 'failed') THEN t.exit_code ELSE j.exit_code END,
+                    error = CASE
+                        WHEN t.kind = 'failed' THEN t.error
+                        WHEN t.kind = 'succeeded' THEN NULL
+                        WHEN t.kind = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions
+                            THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
+                        ELSE j.error END,
+                    output = CASE WHEN t.kind = 'handed-back' THEN j.output ELSE t.output END,
+                    started_at = CASE WHEN t.kind = 'handed-back' THEN NULL ELSE j.started_at END,
+                    finished_at = CASE
+                        WHEN t.kind IN ('succeeded', 'cancelled') THEN now()
+                        WHEN t.kind = 'failed' AND j.attempts + 1 >= j.max_attempts THEN now()
+                        WHEN t.kind = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions THEN now()
+                        ELSE NULL END,
+                    lease_expires_at = NULL
+                FROM target t WHERE j.id = t.id
+                RETURNING j.id, j.state, t.kind, t.token, t.error
+            ), history AS (
                 INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
                 SELECT id,
-                    CASE WHEN $4 = 'failed' AND state = 'queued' THEN 'retry-scheduled'
-                         WHEN $4 = 'interrupted' AND state = 'failed' THEN 'failed'
-                         ELSE $4 END,
-                    $2, $3, $6
+                    CASE WHEN kind = 'failed' AND state = 'queued' THEN 'retry-scheduled'
+                         WHEN kind = 'interrupted' AND state = 'failed' THEN 'failed'
+                         ELSE kind END,
+                    $7, token, error
                 FROM upd
-                RETURNING job_id",
+            ), refused AS (
+                INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+                SELECT i.id, 'stale-write-refused', $7, i.token, i.kind FROM input i
+                WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = i.id)
+                  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = i.id)
             )
-            .bind(completion.lease.job.0)
-            .bind(worker)
-            .bind(completion.lease.token.0)
-            .bind(kind)
-            .bind(exit_code)
-            .bind(error.as_deref())
-            .bind(&completion.output)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if row.is_some() {
-                requeued |= !matches!(completion.outcome, Outcome::Succeeded | Outcome::Cancelled);
-                results.push((completion.lease.job, RecordResult::Recorded));
-            } else {
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
-                     SELECT $1, 'stale-write-refused', $2, $3, $4 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1)",
-                )
-                .bind(completion.lease.job.0)
-                .bind(worker)
-                .bind(completion.lease.token.0)
-                .bind(kind)
-                .execute(&mut *tx)
-                .await?;
-                results.push((completion.lease.job, RecordResult::Refused));
-            }
-        }
+            SELECT id FROM upd",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&kinds)
+        .bind(&codes)
+        .bind(&errors)
+        .bind(&outputs)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let requeued = completions.iter().any(|c| {
+            recorded.contains(&c.lease.job.0)
+                && !matches!(c.outcome, Outcome::Succeeded | Outcome::Cancelled)
+        });
         if requeued {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(JOBS_CHANNEL)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(results)
+        Ok(completions
+            .iter()
+            .map(|c| {
+                let result = if recorded.contains(&c.lease.job.0) {
+                    RecordResult::Recorded
+                } else {
+                    RecordResult::Refused
+                };
+                (c.lease.job, result)
+            })
+            .collect())
     }
 
     async fn reap_expired(&self) -> Result<u64, StoreError> {
@@ -610,10 +630,13 @@ impl Store for PostgresStore {
         let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
         tokio::spawn(async move {
             loop {
-                if tx.is_closed() {
-                    return;
-                }
-                match listener.try_recv().await {
+                // Wait for a notification, or for the worker to drop its end:
+                // then the listener (and its pooled connection) goes too.
+                let received = tokio::select! {
+                    _ = tx.closed() => return,
+                    received = listener.try_recv() => received,
+                };
+                match received {
                     Ok(Some(notification)) => {
                         let wakeup = if notification.channel() == CANCEL_CHANNEL {
                             match notification.payload().parse::<i64>() {
