@@ -249,7 +249,12 @@ async fn recovery(store: &AnyStore, lease: Duration) -> Result<Duration, CliErro
     let queue = queue("recovery");
     store.enqueue_many(&noop_jobs(&queue, 1)).await?;
     let claimed = store
-        .claim("bench-killed-worker", std::slice::from_ref(&queue), 1, lease)
+        .claim(
+            "bench-killed-worker",
+            std::slice::from_ref(&queue),
+            1,
+            lease,
+        )
         .await?;
     if claimed.is_empty() {
         return Err(CliError("the recovery job could not be claimed".into()));
