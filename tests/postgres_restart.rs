@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,15 +53,22 @@ async fn store_survives_a_server_restart_losing_nothing() {
     store.enqueue_many(&jobs).await.unwrap();
 
     let done = Arc::new(AtomicU64::new(0));
+    // The loop waits at 200 jobs until the server is down, so it must meet the outage.
+    let stopped = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let lease = Duration::from_secs(2);
     let worker = {
         let (store, done, errors) = (store.clone(), done.clone(), errors.clone());
+        let stopped = stopped.clone();
         tokio::spawn(async move {
             let queues = vec!["default".to_string()];
             let deadline = Instant::now() + Duration::from_secs(90);
             let mut pending: Vec<Completion> = Vec::new();
             while Instant::now() < deadline {
+                if done.load(Ordering::Relaxed) >= 200 && !stopped.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
                 // Outcomes whose write failed are written again with the same lease.
                 if !pending.is_empty() {
                     match store.record("restarter", &pending).await {
@@ -119,6 +126,7 @@ async fn store_survives_a_server_restart_losing_nothing() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     pg_ctl("stop");
+    stopped.store(true, Ordering::Relaxed);
     // While the server is down every call fails with a typed, transient error.
     let down = store
         .claim("probe", &["default".to_string()], 1, lease)
