@@ -9,24 +9,9 @@ use std::time::{Duration, Instant};
 
 use dockhand::job::{JobId, JobState};
 use dockhand::store::Store;
-use support::{containers_of, eventually, test_image, Db};
+use support::{containers_of, eventually, test_image, wait_state, Db};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn wait_state(db: &Db, id: i64, want: JobState) -> dockhand::store::Job {
-    let store = db.store().await;
-    eventually(&format!("job {id} to be {want}"), LONG, || {
-        let store = store.clone();
-        async move {
-            store
-                .get(JobId(id))
-                .await
-                .unwrap()
-                .filter(|j| j.state == want)
-        }
-    })
-    .await
-}
 
 async fn store_id(db: &Db) -> String {
     db.store().await.instance_id().await.unwrap()

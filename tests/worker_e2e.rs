@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dockhand::job::{JobId, JobState};
 use dockhand::store::{JobFilter, Store};
-use support::{eventually, processes_with, Db};
+use support::{eventually, processes_with, wait_state, Db};
 
 const SIGTERM: i32 = libc::SIGTERM;
 const SIGINT: i32 = libc::SIGINT;
@@ -22,21 +22,6 @@ async fn state(db: &Db, id: i64) -> dockhand::store::Job {
         .await
         .unwrap()
         .expect("job exists")
-}
-
-async fn wait_state(db: &Db, id: i64, want: JobState) -> dockhand::store::Job {
-    let store = db.store().await;
-    eventually(&format!("job {id} to be {want}"), LONG, || {
-        let store = store.clone();
-        async move {
-            store
-                .get(JobId(id))
-                .await
-                .unwrap()
-                .filter(|j| j.state == want)
-        }
-    })
-    .await
 }
 
 async fn history(db: &Db, id: i64) -> Vec<String> {

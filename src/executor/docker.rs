@@ -169,6 +169,20 @@ impl DockerExecutor {
     }
 }
 
+/// SIGKILL a container (harmless if it already exited) and remove it.
+async fn kill_and_remove(docker: &Docker, id: &str) -> bool {
+    let kill = KillContainerOptions {
+        signal: "SIGKILL".into(),
+    };
+    let _ = docker.kill_container(id, Some(kill)).await;
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    docker.remove_container(id, Some(options)).await.is_ok()
+}
+
 /// Kill (if running) and remove every container labelled with `job`, except `keep`.
 async fn remove_job_containers(docker: &Docker, store_id: &str, job: JobId) -> usize {
     let labels = vec![
@@ -187,26 +201,7 @@ async fn remove_job_containers(docker: &Docker, store_id: &str, job: JobId) -> u
     let mut removed = 0;
     for container in found {
         let Some(id) = container.id else { continue };
-        let _ = docker
-            .kill_container(
-                &id,
-                Some(KillContainerOptions {
-                    signal: "SIGKILL".into(),
-                }),
-            )
-            .await;
-        if docker
-            .remove_container(
-                &id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .is_ok()
-        {
+        if kill_and_remove(docker, &id).await {
             removed += 1;
         }
     }
@@ -367,20 +362,7 @@ impl Executor for DockerExecutor {
         async move {
             let cleanup = async {
                 for (_, container) in containers {
-                    let _ = docker
-                        .kill_container(
-                            &container,
-                            Some(KillContainerOptions {
-                                signal: "SIGKILL".into(),
-                            }),
-                        )
-                        .await;
-                    let options = RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    };
-                    let _ = docker.remove_container(&container, Some(options)).await;
+                    kill_and_remove(&docker, &container).await;
                 }
             };
             let _ = tokio::time::timeout(EXIT_CLEANUP, cleanup).await;
@@ -446,20 +428,7 @@ pub async fn reconcile<S: Store>(
         if worker_alive && lease_alive {
             continue;
         }
-        let _ = docker
-            .kill_container(
-                &id,
-                Some(KillContainerOptions {
-                    signal: "SIGKILL".into(),
-                }),
-            )
-            .await;
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        if docker.remove_container(&id, Some(options)).await.is_ok() {
+        if kill_and_remove(docker, &id).await {
             removed += 1;
             tracing::warn!(container = %id, worker_id = %worker, job_id = ?job, "removed an orphaned container");
         }

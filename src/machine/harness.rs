@@ -623,7 +623,8 @@ impl Harness {
         }
     }
 
-    fn start_ok(&mut self, id: JobId) -> Check {
+    /// The simulated process of a started job.
+    fn spawn_proc(&mut self, id: JobId) {
         let behavior = self
             .behaviors
             .get(&id)
@@ -641,6 +642,10 @@ impl Harness {
                 not_shutdown: false,
             },
         );
+    }
+
+    fn start_ok(&mut self, id: JobId) -> Check {
+        self.spawn_proc(id);
         self.deliver(Event::JobStarted { job: id })
     }
 
@@ -742,23 +747,7 @@ impl Harness {
             }
             if self.auto && self.exit.is_none() {
                 if let Some(id) = self.starts.pop_front() {
-                    let behavior = self
-                        .behaviors
-                        .get(&id)
-                        .copied()
-                        .unwrap_or(Behavior::quick(10));
-                    self.procs.insert(
-                        id,
-                        Proc {
-                            behavior,
-                            started_at: self.now,
-                            exit_at: behavior
-                                .run_ms
-                                .map(|ms| self.now + Duration::from_millis(u64::from(ms))),
-                            signalled: false,
-                            not_shutdown: false,
-                        },
-                    );
+                    self.spawn_proc(id);
                     let event = Event::JobStarted { job: id };
                     self.trace_event_raw(&event);
                     self.machine.handle(event, self.now);

@@ -369,3 +369,23 @@ pub fn containers_of(store_id: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Wait until job `id` is in state `want` (up to a minute).
+pub async fn wait_state(db: &Db, id: i64, want: dockhand::job::JobState) -> dockhand::store::Job {
+    let store = db.store().await;
+    eventually(
+        &format!("job {id} to be {want}"),
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .get(dockhand::job::JobId(id))
+                    .await
+                    .unwrap()
+                    .filter(|j| j.state == want)
+            }
+        },
+    )
+    .await
+}
