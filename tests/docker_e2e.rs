@@ -205,3 +205,41 @@ async fn missing_image_fails_clearly_and_the_worker_goes_on() {
     assert_eq!(worker.wait(LONG), 0);
     assert_no_containers_left(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_engine_image_jobs_fail_and_process_jobs_run() {
+    let db = Db::postgres("docker_no_engine").await;
+    let image_job = db.enqueue(
+        &["--image", &test_image(), "--max-attempts", "1"],
+        &["true"],
+    );
+    let process_job = db.enqueue(&[], &["true"]);
+    let mut child = std::process::Command::new(support::bin())
+        .args([
+            "--database-url",
+            &db.url,
+            "worker",
+            "--poll-interval",
+            "100ms",
+        ])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", db.path("no-docker.sock")),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_state(&db, image_job, JobState::Failed).await;
+    let error = job.error.unwrap_or_default();
+    assert!(error.contains("Docker engine unreachable"), "{error}");
+    wait_state(&db, process_job, JobState::Succeeded).await;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jobs with an image will fail until it is reachable"),
+        "{stderr}"
+    );
+}

@@ -547,3 +547,58 @@ suite! {
     sqlite => crate::support::sqlite_store,
     postgres => crate::support::postgres_store,
 }
+
+/// A database migrated by a newer dockhand is refused with an error that says so.
+async fn schema_too_new_is_refused(store: AnyStore) {
+    match &store {
+        AnyStore::Postgres(pg) => {
+            sqlx::query("INSERT INTO dockhand_schema (version) VALUES (99)")
+                .execute(pg.pool())
+                .await
+                .unwrap();
+        }
+        AnyStore::Sqlite(_) | AnyStore::Memory(_) => {
+            unreachable!("only SQL backends have a schema")
+        }
+    }
+    let err = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade dockhand"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_too_new_is_refused() {
+    let (store, _guard) = support::postgres_store("schema_too_new").await;
+    schema_too_new_is_refused(store).await;
+}
+
+#[test]
+fn sqlite_schema_too_new_is_refused_by_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    let url = format!("sqlite://{}", db.display());
+    let bin = env!("CARGO_BIN_EXE_dockhand");
+    assert!(std::process::Command::new(bin)
+        .args(["--database-url", &url, "migrate"])
+        .status()
+        .unwrap()
+        .success());
+    let conn = std::process::Command::new("python3")
+        .args(["-c", &format!("import sqlite3; c=sqlite3.connect({:?}); c.execute('insert into dockhand_schema values (99, 0)'); c.commit()", db.display().to_string())])
+        .status()
+        .unwrap();
+    assert!(conn.success());
+    let out = std::process::Command::new(bin)
+        .args(["--database-url", &url, "jobs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("schema is at version 99") && stderr.contains("upgrade dockhand"),
+        "{stderr}"
+    );
+}

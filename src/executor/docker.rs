@@ -80,7 +80,7 @@ pub struct DockerExecutor {
 /// agreeing on an API version it supports.
 pub async fn connect() -> Result<Docker, String> {
     let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| format!("cannot set up a Docker client: {e}"))?;
+        .map_err(|e| format!("Docker engine unreachable: {e}"))?;
     match tokio::time::timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await {
         Ok(Ok(docker)) => Ok(docker),
         Ok(Err(error)) => Err(format!("Docker engine unreachable: {error}")),
