@@ -214,7 +214,7 @@ async fn without_an_engine_image_jobs_fail_and_process_jobs_run() {
         &["true"],
     );
     let process_job = db.enqueue(&[], &["true"]);
-    let mut child = std::process::Command::new(support::bin())
+    let child = std::process::Command::new(support::bin())
         .args([
             "--database-url",
             &db.url,
