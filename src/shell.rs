@@ -176,26 +176,20 @@ where
             }
             _ = tokio::time::sleep_until(deadline) => Event::TimerFired,
         };
-        monitor.metrics.on_event(&event);
-        forget_recorded(&mut executor, &event);
-        machine.handle(event, now());
+        feed(&mut machine, &monitor, &mut executor, event, now());
         // Take whatever else is already waiting, so replies and exits that
         // arrived together are handled before acting (outcomes batch up).
         for _ in 0..EVENT_CAPACITY {
             let next = match (events.try_recv(), exec_events.try_recv()) {
                 (Ok(a), Ok(b)) => {
-                    monitor.metrics.on_event(&a);
-                    forget_recorded(&mut executor, &a);
-                    machine.handle(a, now());
+                    feed(&mut machine, &monitor, &mut executor, a, now());
                     exec_event(b)
                 }
                 (Ok(a), Err(_)) => a,
                 (Err(_), Ok(b)) => exec_event(b),
                 (Err(_), Err(_)) => break,
             };
-            monitor.metrics.on_event(&next);
-            forget_recorded(&mut executor, &next);
-            machine.handle(next, now());
+            feed(&mut machine, &monitor, &mut executor, next, now());
         }
         publish_due = monitor.publish(&machine);
     };
@@ -239,6 +233,20 @@ async fn recv_wakeup(wakeups: &mut Option<mpsc::Receiver<Wakeup>>) -> Option<Wak
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Hand one event to the machine, after the metrics and the executor have
+/// seen what they need from it.
+fn feed<E: Executor>(
+    machine: &mut Machine,
+    monitor: &Monitor,
+    executor: &mut E,
+    event: Event,
+    now: Instant,
+) {
+    monitor.metrics.on_event(&event);
+    forget_recorded(executor, &event);
+    machine.handle(event, now);
 }
 
 /// Once the store has an outcome (or refused it), the executor may let go
