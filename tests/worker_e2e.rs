@@ -537,3 +537,23 @@ on_both! {
     secrets_never_shown,
     bad_input_gets_one_line_and_changes_nothing,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_cancel_reaches_a_worker_with_the_default_lease_within_about_a_second() {
+    let db = Db::sqlite("cancel_default_lease").await;
+    let id = db.enqueue(&[], &["sleep", "60"]);
+    let mut worker = db.worker(&["--poll-interval", "100ms"]);
+    wait_state(&db, id, JobState::Running).await;
+    // Let the first heartbeat (at lease/3 = 5s) be far away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    assert!(db.cli(&["cancel", &id.to_string()]).status.success());
+    wait_state(&db, id, JobState::Cancelled).await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    worker.signal(SIGTERM);
+    assert_eq!(worker.wait(LONG), 0);
+}

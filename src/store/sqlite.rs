@@ -3,6 +3,9 @@
 //! with `BEGIN IMMEDIATE`, so two writers queue on the lock instead of failing.
 //! Times are unix milliseconds from this machine's clock.
 
+use std::collections::BTreeSet;
+
+use super::WAKEUP_CAPACITY;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,6 +26,9 @@ use crate::job::{
     DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::machine::{HeartbeatAnswer, Phase};
+
+/// How often a worker looks for cancels of running jobs.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
 
 const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
 
@@ -564,7 +570,36 @@ impl Store for SqliteStore {
     }
 
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
-        // Other processes cannot push to us through a file: poll only.
-        Ok(None)
+        // Other processes cannot push through a file: poll for cancels of
+        // running jobs twice a second, so a cancel reaches its worker within
+        // about a second (new jobs are found by the worker's own poll).
+        let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut sent: BTreeSet<i64> = BTreeSet::new();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+                let ids: Vec<i64> = match sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1 LIMIT 1000",
+                )
+                .fetch_all(&pool)
+                .await
+                {
+                    Ok(ids) => ids,
+                    Err(_) => continue,
+                };
+                // Each cancel once; forget the ones that are done.
+                sent.retain(|id| ids.contains(id));
+                for id in ids {
+                    if sent.insert(id) {
+                        let _ = tx.try_send(Wakeup::Cancel(JobId(id)));
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 }
