@@ -112,17 +112,7 @@ where
     let mut publish_due: Option<TokioInstant> = None;
     let mut signals_open = true;
     let code = loop {
-        while let Some(note) = machine.poll_note() {
-            log_note(&worker_id, machine.phase(), &note);
-            if trace.is_none() && machine.first_signal_at().is_some() {
-                trace = machine.first_signal_at().map(Trace::new);
-            }
-            if let Some(trace) = trace.as_mut() {
-                if machine.first_signal_at().is_some_and(|at| note.at >= at) {
-                    trace.note(&note);
-                }
-            }
-        }
+        take_notes(&mut machine, &worker_id, &mut trace);
         let mut exit = None;
         while let Some(action) = machine.poll_action() {
             match action {
@@ -143,12 +133,7 @@ where
         }
         if let Some(code) = exit {
             // Notes made by the last event.
-            while let Some(note) = machine.poll_note() {
-                log_note(&worker_id, machine.phase(), &note);
-                if let Some(trace) = trace.as_mut() {
-                    trace.note(&note);
-                }
-            }
+            take_notes(&mut machine, &worker_id, &mut trace);
             break code;
         }
         let deadline = machine
@@ -373,6 +358,21 @@ fn perform<S: Store + Clone, E: Executor>(
             }
         }
         Action::Exit { .. } => {}
+    }
+}
+
+/// Log every pending note; keep those since the first shutdown signal for
+/// the shutdown trace printed at exit.
+fn take_notes(machine: &mut Machine, worker_id: &str, trace: &mut Option<Trace>) {
+    while let Some(note) = machine.poll_note() {
+        log_note(worker_id, machine.phase(), &note);
+        if let Some(signal_at) = machine.first_signal_at() {
+            if note.at >= signal_at {
+                trace
+                    .get_or_insert_with(|| Trace::new(signal_at))
+                    .note(&note);
+            }
+        }
     }
 }
 

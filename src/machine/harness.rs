@@ -511,7 +511,7 @@ impl Harness {
 
     /// Deliver any event (scenarios).
     pub fn deliver(&mut self, event: Event) -> Check {
-        if let Some((_, _)) = self.exit {
+        if self.exit.is_some() {
             self.machine.handle(event, self.now);
             if self.machine.poll_action().is_some() {
                 return self.violation("an action after the exit");
@@ -729,7 +729,7 @@ impl Harness {
             self.drain_notes();
             self.check_state()?;
             if let Some((id, exit)) = self.due_exits.pop_front() {
-                self.trace_event_raw(&Event::JobExited {
+                self.trace_event(&Event::JobExited {
                     job: id,
                     exit,
                     output: String::new(),
@@ -749,7 +749,7 @@ impl Harness {
                 if let Some(id) = self.starts.pop_front() {
                     self.spawn_proc(id);
                     let event = Event::JobStarted { job: id };
-                    self.trace_event_raw(&event);
+                    self.trace_event(&event);
                     self.machine.handle(event, self.now);
                     continue;
                 }
@@ -757,14 +757,14 @@ impl Harness {
                     if let Some((request, _)) = self.records.pop_front() {
                         let result = Err(StoreFailure("connection refused".into()));
                         let event = Event::RecordReply { request, result };
-                        self.trace_event_raw(&event);
+                        self.trace_event(&event);
                         self.machine.handle(event, self.now);
                         continue;
                     }
                     if let Some((request, _)) = self.heartbeats.pop_front() {
                         let result = Err(StoreFailure("connection refused".into()));
                         let event = Event::HeartbeatReply { request, result };
-                        self.trace_event_raw(&event);
+                        self.trace_event(&event);
                         self.machine.handle(event, self.now);
                         continue;
                     }
@@ -782,7 +782,7 @@ impl Harness {
                         request,
                         result: Ok(results),
                     };
-                    self.trace_event_raw(&event);
+                    self.trace_event(&event);
                     self.machine.handle(event, self.now);
                     continue;
                 }
@@ -791,7 +791,7 @@ impl Harness {
                         request,
                         result: Ok(HeartbeatAnswer::default()),
                     };
-                    self.trace_event_raw(&event);
+                    self.trace_event(&event);
                     self.machine.handle(event, self.now);
                     continue;
                 }
@@ -801,7 +801,7 @@ impl Harness {
                             request,
                             result: Ok(Vec::new()),
                         };
-                        self.trace_event_raw(&event);
+                        self.trace_event(&event);
                         self.machine.handle(event, self.now);
                         continue;
                     }
@@ -986,10 +986,6 @@ impl Harness {
     }
 
     fn trace_event(&mut self, event: &Event) {
-        self.trace_event_raw(event);
-    }
-
-    fn trace_event_raw(&mut self, event: &Event) {
         if self.record_trace && !matches!(event, Event::TimerFired) {
             self.trace.event(self.now, event);
         }

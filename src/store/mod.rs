@@ -21,7 +21,9 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::job::{ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, RecordResult};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, Outcome, RecordResult,
+};
 use crate::machine::{HeartbeatAnswer, Phase};
 
 pub use memory::MemoryStore;
@@ -541,6 +543,17 @@ impl Store for AnyStore {
     }
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
         delegate!(self, s => s.wakeups())
+    }
+}
+
+/// The outcome as SQL parameters: kind, exit code, error.
+pub(crate) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
+    match outcome {
+        Outcome::Succeeded => ("succeeded", Some(0), None),
+        Outcome::Failed { exit_code, error } => ("failed", *exit_code, Some(error.clone())),
+        Outcome::Interrupted { reason } => ("interrupted", None, Some(reason.clone())),
+        Outcome::Cancelled => ("cancelled", None, None),
+        Outcome::HandBack => ("handed-back", None, None),
     }
 }
 

@@ -9,9 +9,9 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::mpsc;
 
 use super::{
-    decode_job, redact_url, validate_all, CancelResult, Job, JobEvent, JobFilter, Store,
-    StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH, SCHEMA_VERSION,
-    WAKEUP_CAPACITY,
+    decode_job, outcome_params, redact_url, validate_all, CancelResult, Job, JobEvent, JobFilter,
+    Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
+    SCHEMA_VERSION, WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
@@ -659,16 +659,5 @@ impl Store for PostgresStore {
             }
         });
         Ok(Some(rx))
-    }
-}
-
-/// The outcome as SQL parameters: kind, exit code, error.
-pub(super) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
-    match outcome {
-        Outcome::Succeeded => ("succeeded", Some(0), None),
-        Outcome::Failed { exit_code, error } => ("failed", *exit_code, Some(error.clone())),
-        Outcome::Interrupted { reason } => ("interrupted", None, Some(reason.clone())),
-        Outcome::Cancelled => ("cancelled", None, None),
-        Outcome::HandBack => ("handed-back", None, None),
     }
 }

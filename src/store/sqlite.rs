@@ -15,11 +15,10 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::mpsc;
 
-use super::postgres::outcome_params;
 use super::{
-    decode_job, quarantine_reason, redact_url, unix_ms_now, validate_all, CancelResult, Job,
-    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
-    REAP_BATCH, SCHEMA_VERSION,
+    decode_job, outcome_params, quarantine_reason, redact_url, unix_ms_now, validate_all,
+    CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    LOST_AFTER_LEASES, REAP_BATCH, SCHEMA_VERSION,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
