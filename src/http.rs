@@ -82,7 +82,10 @@ impl Monitor {
                 return false;
             }
             snapshot.phase = phase;
-            snapshot.status = Some(machine.status());
+            let status = machine.status();
+            let held: Vec<_> = status.jobs.iter().map(|job| job.id).collect();
+            self.metrics.retain_jobs(&held);
+            snapshot.status = Some(status);
             snapshot.updated = now;
             true
         });

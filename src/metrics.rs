@@ -230,6 +230,12 @@ impl Metrics {
         }
     }
 
+    /// Forget jobs the machine no longer holds. A job whose lease was lost is
+    /// never recorded, so without this its entry would stay for good.
+    pub fn retain_jobs(&self, held: &[JobId]) {
+        self.pending().jobs.retain(|id, _| held.contains(id));
+    }
+
     /// The worker decided to exit, this long after the first signal.
     pub fn on_exit(&self, since_signal: Option<Duration>) {
         if let Some(took) = since_signal {
@@ -266,6 +272,30 @@ fn outcome_label(name: &'static str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_no_longer_held_are_forgotten() {
+        use crate::job::{ClaimedJob, JobSpec, Lease, LeaseToken};
+        let metrics = Metrics::new();
+        for id in 1..=3 {
+            let job = ClaimedJob {
+                lease: Lease {
+                    job: JobId(id),
+                    token: LeaseToken(1),
+                },
+                queue: "default".into(),
+                spec: JobSpec::default(),
+                attempts: 0,
+                interruptions: 0,
+                waited: Duration::ZERO,
+            };
+            metrics.on_action(&Action::Start { job });
+        }
+        // Job 2's lease was lost: it is never recorded, and the machine lets go of it.
+        metrics.retain_jobs(&[JobId(1), JobId(3)]);
+        let held: Vec<JobId> = metrics.pending().jobs.keys().copied().collect();
+        assert_eq!(held, vec![JobId(1), JobId(3)]);
+    }
 
     #[test]
     fn renders_registered_metrics() {
