@@ -1,0 +1,86 @@
+# Sourced by scripts/test and scripts/chaos: installs and starts what the
+# tests need (PostgreSQL clusters, the Docker test image) and exports where
+# they are. Fails loudly if a service cannot be brought up.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf '%s: %s\n' "$0" "$*" >&2; exit 1; }
+
+# ---- PostgreSQL -------------------------------------------------------------
+say "PostgreSQL"
+if ! command -v pg_lsclusters >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+    || die "could not install postgresql"
+fi
+main_cluster() { pg_lsclusters --no-header | awk '$2 !~ /^dockhand_/' | head -n 1; }
+cluster=$(main_cluster | awk '{print $1" "$2}')
+[ -n "$cluster" ] || die "no PostgreSQL cluster found after install"
+read -r pg_version pg_name <<<"$cluster"
+if ! main_cluster | awk '{print $4}' | grep -q online; then
+  pg_ctlcluster "$pg_version" "$pg_name" start || die "could not start PostgreSQL $pg_version/$pg_name"
+fi
+for _ in $(seq 1 30); do
+  su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 || die "PostgreSQL does not answer"
+su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='dockhand'\"" | grep -q 1 \
+  || su postgres -c "psql -qc \"create role dockhand login superuser password 'dockhand'\"" >/dev/null
+su postgres -c "psql -qtAc \"select 1 from pg_database where datname='dockhand_test'\"" | grep -q 1 \
+  || su postgres -c "createdb -O dockhand dockhand_test"
+pg_port=$(main_cluster | awk '{print $3}')
+export DOCKHAND_TEST_PG="postgres://dockhand:dockhand@127.0.0.1:${pg_port}/dockhand_test"
+echo "PostgreSQL $pg_version/$pg_name on port $pg_port"
+# Drop databases left by earlier runs (each test makes its own).
+su postgres -c "psql -qtAc \"select datname from pg_database where datname like 'dht_%'\"" \
+  | while read -r db; do su postgres -c "dropdb --if-exists '$db'" >/dev/null 2>&1 || true; done
+
+# Clusters of their own for the tests that stop and restart the server (the
+# restart test and the chaos test), so neither disturbs the tests running in
+# parallel on the first. `extra_cluster NAME PORT` prints the database URL.
+extra_cluster() {
+  local name=$1 port=$2
+  if ! pg_lsclusters --no-header | awk '{print $2}' | grep -qx "$name"; then
+    pg_createcluster "$pg_version" "$name" -p "$port" >/dev/null || die "could not create cluster $name"
+  fi
+  if ! pg_lsclusters --no-header | awk -v c="$name" '$2 == c {print $4}' | grep -q online; then
+    pg_ctlcluster "$pg_version" "$name" start >&2 || die "could not start cluster $name"
+  fi
+  port=$(pg_lsclusters --no-header | awk -v c="$name" '$2 == c {print $3}')
+  for _ in $(seq 1 30); do
+    su postgres -c "psql -p $port -qtAc 'select 1'" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  su postgres -c "psql -p $port -qtAc \"select 1 from pg_roles where rolname='dockhand'\"" | grep -q 1 \
+    || su postgres -c "psql -p $port -qc \"create role dockhand login superuser password 'dockhand'\"" >/dev/null \
+    || die "cluster $name does not answer"
+  su postgres -c "psql -p $port -qtAc \"select 1 from pg_database where datname='dockhand_test'\"" | grep -q 1 \
+    || su postgres -c "createdb -p $port -O dockhand dockhand_test"
+  echo "postgres://dockhand:dockhand@127.0.0.1:${port}/dockhand_test"
+}
+DOCKHAND_TEST_PG_RESTART=$(extra_cluster dockhand_restart 54329)
+export DOCKHAND_TEST_PG_RESTART
+export DOCKHAND_TEST_PG_RESTART_CLUSTER="$pg_version dockhand_restart"
+echo "restart-test cluster $pg_version/dockhand_restart: $DOCKHAND_TEST_PG_RESTART"
+DOCKHAND_TEST_PG_CHAOS=$(extra_cluster dockhand_chaos 54330)
+export DOCKHAND_TEST_PG_CHAOS
+export DOCKHAND_TEST_PG_CHAOS_CLUSTER="$pg_version dockhand_chaos"
+echo "chaos-test cluster $pg_version/dockhand_chaos: $DOCKHAND_TEST_PG_CHAOS"
+
+# ---- Docker -------------------------------------------------------------------
+say "Docker"
+docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (docker info failed); the container tests need it"
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null \
+    || die "could not install busybox-static"
+fi
+image=dockhand-test-busybox:latest
+ctx=$(mktemp -d)
+cp /bin/busybox "$ctx/busybox"
+printf 'FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox"]\n' > "$ctx/Dockerfile"
+docker build -q -t "$image" "$ctx" >/dev/null 2>&1 || die "could not build the test image $image"
+rm -rf "$ctx"
+export DOCKHAND_TEST_IMAGE="$image"
+echo "test image $image built (FROM scratch + static busybox; nothing pulled)"
+
