@@ -12,6 +12,7 @@ pub mod http;
 pub mod job;
 pub mod machine;
 pub mod metrics;
+pub mod pid1;
 #[doc(hidden)]
 pub mod planted;
 pub mod shell;

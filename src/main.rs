@@ -65,7 +65,15 @@ fn main() {
         cli.log_format,
         matches!(cli.command, Command::Demo | Command::Bench(_)),
     );
-    let watchdog = if matches!(cli.command, Command::Worker(_) | Command::Demo) {
+    let supervised = matches!(cli.command, Command::Worker(_) | Command::Demo);
+    if supervised {
+        // SAFETY: no thread exists yet; the runtime is built below.
+        if let Err(error) = unsafe { dockhand::pid1::supervise_if_pid1() } {
+            eprintln!("dockhand: error: cannot start as PID 1: {error}");
+            std::process::exit(EXIT_FATAL);
+        }
+    }
+    let watchdog = if supervised {
         // SAFETY: no thread exists yet; the runtime is built below.
         match unsafe { Watchdog::spawn() } {
             Ok(watchdog) => Some(watchdog),
