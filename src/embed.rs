@@ -102,7 +102,7 @@ impl<S: Store + Clone> WorkerBuilder<S> {
         let pid = std::process::id();
         let id = self
             .worker_id
-            .unwrap_or_else(|| format!("embedded-{pid}-{:04x}", fastrand::u16(..)));
+            .unwrap_or_else(|| format!("embedded-{pid}-{:08x}", fastrand::u32(..)));
         let shell = ShellConfig {
             worker: WorkerInfo {
                 id,

@@ -152,7 +152,7 @@ pub async fn run(
     let pid = std::process::id();
     let host = host_name();
     let worker = WorkerInfo {
-        id: format!("{host}-{pid}-{:04x}", fastrand::u16(..)),
+        id: format!("{host}-{pid}-{:08x}", fastrand::u32(..)),
         host,
         pid,
         queues: args.queues.clone(),

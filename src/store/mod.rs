@@ -205,7 +205,8 @@ impl JobFilter {
 /// A worker announcing itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
-    /// Unique id (host-pid-random).
+    /// Unique id (host-pid-random): containers may share a host name and a pid,
+    /// so the random part is 32 bits.
     pub id: String,
     /// Host name.
     pub host: String,
