@@ -93,6 +93,25 @@ fn stuck_job_times_out_then_is_killed_and_requeued() {
     insta::assert_snapshot!(trace);
 }
 
+/// A job that ignores TERM but finishes with exit 0 inside the kill grace is
+/// done: it is recorded succeeded (not requeued to run its side effects
+/// again), and the worker exits 0. The chaos test found this.
+#[test]
+fn job_ignoring_term_that_finishes_in_the_grace_succeeded() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[Behavior {
+            run_ms: Some(12_000),
+            ignores_term: true,
+            exit_code: 0,
+            timeout_ms: None,
+        }])?;
+        h.advance(ms(500))?;
+        h.signal(Signal::Term)?;
+        h.advance(ms(20_000))
+    });
+    insta::assert_snapshot!(trace);
+}
+
 #[test]
 fn double_term_forces_the_stop() {
     let trace = scenario(|h| {

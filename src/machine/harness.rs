@@ -198,6 +198,8 @@ pub struct Harness {
     cancelled: BTreeSet<JobId>,
     lost: BTreeSet<JobId>,
     stopped_by_shutdown: BTreeSet<JobId>,
+    /// How each job's process ended, as told to the machine.
+    exits: BTreeMap<JobId, Exit>,
     interrupted_emitted: bool,
     exit: Option<(Instant, i32)>,
     store_healthy: bool,
@@ -258,6 +260,7 @@ impl Harness {
             cancelled: BTreeSet::new(),
             lost: BTreeSet::new(),
             stopped_by_shutdown: BTreeSet::new(),
+            exits: BTreeMap::new(),
             interrupted_emitted: false,
             exit: None,
             store_healthy: true,
@@ -519,6 +522,9 @@ impl Harness {
             return Ok(());
         }
         self.trace_event(&event);
+        if let Event::JobExited { job, exit, .. } = &event {
+            self.exits.insert(*job, *exit);
+        }
         self.last_event = Some(event.clone());
         self.machine.handle(event, self.now);
         self.drain()
@@ -735,6 +741,7 @@ impl Harness {
                     output: String::new(),
                 });
                 self.last_event = None;
+                self.exits.insert(id, exit);
                 self.machine.handle(
                     Event::JobExited {
                         job: id,
@@ -906,6 +913,16 @@ impl Harness {
         if self.held_leases.get(&id) != Some(&c.lease) {
             return self.violation(&format!(
                 "record for job {id} with a lease it was never given"
+            ));
+        }
+        // Exit 0 is success whatever signal the job was sent before: the
+        // work is done, and running it again would repeat its side effects.
+        let exited_ok = self.exits.get(&id).is_some_and(|e| e.success());
+        if exited_ok != (c.outcome == Outcome::Succeeded) {
+            return self.violation(&format!(
+                "job {id} exited {:?} but was recorded {}",
+                self.exits.get(&id),
+                c.outcome.name()
             ));
         }
         match &c.outcome {

@@ -1005,23 +1005,32 @@ impl Machine {
                 (outcome, String::new(), format!("could not start: {error}"))
             }
             Ended::Exited(exit, output) => {
-                let outcome = match reason {
-                    None if exit.success() => Outcome::Succeeded,
-                    None => Outcome::Failed {
-                        exit_code: exit.code(),
-                        error: exit.to_string(),
-                    },
-                    Some(StopReason::Timeout(limit)) => Outcome::Failed {
-                        exit_code: exit.code(),
-                        error: format!("timed out after {}", fmt_duration(limit)),
-                    },
-                    Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => {
-                        Outcome::Interrupted {
-                            reason: "worker shutdown".to_string(),
+                let outcome =
+                    match reason {
+                        // Exit 0 is the job saying its work is done, even after a
+                        // TERM (a job that ignored it and finished in the grace
+                        // period): requeueing it would run a finished job's side
+                        // effects again. A job that stops early on TERM and wants
+                        // to run again exits non-zero (143 by convention).
+                        None
+                        | Some(
+                            StopReason::Shutdown | StopReason::Timeout(_) | StopReason::Cancel,
+                        ) if exit.success() => Outcome::Succeeded,
+                        None => Outcome::Failed {
+                            exit_code: exit.code(),
+                            error: exit.to_string(),
+                        },
+                        Some(StopReason::Timeout(limit)) => Outcome::Failed {
+                            exit_code: exit.code(),
+                            error: format!("timed out after {}", fmt_duration(limit)),
+                        },
+                        Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => {
+                            Outcome::Interrupted {
+                                reason: "worker shutdown".to_string(),
+                            }
                         }
-                    }
-                    Some(StopReason::Cancel) => Outcome::Cancelled,
-                };
+                        Some(StopReason::Cancel) => Outcome::Cancelled,
+                    };
                 (
                     outcome,
                     tail(&output, OUTPUT_LIMIT).to_string(),
@@ -1032,7 +1041,7 @@ impl Machine {
         slot.state = SlotState::Done;
         let lease = slot.job.lease;
         self.timers.forget_job(id);
-        if matches!(reason, Some(StopReason::Shutdown | StopReason::LeaseLost))
+        if (matches!(outcome, Outcome::Interrupted { .. }) || reason == Some(StopReason::LeaseLost))
             && phase != Phase::Running
         {
             self.interrupted = true;
