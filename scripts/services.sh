@@ -75,6 +75,11 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null \
     || die "could not install busybox-static"
 fi
+# The worker-as-a-container test strips the binary it puts in its image.
+if ! command -v strip >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binutils >/dev/null \
+    || die "could not install binutils"
+fi
 image=dockhand-test-busybox:latest
 ctx=$(mktemp -d)
 cp /bin/busybox "$ctx/busybox"
