@@ -132,9 +132,10 @@ impl Kind {
     }
 }
 
-/// A job: a shell script whose side effect is one line, `JOB_ID WORKER_PID`,
-/// appended to the effects log as its last act.
-fn job(kind: Kind, rng: &mut Rng, dir: &str, run: &str) -> NewJob {
+/// A job of a random kind: a shell script whose side effect is one line,
+/// `JOB_ID WORKER_PID`, appended to the effects log as its last act.
+fn job(rng: &mut Rng, dir: &str, run: &str) -> NewJob {
+    let kind = Kind::draw(rng);
     let effect = format!("echo \"$DOCKHAND_JOB_ID $PPID\" >> {dir}/effects.log");
     let sleep = |rng: &mut Rng, lo, hi| format!("{:.3}", rng.millis(lo, hi).as_secs_f64());
     let script = match kind {
@@ -439,6 +440,7 @@ fn fleet_survives_chaos_losing_nothing() {
     // Jobs arrive through the first two thirds of the chaos, so it always meets work.
     let feed_for = chaos_for * 2 / 3;
     let mut enqueued = 0u64;
+    let mut pending: Vec<NewJob> = Vec::new();
     let mut next_action = start + rng.millis(1000, 3000);
     while start.elapsed() < chaos_for {
         let now = Instant::now();
@@ -447,17 +449,12 @@ fn fleet_survives_chaos_losing_nothing() {
         } else {
             total_jobs * start.elapsed().as_millis() as u64 / feed_for.as_millis() as u64
         };
-        if enqueued < due {
-            let batch: Vec<NewJob> = (enqueued..due)
-                .map(|_| {
-                    let kind = Kind::draw(&mut rng);
-                    job(kind, &mut rng, &scratch, &run_marker)
-                })
-                .collect();
-            // All or nothing; a batch refused during a restart comes again next tick.
-            if rt.block_on(store.enqueue_many(&batch)).is_ok() {
-                enqueued = due;
-            }
+        let drawn = enqueued + pending.len() as u64;
+        pending.extend((drawn..due.max(drawn)).map(|_| job(&mut rng, &scratch, &run_marker)));
+        // All or nothing; a batch refused during a restart is offered again next tick.
+        if !pending.is_empty() && rt.block_on(store.enqueue_many(&pending)).is_ok() {
+            enqueued += pending.len() as u64;
+            pending.clear();
         }
         fleet.resume_due(now);
         fleet.collect_exits();
@@ -482,16 +479,11 @@ fn fleet_survives_chaos_losing_nothing() {
         // SAFETY: plain syscall to our own child.
         unsafe { libc::kill(pid, libc::SIGCONT) };
     }
-    while enqueued < total_jobs {
-        let batch: Vec<NewJob> = (enqueued..total_jobs)
-            .map(|_| {
-                let kind = Kind::draw(&mut rng);
-                job(kind, &mut rng, &scratch, &run_marker)
-            })
-            .collect();
-        rt.block_on(store.enqueue_many(&batch))
+    let drawn = enqueued + pending.len() as u64;
+    pending.extend((drawn..total_jobs).map(|_| job(&mut rng, &scratch, &run_marker)));
+    if !pending.is_empty() {
+        rt.block_on(store.enqueue_many(&pending))
             .expect("enqueue after the chaos");
-        enqueued = total_jobs;
     }
     let heal_start = Instant::now();
     let heal_limit = Duration::from_secs(180);

@@ -185,8 +185,8 @@ impl Setup {
             .expect("job_events")
     }
 
-    /// Replicas (by host name) that hold a claim right now.
-    async fn replicas_running_jobs(&self) -> BTreeSet<String> {
+    /// Jobs leased right now.
+    async fn running(&self) -> Vec<dockhand::store::Job> {
         self.store
             .list(&JobFilter {
                 state: Some(JobState::Running),
@@ -194,7 +194,13 @@ impl Setup {
                 ..JobFilter::default()
             })
             .await
-            .expect("list")
+            .expect("list running jobs")
+    }
+
+    /// Replicas (by host name) that hold a claim right now.
+    async fn replicas_running_jobs(&self) -> BTreeSet<String> {
+        self.running()
+            .await
             .into_iter()
             .filter_map(|j| j.worker_id)
             .filter_map(|w| w.split('-').nth(1).map(str::to_string))
@@ -332,15 +338,7 @@ async fn docker_stop_with_enough_time_lets_each_replica_exit_on_its_own() {
         );
     }
     // Everything the replicas held was recorded before they exited.
-    let running = s
-        .store
-        .list(&JobFilter {
-            state: Some(JobState::Running),
-            limit: Some(100),
-            ..JobFilter::default()
-        })
-        .await
-        .expect("list");
+    let running = s.running().await;
     assert!(
         running.is_empty(),
         "jobs still leased after a clean stop: {running:?}"
@@ -378,16 +376,7 @@ async fn docker_stop_too_short_kills_and_the_lease_recovers_the_jobs() {
     let stuck = format!("trap '' TERM; sleep 4; {EFFECT}");
     s.enqueue(&[&stuck, &stuck]).await;
     eventually("replica a running both jobs", LONG, || async {
-        let jobs = s
-            .store
-            .list(&JobFilter {
-                state: Some(JobState::Running),
-                limit: Some(10),
-                ..JobFilter::default()
-            })
-            .await
-            .ok()?;
-        (jobs.len() == 2).then_some(())
+        (s.running().await.len() == 2).then_some(())
     })
     .await;
     let b = s.replica("b", &[]);

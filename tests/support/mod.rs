@@ -277,8 +277,9 @@ where
     }
 }
 
-/// Processes whose command line contains `marker` (from /proc).
-pub fn processes_with(marker: &str) -> Vec<String> {
+/// Live processes whose `/proc/PID/<file>` (NUL-separated) passes `matches`,
+/// each as "pid: command line". Zombies have empty files, so never match.
+fn processes_where(file: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -291,16 +292,35 @@ pub fn processes_with(marker: &str) -> Vec<String> {
         else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        let Ok(content) = std::fs::read(format!("/proc/{pid}/{file}")) else {
             continue;
         };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // Zombies have an empty cmdline; only live processes count.
-        if text.contains(marker) {
-            found.push(format!("{pid}: {text}"));
+        if matches(&content) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
         }
     }
     found
+}
+
+/// Processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    processes_where("cmdline", |cmdline| {
+        String::from_utf8_lossy(cmdline)
+            .replace('\0', " ")
+            .contains(marker)
+    })
+}
+
+/// Live processes whose environment holds `needle` (`KEY=value`): tests give
+/// their jobs a marker variable, which every process of the job inherits.
+pub fn processes_with_env(needle: &str) -> Vec<String> {
+    processes_where("environ", |environ| {
+        environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+    })
 }
 
 /// A plain HTTP/1.1 GET: (status code, body).
@@ -388,30 +408,4 @@ pub async fn wait_state(db: &Db, id: i64, want: dockhand::job::JobState) -> dock
         },
     )
     .await
-}
-
-/// Live processes whose environment holds `needle` (`KEY=value`): tests give
-/// their jobs a marker variable, which every process of the job inherits.
-pub fn processes_with_env(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            found.push(format!(
-                "{pid}: {}",
-                String::from_utf8_lossy(&cmd).replace('\0', " ")
-            ));
-        }
-    }
-    found
 }
