@@ -1005,32 +1005,29 @@ impl Machine {
                 (outcome, String::new(), format!("could not start: {error}"))
             }
             Ended::Exited(exit, output) => {
-                let outcome =
-                    match reason {
-                        // Exit 0 is the job saying its work is done, even after a
-                        // TERM (a job that ignored it and finished in the grace
-                        // period): requeueing it would run a finished job's side
-                        // effects again. A job that stops early on TERM and wants
-                        // to run again exits non-zero (143 by convention).
-                        None
-                        | Some(
-                            StopReason::Shutdown | StopReason::Timeout(_) | StopReason::Cancel,
-                        ) if exit.success() => Outcome::Succeeded,
-                        None => Outcome::Failed {
-                            exit_code: exit.code(),
-                            error: exit.to_string(),
-                        },
-                        Some(StopReason::Timeout(limit)) => Outcome::Failed {
-                            exit_code: exit.code(),
-                            error: format!("timed out after {}", fmt_duration(limit)),
-                        },
-                        Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => {
-                            Outcome::Interrupted {
-                                reason: "worker shutdown".to_string(),
-                            }
+                let outcome = match reason {
+                    // Exit 0 is the job saying its work is done, even after a
+                    // TERM (a job that ignored it and finished in the grace
+                    // period): requeueing it would run a finished job's side
+                    // effects again. A job that stops early on TERM and wants
+                    // to run again exits non-zero (143 by convention). (With
+                    // the lease lost nothing is recorded at all, below.)
+                    _ if exit.success() => Outcome::Succeeded,
+                    None => Outcome::Failed {
+                        exit_code: exit.code(),
+                        error: exit.to_string(),
+                    },
+                    Some(StopReason::Timeout(limit)) => Outcome::Failed {
+                        exit_code: exit.code(),
+                        error: format!("timed out after {}", fmt_duration(limit)),
+                    },
+                    Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => {
+                        Outcome::Interrupted {
+                            reason: "worker shutdown".to_string(),
                         }
-                        Some(StopReason::Cancel) => Outcome::Cancelled,
-                    };
+                    }
+                    Some(StopReason::Cancel) => Outcome::Cancelled,
+                };
                 (
                     outcome,
                     tail(&output, OUTPUT_LIMIT).to_string(),
