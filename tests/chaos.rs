@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use dockhand::job::{JobSpec, JobState, NewJob};
-use dockhand::store::{JobFilter, PostgresStore, Store};
+use dockhand::store::{PostgresStore, Store};
 use support::{processes_with_env, Db, Worker};
 
 /// Worker flags: short timeouts so every path (drain, deadline, kill grace,
@@ -355,6 +355,43 @@ struct Event {
     at: SystemTime,
 }
 
+/// A job as the judgement needs it.
+struct JobRow {
+    id: i64,
+    state: JobState,
+    error: Option<String>,
+    worker_id: Option<String>,
+    kind: Kind,
+}
+
+/// id, state, error, lease owner, CHAOS_KIND.
+type JobSql = (i64, String, Option<String>, Option<String>, Option<String>);
+
+/// Every job, straight from the table: the store's `list` is capped (10,000
+/// rows) for people, and a long run has more.
+fn all_jobs(rt: &tokio::runtime::Runtime, store: &PostgresStore) -> Vec<JobRow> {
+    let rows: Vec<JobSql> = rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT id, state, error, lease_owner, spec->'env'->>'CHAOS_KIND' \
+                 FROM jobs ORDER BY id",
+            )
+            .fetch_all(store.pool()),
+        )
+        .expect("read jobs");
+    rows.into_iter()
+        .map(|(id, state, error, worker_id, kind)| JobRow {
+            id,
+            state: state
+                .parse()
+                .unwrap_or_else(|_| panic!("job {id} has state {state:?}")),
+            error,
+            worker_id,
+            kind: Kind::parse(kind.as_deref().unwrap_or("?")),
+        })
+        .collect()
+}
+
 /// job_id, kind, worker_id, lease_token, detail, at (epoch seconds).
 type EventRow = (
     i64,
@@ -489,12 +526,7 @@ fn fleet_survives_chaos_losing_nothing() {
     let heal_limit = Duration::from_secs(180);
     let jobs = loop {
         fleet.collect_exits();
-        let jobs = rt
-            .block_on(store.list(&JobFilter {
-                limit: Some(1_000_000),
-                ..JobFilter::default()
-            }))
-            .expect("list jobs");
+        let jobs = all_jobs(&rt, &store);
         let open = jobs
             .iter()
             .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
@@ -570,18 +602,12 @@ fn fleet_survives_chaos_losing_nothing() {
     let mut missing_effects = Vec::new();
     let mut unexpected = Vec::new();
     for j in &jobs {
-        let kind = Kind::parse(
-            j.spec
-                .env
-                .get("CHAOS_KIND")
-                .map(String::as_str)
-                .unwrap_or("?"),
-        );
+        let kind = j.kind;
         *kinds.entry(kind).or_default() += 1;
         *states.entry(j.state.as_str()).or_default() += 1;
-        let ran = effect_runs.get(&j.id.0).map_or(0, Vec::len);
+        let ran = effect_runs.get(&j.id).map_or(0, Vec::len);
         if j.state == JobState::Succeeded && ran == 0 {
-            missing_effects.push(j.id.0);
+            missing_effects.push(j.id);
         }
         let interrupted_out = j
             .error
