@@ -122,13 +122,13 @@ async fn setup(name: &str) -> Setup {
 
 impl Setup {
     /// Start a replica; its worker id starts with `replica-<suffix>-`.
-    fn replica(&mut self, suffix: &str, extra: &[&str]) -> String {
+    fn replica(&mut self, suffix: &str) -> String {
         let container = format!("dht-{}-{}-{suffix}", self.name, std::process::id());
         let _ = docker(&["rm", "-f", &container]);
         let effects = format!("{}:/effects", self.db.dir.path().display());
         let hostname = format!("replica-{suffix}");
         let database = format!("DATABASE_URL={}", self.db.url);
-        let mut args = vec![
+        let args = [
             "run",
             "-d",
             "--name",
@@ -154,7 +154,6 @@ impl Setup {
             "--poll-interval",
             "250ms",
         ];
-        args.extend_from_slice(extra);
         docker_ok(&args);
         self.cleanup.containers.push(container.clone());
         container
@@ -284,8 +283,8 @@ const EFFECT: &str = "echo $DOCKHAND_JOB_ID >> /effects/effects.log";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_stop_with_enough_time_lets_each_replica_exit_on_its_own() {
     let mut s = setup("stopok").await;
-    let a = s.replica("a", &[]);
-    let b = s.replica("b", &[]);
+    let a = s.replica("a");
+    let b = s.replica("b");
     // Jobs that leave background processes behind: orphans reparent to PID 1.
     let orphaner = format!("for i in 1 2 3; do sleep 0.3 & done; {EFFECT}");
     s.enqueue(&[&orphaner, &orphaner, &orphaner, &orphaner])
@@ -350,7 +349,7 @@ async fn docker_stop_with_enough_time_lets_each_replica_exit_on_its_own() {
     );
 
     // Nothing lost: a fresh replica finishes the requeued jobs, each side effect once.
-    let c = s.replica("c", &[]);
+    let c = s.replica("c");
     let jobs = s.all_succeeded().await;
     stop_all(std::slice::from_ref(&c), 20);
     assert_eq!(
@@ -372,14 +371,14 @@ async fn docker_stop_with_enough_time_lets_each_replica_exit_on_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_stop_too_short_kills_and_the_lease_recovers_the_jobs() {
     let mut s = setup("stopshort").await;
-    let a = s.replica("a", &[]);
+    let a = s.replica("a");
     let stuck = format!("trap '' TERM; sleep 4; {EFFECT}");
     s.enqueue(&[&stuck, &stuck]).await;
     eventually("replica a running both jobs", LONG, || async {
         (s.running().await.len() == 2).then_some(())
     })
     .await;
-    let b = s.replica("b", &[]);
+    let b = s.replica("b");
     // One second is far less than shutdown timeout + kill grace: the engine KILLs.
     stop_all(std::slice::from_ref(&a), 1);
     let code: i32 = inspect(&a, "{{.State.ExitCode}}")
