@@ -224,6 +224,19 @@ impl Setup {
         .await
     }
 
+    /// Every job's side effect happened, and only once.
+    fn assert_each_effect_once(&self, jobs: &[dockhand::store::Job]) {
+        let effects = self.effects();
+        for job in jobs {
+            assert_eq!(
+                effects.get(&job.id.0),
+                Some(&1),
+                "job {} side effects",
+                job.id
+            );
+        }
+    }
+
     fn effects(&self) -> BTreeMap<i64, usize> {
         let text = std::fs::read_to_string(self.db.path("effects.log")).unwrap_or_default();
         let mut runs = BTreeMap::new();
@@ -357,15 +370,7 @@ async fn docker_stop_with_enough_time_lets_each_replica_exit_on_its_own() {
         "0",
         "idle replica c exits 0"
     );
-    let effects = s.effects();
-    for job in &jobs {
-        assert_eq!(
-            effects.get(&job.id.0),
-            Some(&1),
-            "job {} side effects",
-            job.id
-        );
-    }
+    s.assert_each_effect_once(&jobs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,15 +411,7 @@ async fn docker_stop_too_short_kills_and_the_lease_recovers_the_jobs() {
         );
     }
     // Killed before their side effect: each ran to the end exactly once.
-    let effects = s.effects();
-    for job in &jobs {
-        assert_eq!(
-            effects.get(&job.id.0),
-            Some(&1),
-            "job {} side effects",
-            job.id
-        );
-    }
+    s.assert_each_effect_once(&jobs);
     stop_all(std::slice::from_ref(&b), 20);
     assert_eq!(
         inspect(&b, "{{.State.ExitCode}}"),
