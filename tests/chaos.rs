@@ -35,18 +35,22 @@ const KILL_GRACE: Duration = Duration::from_secs(1);
 const EXIT_BOUND: Duration =
     Duration::from_secs(SHUTDOWN_TIMEOUT.as_secs() + KILL_GRACE.as_secs() + 5 + 2);
 const FLEET: usize = 3;
-const WORKER_ARGS: &[&str] = &[
-    "--concurrency",
-    "8",
-    "--lease",
-    "4s",
-    "--shutdown-timeout",
-    "3s",
-    "--kill-grace",
-    "1s",
-    "--poll-interval",
-    "500ms",
-];
+/// The worker flags, from the constants the driver and the checks rely on.
+fn worker_args() -> Vec<String> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    vec![
+        "--concurrency".into(),
+        "8".into(),
+        "--lease".into(),
+        ms(LEASE),
+        "--shutdown-timeout".into(),
+        ms(SHUTDOWN_TIMEOUT),
+        "--kill-grace".into(),
+        ms(KILL_GRACE),
+        "--poll-interval".into(),
+        "500ms".into(),
+    ]
+}
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -193,7 +197,10 @@ struct Fleet {
 
 impl Fleet {
     fn spawn(&mut self) {
-        let worker = self.db.worker(WORKER_ARGS);
+        let args = worker_args();
+        let worker = self
+            .db
+            .worker(&args.iter().map(String::as_str).collect::<Vec<_>>());
         self.fates.insert(worker.pid(), Fate::default());
         self.active.push(worker);
     }
@@ -756,6 +763,15 @@ fn fleet_survives_chaos_losing_nothing() {
     }
 
     // Exit codes: 0 only if nothing it held was interrupted; 75 only if something was.
+    // Per worker pid: (recorded an interruption, had a lease expire).
+    let mut held: BTreeMap<i32, (bool, bool)> = BTreeMap::new();
+    for e in &events {
+        if let Some(worker) = &e.worker {
+            let entry = held.entry(pid_of(worker)).or_default();
+            entry.0 |= is_interruption(e);
+            entry.1 |= e.kind == "lease-expired";
+        }
+    }
     let mut exits: BTreeMap<String, u64> = BTreeMap::new();
     for (pid, fate) in &fleet.fates {
         if fate.killed {
@@ -764,12 +780,7 @@ fn fleet_survives_chaos_losing_nothing() {
         }
         let Some(code) = fate.exit else { continue };
         *exits.entry(format!("exit {code}")).or_default() += 1;
-        let mine = |e: &&Event| e.worker.as_deref().is_some_and(|w| pid_of(w) == *pid);
-        let interrupted = events.iter().filter(mine).any(is_interruption);
-        let expired = events
-            .iter()
-            .filter(mine)
-            .any(|e| e.kind == "lease-expired");
+        let (interrupted, expired) = held.get(pid).copied().unwrap_or_default();
         let truthful = match code {
             0 => !interrupted,
             75 => interrupted || expired,
