@@ -28,7 +28,7 @@ async fn round(store: &AnyStore, batch: u32, jobs: usize) -> f64 {
             let queues = vec!["default".to_string()];
             loop {
                 let claimed = store
-                    .claim(&worker, &queues, batch, Duration::from_secs(60))
+                    .claim(&worker, &queues, batch, Duration::from_secs(60), 1)
                     .await
                     .expect("claim");
                 if claimed.is_empty() {
@@ -39,7 +39,7 @@ async fn round(store: &AnyStore, batch: u32, jobs: usize) -> f64 {
                     .map(|c| Completion {
                         lease: c.lease,
                         outcome: Outcome::Succeeded,
-                        output: String::new(),
+                        output: Vec::new(),
                     })
                     .collect();
                 store.record(&worker, &done).await.expect("record");

@@ -273,8 +273,9 @@ pub struct Completion {
     pub lease: Lease,
     /// What happened.
     pub outcome: Outcome,
-    /// Tail of the captured output (at most [`OUTPUT_LIMIT`] bytes).
-    pub output: String,
+    /// Tail of the captured output (at most [`OUTPUT_LIMIT`] bytes): the
+    /// job's bytes as it wrote them, whatever they are.
+    pub output: Vec<u8>,
 }
 
 /// The store's answer for one completion.
@@ -286,38 +287,27 @@ pub enum RecordResult {
     Refused,
 }
 
-/// Keep at most `limit` bytes of the end of `text`, cut at a char boundary.
-pub fn tail(text: &str, limit: usize) -> &str {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut start = text.len() - limit;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
+/// Keep at most `limit` bytes of the end of `bytes`.
+pub fn tail(bytes: &[u8], limit: usize) -> &[u8] {
+    &bytes[bytes.len().saturating_sub(limit)..]
 }
 
-/// Whether an environment variable's value must never be shown.
-pub fn is_secret_key(key: &str) -> bool {
-    let upper = key.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"]
-        .iter()
-        .any(|word| upper.contains(word))
-}
+/// Longest error or detail text the store keeps (the start is kept).
+pub const TEXT_LIMIT: usize = 8 * 1024;
 
-/// The environment with secret values replaced, for display.
-pub fn redacted_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    env.iter()
-        .map(|(key, value)| {
-            let shown = if is_secret_key(key) {
-                "[redacted]".to_string()
-            } else {
-                value.clone()
-            };
-            (key.clone(), shown)
-        })
-        .collect()
+/// Text fit for a text column of any backend: NUL (which PostgreSQL text
+/// cannot hold) becomes U+FFFD, and at most [`TEXT_LIMIT`] bytes are kept, cut
+/// at a character boundary. Job output is stored as bytes and never passes
+/// through here; this is for errors and history details.
+pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= TEXT_LIMIT && !text.contains('\0') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = text.len().min(TEXT_LIMIT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(text[..end].replace('\0', "\u{fffd}"))
 }
 
 #[cfg(test)]
@@ -325,25 +315,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tail_keeps_the_end_on_a_char_boundary() {
-        assert_eq!(tail("hello", 10), "hello");
-        assert_eq!(tail("hello", 3), "llo");
-        assert_eq!(tail("héllo", 4), "llo");
+    fn tail_keeps_the_last_bytes() {
+        assert_eq!(tail(b"hello", 10), b"hello");
+        assert_eq!(tail(b"he\0llo", 3), b"llo");
     }
 
     #[test]
-    fn secret_keys_are_recognised() {
-        assert!(is_secret_key("API_TOKEN"));
-        assert!(is_secret_key("db_password"));
-        assert!(is_secret_key("AWS_SECRET_ACCESS_KEY"));
-        assert!(!is_secret_key("PATH"));
-        let env = BTreeMap::from([
-            ("API_TOKEN".to_string(), "s3cr3t".to_string()),
-            ("MODE".to_string(), "fast".to_string()),
-        ]);
-        let shown = redacted_env(&env);
-        assert_eq!(shown["API_TOKEN"], "[redacted]");
-        assert_eq!(shown["MODE"], "fast");
+    fn storable_text_has_no_nul_and_a_bound() {
+        assert_eq!(storable_text("plain"), "plain");
+        assert_eq!(storable_text("a\0b"), "a\u{fffd}b");
+        let long = "é".repeat(TEXT_LIMIT);
+        let kept = storable_text(&long);
+        assert!(kept.len() <= TEXT_LIMIT && kept.chars().all(|c| c == 'é'));
     }
 
     #[test]

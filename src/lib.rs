@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod pid1;
 #[doc(hidden)]
 pub mod planted;
+pub mod redact;
 pub mod shell;
 pub mod store;

@@ -190,8 +190,8 @@ impl Metrics {
             Event::ClaimReply {
                 result: Ok(jobs), ..
             } => self.claim_batch.observe(jobs.len() as f64),
-            Event::JobExited { job, .. } => {
-                if let Some((_, started)) = self.pending().jobs.get(job) {
+            Event::JobExited { lease, .. } => {
+                if let Some((_, started)) = self.pending().jobs.get(&lease.job) {
                     self.job_duration.observe(started.elapsed().as_secs_f64());
                 }
             }

@@ -250,9 +250,17 @@ fn forget_recorded<E: Executor>(executor: &mut E, event: &Event) {
 
 fn exec_event(event: ExecEvent) -> Event {
     match event {
-        ExecEvent::Started { job } => Event::JobStarted { job },
-        ExecEvent::StartFailed { job, error } => Event::StartFailed { job, error },
-        ExecEvent::Exited { job, exit, output } => Event::JobExited { job, exit, output },
+        ExecEvent::Started { lease } => Event::JobStarted { lease },
+        ExecEvent::StartFailed { lease, error } => Event::StartFailed { lease, error },
+        ExecEvent::Exited {
+            lease,
+            exit,
+            output,
+        } => Event::JobExited {
+            lease,
+            exit,
+            output,
+        },
     }
 }
 
@@ -270,7 +278,10 @@ async fn timed<T>(
 }
 
 fn failure(error: StoreError) -> StoreFailure {
-    StoreFailure(error.to_string())
+    StoreFailure {
+        transient: error.is_transient(),
+        message: error.to_string(),
+    }
 }
 
 /// Perform one action; store calls run as tasks that answer on `events`.
@@ -294,7 +305,9 @@ fn perform<S: Store + Clone, E: Executor>(
                 config.queues.clone(),
             );
             tokio::spawn(async move {
-                let result = timed(limit, store.claim(&worker, &queues, max, lease))
+                // The request id is the claim's id in the store: a claim whose
+                // reply is lost can be recovered by a heartbeat.
+                let result = timed(limit, store.claim(&worker, &queues, max, lease, request))
                     .await
                     .map_err(failure);
                 let _ = events.send(Event::ClaimReply { request, result }).await;
@@ -324,25 +337,24 @@ fn perform<S: Store + Clone, E: Executor>(
             request,
             phase,
             leases,
+            recover,
         } => {
             let (store, events, worker) = (store.clone(), events.clone(), worker_id.to_string());
             tokio::spawn(async move {
-                let result = timed(limit, store.heartbeat(&worker, phase, &leases, lease))
-                    .await
-                    .map_err(failure);
+                let call = store.heartbeat(&worker, phase, &leases, lease, &recover);
+                let result = timed(limit, call).await.map_err(failure);
                 let _ = events.send(Event::HeartbeatReply { request, result }).await;
             });
         }
-        Action::Reap => {
-            let (store, worker) = (store.clone(), worker_id.to_string());
+        Action::Reap { request } => {
+            let (store, events, worker) = (store.clone(), events.clone(), worker_id.to_string());
             tokio::spawn(async move {
-                match timed(limit, store.reap_expired()).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(worker_id = %worker, requeued = n, "requeued jobs whose worker lost its lease")
-                    }
-                    Err(error) => tracing::debug!(worker_id = %worker, %error, "reap failed"),
+                let result = timed(limit, store.reap_expired()).await;
+                if let Ok(n @ 1..) = result {
+                    tracing::warn!(worker_id = %worker, requeued = n, "requeued jobs whose worker lost its lease");
                 }
+                let result = result.map_err(failure);
+                let _ = events.send(Event::ReapReply { request, result }).await;
             });
         }
         Action::ReportStatus(status) => {

@@ -165,6 +165,6 @@ async fn unknown_kinds_and_handler_errors_are_failed_attempts() {
         .contains("no handler for job kind \"nobody\""));
     assert_eq!(
         store.output(ids[1]).await.unwrap().as_deref(),
-        Some("bad input")
+        Some(&b"bad input"[..])
     );
 }

@@ -30,15 +30,20 @@ fn op() -> impl Strategy<Value = Op> {
         2 => prop_oneof![Just(SignalOp::Term), Just(SignalOp::Int), Just(SignalOp::Usr1)].prop_map(Op::Signal),
         6 => prop::collection::vec(behavior(), 0..4).prop_map(Op::ClaimOk),
         1 => Just(Op::ClaimErr),
+        1 => prop::collection::vec(behavior(), 1..3).prop_map(Op::ClaimLost),
+        1 => any::<u8>().prop_map(Op::ClaimAgain),
         6 => Just(Op::StartOk),
         1 => Just(Op::StartErr),
         5 => Just(Op::RecordOk),
         1 => Just(Op::RecordErr),
+        1 => Just(Op::RecordInvalid),
         1 => Just(Op::RecordRefuseFirst),
         3 => Just(Op::HeartbeatOk),
         1 => Just(Op::HeartbeatErr),
         1 => Just(Op::HeartbeatLoseFirst),
         1 => Just(Op::HeartbeatCancelFirst),
+        2 => Just(Op::ReapOk),
+        1 => Just(Op::ReapErr),
         2 => (any::<u8>(), 0u8..3).prop_map(|(n, c)| Op::Exit(n, c)),
         1 => any::<u8>().prop_map(Op::Cancel),
         1 => any::<u8>().prop_map(Op::LeaseLost),
@@ -66,7 +71,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 4000,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000),
         max_shrink_iters: 20_000,
         ..ProptestConfig::default()
     })]

@@ -92,7 +92,7 @@ async fn store_survives_a_server_restart_losing_nothing() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                match store.claim("restarter", &queues, 10, lease).await {
+                match store.claim("restarter", &queues, 10, lease, 1).await {
                     Ok(claimed) if claimed.is_empty() => {
                         let left = store
                             .list(&JobFilter {
@@ -112,7 +112,7 @@ async fn store_survives_a_server_restart_losing_nothing() {
                             .map(|c| Completion {
                                 lease: c.lease,
                                 outcome: Outcome::Succeeded,
-                                output: String::new(),
+                                output: Vec::new(),
                             })
                             .collect();
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -134,7 +134,7 @@ async fn store_survives_a_server_restart_losing_nothing() {
     stopped.store(true, Ordering::Relaxed);
     // While the server is down every call fails with a typed, transient error.
     let down = store
-        .claim("probe", &["default".to_string()], 1, lease)
+        .claim("probe", &["default".to_string()], 1, lease, 1)
         .await;
     match down {
         Err(error) => assert!(

@@ -29,7 +29,7 @@ fn done(lease: Lease, outcome: Outcome) -> Completion {
     Completion {
         lease,
         outcome,
-        output: "out\n".into(),
+        output: b"out\n".to_vec(),
     }
 }
 
@@ -41,7 +41,7 @@ fn failed(code: i32) -> Outcome {
 }
 
 async fn claim_one(store: &AnyStore, worker: &str) -> ClaimedJob {
-    let mut claimed = store.claim(worker, &queues(), 1, LEASE).await.unwrap();
+    let mut claimed = store.claim(worker, &queues(), 1, LEASE, 1).await.unwrap();
     assert_eq!(claimed.len(), 1, "expected one job to claim");
     claimed.remove(0)
 }
@@ -116,7 +116,7 @@ async fn claims_are_exclusive_under_concurrency(store: AnyStore) {
             let worker = format!("claimer-{w}");
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim(&worker, &queues(), 50, LEASE).await.unwrap();
+                let claimed = store.claim(&worker, &queues(), 50, LEASE, 1).await.unwrap();
                 if claimed.is_empty() {
                     return mine;
                 }
@@ -172,7 +172,7 @@ async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
         "refused writes change nothing"
     );
     let hb = store
-        .heartbeat(W2, Phase::Running, &[claimed.lease], LEASE)
+        .heartbeat(W2, Phase::Running, &[claimed.lease], LEASE, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -201,7 +201,7 @@ async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
     );
     assert_eq!(
         store.output(ids[0]).await.unwrap().as_deref(),
-        Some("out\n")
+        Some(&b"out\n"[..])
     );
     let history = kinds(&store, ids[0]).await;
     assert_eq!(
@@ -217,7 +217,7 @@ async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
 async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
     let ids = store.enqueue_many(&[job("sleep 100")]).await.unwrap();
     let first = store
-        .claim(W1, &queues(), 1, Duration::from_millis(200))
+        .claim(W1, &queues(), 1, Duration::from_millis(200), 1)
         .await
         .unwrap()
         .remove(0);
@@ -234,7 +234,7 @@ async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
         (JobState::Queued, 1, 0)
     );
     let hb = store
-        .heartbeat(W1, Phase::Running, &[first.lease], LEASE)
+        .heartbeat(W1, Phase::Running, &[first.lease], LEASE, &[])
         .await
         .unwrap();
     assert_eq!(hb.lost, vec![ids[0]]);
@@ -266,7 +266,7 @@ async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
 async fn heartbeats_extend_leases(store: AnyStore) {
     store.enqueue_many(&[job("sleep 100")]).await.unwrap();
     let claimed = store
-        .claim(W1, &queues(), 1, Duration::from_millis(300))
+        .claim(W1, &queues(), 1, Duration::from_millis(300), 1)
         .await
         .unwrap()
         .remove(0);
@@ -278,6 +278,7 @@ async fn heartbeats_extend_leases(store: AnyStore) {
                 Phase::Draining,
                 &[claimed.lease],
                 Duration::from_millis(300),
+                &[],
             )
             .await
             .unwrap();
@@ -308,7 +309,7 @@ async fn failures_retry_with_backoff_until_max_attempts(store: AnyStore) {
     );
     assert!(
         store
-            .claim(W1, &queues(), 1, LEASE)
+            .claim(W1, &queues(), 1, LEASE, 2)
             .await
             .unwrap()
             .is_empty(),
@@ -393,7 +394,7 @@ async fn cancel_queued_and_running(store: AnyStore) {
     assert_eq!(running.lease.job, ids[0]);
     assert_eq!(store.cancel(ids[0]).await.unwrap(), CancelResult::Requested);
     let hb = store
-        .heartbeat(W1, Phase::Running, &[running.lease], LEASE)
+        .heartbeat(W1, Phase::Running, &[running.lease], LEASE, &[])
         .await
         .unwrap();
     assert_eq!(hb.cancelled, vec![ids[0]]);
@@ -433,7 +434,7 @@ async fn retry_requeues_failed_and_cancelled(store: AnyStore) {
         stored.max_attempts > stored.attempts,
         "a retried job may run again"
     );
-    let again = store.claim(W1, &queues(), 2, LEASE).await.unwrap();
+    let again = store.claim(W1, &queues(), 2, LEASE, 3).await.unwrap();
     assert!(again.iter().any(|c| c.lease.job == ids[0]));
 }
 
@@ -451,7 +452,7 @@ async fn priority_queue_and_delay_order_claims(store: AnyStore) {
         .enqueue_many(&[low, high, later, other])
         .await
         .unwrap();
-    let claimed = store.claim(W1, &queues(), 10, LEASE).await.unwrap();
+    let claimed = store.claim(W1, &queues(), 10, LEASE, 1).await.unwrap();
     let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
     assert_eq!(
         got,
@@ -459,7 +460,7 @@ async fn priority_queue_and_delay_order_claims(store: AnyStore) {
         "higher priority first; delayed and other-queue jobs wait"
     );
     let other = store
-        .claim(W1, &["other".to_string()], 10, LEASE)
+        .claim(W1, &["other".to_string()], 10, LEASE, 2)
         .await
         .unwrap();
     assert_eq!(other.len(), 1);
@@ -485,7 +486,7 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
     assert_eq!(w1.running_jobs, vec![claimed.lease.job]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     store
-        .heartbeat(W2, Phase::Draining, &[], lease)
+        .heartbeat(W2, Phase::Draining, &[], lease, &[])
         .await
         .unwrap();
     let rows = store.workers(lease).await.unwrap();
@@ -497,6 +498,234 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
     assert!(lost.contains(&(W2, false, "draining")), "{lost:?}");
     store.deregister_worker(W2).await.unwrap();
     assert_eq!(store.workers(lease).await.unwrap().len(), 1);
+}
+
+/// The outcome of a run whose lease expired and was reaped is still accepted
+/// while nobody has claimed the job since: the run did happen, and running it
+/// again would repeat it. The reap's interruption is undone.
+async fn late_outcome_after_a_reap_is_accepted_until_the_job_is_claimed_again(store: AnyStore) {
+    let ids = store
+        .enqueue_many(&[job("sleep 3"), job("sleep 3"), job("sleep 3")])
+        .await
+        .unwrap();
+    let short = Duration::from_millis(200);
+    let claimed = store.claim(W1, &queues(), 3, short, 1).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 3);
+    for id in &ids {
+        assert_eq!(get(&store, *id).await.interruptions, 1);
+    }
+    // Job 1: nobody claimed it since; its late success is accepted, once.
+    let late = store
+        .record(W1, &[done(claimed[0].lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(late, vec![(ids[0], RecordResult::Recorded)]);
+    let stored = get(&store, ids[0]).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.interruptions),
+        (JobState::Succeeded, 1, 0),
+        "the reap's interruption is undone"
+    );
+    let history = store.history(ids[0]).await.unwrap();
+    assert!(
+        history.iter().any(|e| e.kind == "succeeded"
+            && e.detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("after the lease expired")),
+        "{history:?}"
+    );
+    let again = store
+        .record(W1, &[done(claimed[0].lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![(ids[0], RecordResult::Refused)],
+        "accepted once"
+    );
+    // Job 2: claimed again by another worker: the old lease is superseded.
+    let second = claim_one(&store, W2).await;
+    assert_eq!(second.lease.job, ids[1]);
+    let superseded = store
+        .record(W1, &[done(claimed[1].lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(superseded, vec![(ids[1], RecordResult::Refused)]);
+    assert_eq!(get(&store, ids[1]).await.state, JobState::Running);
+    // Job 3: a user cancelled it after the reap: the user's word stands.
+    assert_eq!(store.cancel(ids[2]).await.unwrap(), CancelResult::Cancelled);
+    let refused = store
+        .record(W1, &[done(claimed[2].lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(refused, vec![(ids[2], RecordResult::Refused)]);
+    assert_eq!(get(&store, ids[2]).await.state, JobState::Cancelled);
+}
+
+/// A cancel requested while a job runs is never lost: every outcome that
+/// would requeue the job (a failure with attempts left, an interruption, a
+/// hand-back, a reap) makes it `cancelled` instead; a success stays a success.
+async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
+    let outcomes = [
+        failed(1),
+        Outcome::Interrupted {
+            reason: "worker shutdown".into(),
+        },
+        Outcome::HandBack,
+        Outcome::Succeeded,
+    ];
+    let ids = store
+        .enqueue_many(&[job("a"), job("b"), job("c"), job("d"), job("e")])
+        .await
+        .unwrap();
+    let claimed = store.claim(W1, &queues(), 4, LEASE, 1).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    for c in &claimed {
+        assert_eq!(
+            store.cancel(c.lease.job).await.unwrap(),
+            CancelResult::Requested
+        );
+    }
+    for (c, outcome) in claimed.iter().zip(outcomes) {
+        let result = store.record(W1, &[done(c.lease, outcome)]).await.unwrap();
+        assert_eq!(result, vec![(c.lease.job, RecordResult::Recorded)]);
+    }
+    let states: Vec<JobState> = futures_states(&store, &ids[..4]).await;
+    assert_eq!(
+        states,
+        [
+            JobState::Cancelled,
+            JobState::Cancelled,
+            JobState::Cancelled,
+            JobState::Succeeded
+        ]
+    );
+    let failed_job = get(&store, ids[0]).await;
+    assert_eq!(failed_job.attempts, 1, "the failed run still counts");
+    assert!(failed_job.finished_at.is_some());
+    // A reaped lease with a pending cancel: cancelled, no interruption.
+    let last = store
+        .claim(W1, &queues(), 1, Duration::from_millis(200), 2)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(last.lease.job, ids[4]);
+    store.cancel(ids[4]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    let reaped = get(&store, ids[4]).await;
+    assert_eq!(
+        (reaped.state, reaped.interruptions),
+        (JobState::Cancelled, 0)
+    );
+    // Nothing is left to claim: no cancelled job runs again.
+    assert!(store
+        .claim(W2, &queues(), 10, LEASE, 3)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn futures_states(store: &AnyStore, ids: &[JobId]) -> Vec<JobState> {
+    let mut states = Vec::new();
+    for id in ids {
+        states.push(get(store, *id).await.state);
+    }
+    states
+}
+
+/// Job output is arbitrary bytes and comes back exactly; error texts with a
+/// NUL are stored (with U+FFFD in its place).
+async fn output_is_stored_byte_for_byte(store: AnyStore) {
+    let ids = store
+        .enqueue_many(&[job("printf"), job("printf")])
+        .await
+        .unwrap();
+    let claimed = store.claim(W1, &queues(), 2, LEASE, 1).await.unwrap();
+    let bytes: Vec<u8> = (0..=255u8).chain(*b"a\0b\xff\xfe\n").collect();
+    let outcomes = vec![
+        Completion {
+            lease: claimed[0].lease,
+            outcome: Outcome::Succeeded,
+            output: bytes.clone(),
+        },
+        Completion {
+            lease: claimed[1].lease,
+            outcome: Outcome::Failed {
+                exit_code: Some(2),
+                error: "bad \0 byte".into(),
+            },
+            output: b"\0\0\0".to_vec(),
+        },
+    ];
+    let results = store.record(W1, &outcomes).await.unwrap();
+    assert!(results.iter().all(|(_, r)| *r == RecordResult::Recorded));
+    assert_eq!(store.output(ids[0]).await.unwrap(), Some(bytes));
+    assert_eq!(
+        store.output(ids[1]).await.unwrap(),
+        Some(b"\0\0\0".to_vec())
+    );
+    assert_eq!(
+        get(&store, ids[1]).await.error.as_deref(),
+        Some("bad \u{fffd} byte")
+    );
+}
+
+/// A NUL cannot reach exec or a text column: refused at enqueue, nothing written.
+async fn nul_in_a_job_is_refused_at_enqueue(store: AnyStore) {
+    let mut in_command = job("ok");
+    in_command.spec.command.push("a\0b".into());
+    let mut in_env = job("ok");
+    in_env.spec.env.insert("K".into(), "v\0".into());
+    let mut in_queue = job("ok");
+    in_queue.queue = "q\0".into();
+    for bad in [in_command, in_env, in_queue] {
+        let err = store.enqueue_many(&[job("fine"), bad]).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidJob(m) if m.contains("NUL")),
+            "{err}"
+        );
+    }
+    assert!(store.list(&JobFilter::default()).await.unwrap().is_empty());
+}
+
+/// A claim whose reply was lost (it committed, the worker never heard) is
+/// handed to the worker by its next heartbeat, by claim id; nobody else's.
+async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore) {
+    let ids = store
+        .enqueue_many(&[job("a"), job("b"), job("c")])
+        .await
+        .unwrap();
+    let lost = store.claim(W1, &queues(), 2, LEASE, 7).await.unwrap();
+    let other = store.claim(W2, &queues(), 1, LEASE, 7).await.unwrap();
+    assert_eq!((lost.len(), other.len()), (2, 1));
+    let none = store
+        .heartbeat(W1, Phase::Running, &[], LEASE, &[8])
+        .await
+        .unwrap();
+    assert!(none.recovered.is_empty(), "only the claims asked about");
+    let hb = store
+        .heartbeat(W1, Phase::Running, &[], LEASE, &[7])
+        .await
+        .unwrap();
+    let mut recovered: Vec<Lease> = hb.recovered.iter().map(|j| j.lease).collect();
+    recovered.sort();
+    let mut expected: Vec<Lease> = lost.iter().map(|j| j.lease).collect();
+    expected.sort();
+    assert_eq!(recovered, expected, "W2's claim 7 is not W1's");
+    assert!(hb
+        .recovered
+        .iter()
+        .all(|j| j.spec.command[2] != "c" || ids.len() == 3));
+    // The recovered leases work like any other.
+    let results = store
+        .record(W1, &[done(recovered[0], Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(results, vec![(recovered[0].job, RecordResult::Recorded)]);
 }
 
 async fn migrate_twice_is_harmless(store: AnyStore) {
@@ -536,6 +765,11 @@ macro_rules! suite {
                 retry_requeues_failed_and_cancelled,
                 priority_queue_and_delay_order_claims,
                 workers_register_and_are_flagged_lost,
+                late_outcome_after_a_reap_is_accepted_until_the_job_is_claimed_again,
+                a_pending_cancel_wins_over_every_requeue,
+                output_is_stored_byte_for_byte,
+                nul_in_a_job_is_refused_at_enqueue,
+                claims_whose_reply_was_lost_are_recovered_by_heartbeat,
                 migrate_twice_is_harmless,
             );
         )*

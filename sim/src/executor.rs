@@ -70,7 +70,8 @@ impl SimExecutor {
 
 impl Executor for SimExecutor {
     fn start(&mut self, job: ClaimedJob, events: mpsc::Sender<ExecEvent>) {
-        let id = job.lease.job;
+        let lease = job.lease;
+        let id = lease.job;
         let behavior = Behavior::parse(&job.spec.command);
         let (tx, mut rx) = mpsc::channel(8);
         self.procs.insert(id, tx);
@@ -84,7 +85,7 @@ impl Executor for SimExecutor {
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let _ = events.send(ExecEvent::Started { job: id }).await;
+            let _ = events.send(ExecEvent::Started { lease }).await;
             let deadline = behavior.run.map(|run| tokio::time::Instant::now() + run);
             let exit = loop {
                 let natural = async {
@@ -106,9 +107,9 @@ impl Executor for SimExecutor {
             crate::lock(&shared).alive.remove(&key);
             let _ = events
                 .send(ExecEvent::Exited {
-                    job: id,
+                    lease,
                     exit,
-                    output: String::new(),
+                    output: Vec::new(),
                 })
                 .await;
         });

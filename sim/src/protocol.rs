@@ -39,6 +39,8 @@ pub enum Request {
         lease_ms: u64,
         /// Simulated time of sending (for the claim-after-signal check).
         sent_at_ms: u64,
+        /// The claim's id (recovered by a heartbeat if the reply is lost).
+        claim_id: u64,
     },
     /// `heartbeat`.
     Heartbeat {
@@ -50,6 +52,8 @@ pub enum Request {
         leases: Vec<Lease>,
         /// Lease.
         lease_ms: u64,
+        /// Claims to recover.
+        recover: Vec<u64>,
     },
     /// `record`.
     Record {
@@ -76,7 +80,12 @@ pub enum Response {
     /// Jobs reaped.
     Reaped(u64),
     /// The call failed.
-    Failed(String),
+    Failed {
+        /// Why.
+        message: String,
+        /// Whether trying again may succeed.
+        transient: bool,
+    },
 }
 
 /// What the database host was asked to do, for the checker.
@@ -131,7 +140,10 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     let response = if fail {
-        Response::Failed("injected store error".into())
+        Response::Failed {
+            message: "injected store error".into(),
+            transient: true,
+        }
     } else {
         answer(&store, request, &*faults).await
     };
@@ -151,9 +163,16 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
             max,
             lease_ms,
             sent_at_ms,
+            claim_id,
         } => {
             let claimed = store
-                .claim(&worker, &queues, max, Duration::from_millis(lease_ms))
+                .claim(
+                    &worker,
+                    &queues,
+                    max,
+                    Duration::from_millis(lease_ms),
+                    claim_id,
+                )
                 .await;
             if let Ok(jobs) = &claimed {
                 faults.log_claim(ClaimLog {
@@ -169,8 +188,15 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
             phase,
             leases,
             lease_ms,
+            recover,
         } => store
-            .heartbeat(&worker, phase, &leases, Duration::from_millis(lease_ms))
+            .heartbeat(
+                &worker,
+                phase,
+                &leases,
+                Duration::from_millis(lease_ms),
+                &recover,
+            )
             .await
             .map(Response::Heartbeat),
         Request::Record {
@@ -182,7 +208,10 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
             .map(Response::Recorded),
         Request::Reap => store.reap_expired().await.map(Response::Reaped),
     };
-    result.unwrap_or_else(|e| Response::Failed(e.to_string()))
+    result.unwrap_or_else(|e| Response::Failed {
+        transient: e.is_transient(),
+        message: e.to_string(),
+    })
 }
 
 /// A worker's store: every call a round trip to the database host.
@@ -218,7 +247,11 @@ impl RemoteStore {
             return Err(StoreError::Unreachable("connection closed".into()));
         }
         match serde_json::from_str(&reply) {
-            Ok(Response::Failed(message)) => Err(StoreError::Unreachable(message)),
+            Ok(Response::Failed {
+                message,
+                transient: true,
+            }) => Err(StoreError::Unreachable(message)),
+            Ok(Response::Failed { message, .. }) => Err(StoreError::Database(message)),
             Ok(response) => Ok(response),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
         }
@@ -250,6 +283,7 @@ impl Store for RemoteStore {
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let request = Request::Claim {
             worker: worker.to_string(),
@@ -257,6 +291,7 @@ impl Store for RemoteStore {
             max,
             lease_ms: lease.as_millis() as u64,
             sent_at_ms: sim_now().as_millis() as u64,
+            claim_id,
         };
         match self.call(request).await? {
             Response::Claimed(jobs) => Ok(jobs),
@@ -269,12 +304,14 @@ impl Store for RemoteStore {
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
         let request = Request::Heartbeat {
             worker: worker.to_string(),
             phase,
             leases: leases.to_vec(),
             lease_ms: lease.as_millis() as u64,
+            recover: recover.to_vec(),
         };
         match self.call(request).await? {
             Response::Heartbeat(answer) => Ok(answer),
@@ -316,7 +353,7 @@ impl Store for RemoteStore {
     async fn history(&self, _id: JobId) -> Result<Vec<JobEvent>, StoreError> {
         Err(unsupported())
     }
-    async fn output(&self, _id: JobId) -> Result<Option<String>, StoreError> {
+    async fn output(&self, _id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
         Err(unsupported())
     }
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {

@@ -254,6 +254,7 @@ async fn recovery(store: &AnyStore, lease: Duration) -> Result<Duration, CliErro
             std::slice::from_ref(&queue),
             1,
             lease,
+            1,
         )
         .await?;
     if claimed.is_empty() {

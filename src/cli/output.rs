@@ -5,8 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::{CliError, IdArg, JobsArgs, ShowArgs, StatusArgs};
-use crate::job::{redacted_env, JobId};
+use crate::job::JobId;
 use crate::machine::fmt_duration;
+use crate::redact::redacted_env;
 use crate::store::{AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, WorkerRow};
 
 /// Widest command shown in the `jobs` table.
@@ -186,7 +187,11 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
 pub async fn logs(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
     let job = find(store, args.id).await?;
     if let Some(output) = store.output(job.id).await? {
-        print!("{output}");
+        // The job's bytes as it wrote them, whatever they are.
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&output)?;
+        stdout.flush()?;
     }
     Ok(0)
 }

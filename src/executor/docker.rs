@@ -216,7 +216,8 @@ async fn run_container(
     containers: Arc<Mutex<BTreeMap<JobId, String>>>,
     events: mpsc::Sender<ExecEvent>,
 ) {
-    let id = job.lease.job;
+    let lease = job.lease;
+    let id = lease.job;
     let image = job.spec.image.clone().unwrap_or_default();
     // A container of an older claim of this job (a dead worker's) must not
     // run beside the new one.
@@ -234,7 +235,7 @@ async fn run_container(
         Ok(created) => created.id,
         Err(error) => {
             let error = describe(&error, &image);
-            let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+            let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
             return;
         }
     };
@@ -257,10 +258,10 @@ async fn run_container(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+        let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
         return;
     }
-    let _ = events.send(ExecEvent::Started { job: id }).await;
+    let _ = events.send(ExecEvent::Started { lease }).await;
     let mut wait = docker.wait_container(&container, None::<WaitContainerOptions>);
     let code = match wait.next().await {
         Some(Ok(response)) => Some(response.status_code),
@@ -296,9 +297,9 @@ async fn run_container(
     };
     let _ = events
         .send(ExecEvent::Exited {
-            job: id,
+            lease,
             exit,
-            output: tail.text(),
+            output: tail.bytes(),
         })
         .await;
 }

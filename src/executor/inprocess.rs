@@ -87,12 +87,13 @@ impl InProcessExecutor {
 
 impl Executor for InProcessExecutor {
     fn start(&mut self, job: ClaimedJob, events: mpsc::Sender<ExecEvent>) {
-        let id = job.lease.job;
+        let lease = job.lease;
+        let id = lease.job;
         let kind = job.spec.command.first().cloned().unwrap_or_default();
         let Some(handler) = self.handlers.get(&kind).cloned() else {
             let error = format!("no handler for job kind {kind:?}");
             tokio::spawn(async move {
-                let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+                let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
             });
             return;
         };
@@ -109,16 +110,19 @@ impl Executor for InProcessExecutor {
         let abort = work.abort_handle();
         self.running.insert(id, (cancel_tx, abort));
         tokio::spawn(async move {
-            let _ = events.send(ExecEvent::Started { job: id }).await;
+            let _ = events.send(ExecEvent::Started { lease }).await;
             let (exit, output) = match work.await {
-                Ok(Ok(())) => (Exit::Code(0), String::new()),
-                Ok(Err(error)) => (Exit::Code(1), error),
-                Err(join) if join.is_cancelled() => (Exit::Signal(9), String::new()),
-                Err(join) => (Exit::Code(101), format!("handler panicked: {join}")),
+                Ok(Ok(())) => (Exit::Code(0), Vec::new()),
+                Ok(Err(error)) => (Exit::Code(1), error.into_bytes()),
+                Err(join) if join.is_cancelled() => (Exit::Signal(9), Vec::new()),
+                Err(join) => (
+                    Exit::Code(101),
+                    format!("handler panicked: {join}").into_bytes(),
+                ),
             };
             let _ = events
                 .send(ExecEvent::Exited {
-                    job: id,
+                    lease,
                     exit,
                     output,
                 })

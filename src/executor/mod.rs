@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use std::future::Future;
 
-use crate::job::{ClaimedJob, Exit, JobId, OUTPUT_LIMIT};
+use crate::job::{ClaimedJob, Exit, JobId, Lease, OUTPUT_LIMIT};
 use crate::machine::JobSignal;
 
 pub use docker::DockerExecutor;
@@ -24,24 +24,24 @@ pub use router::Router;
 pub enum ExecEvent {
     /// The job's process is running.
     Started {
-        /// The job.
-        job: JobId,
+        /// The run (job and lease) from [`Executor::start`].
+        lease: Lease,
     },
     /// The job could not be started.
     StartFailed {
-        /// The job.
-        job: JobId,
+        /// The run (job and lease) from [`Executor::start`].
+        lease: Lease,
         /// Why.
         error: String,
     },
     /// The job's process ended and its output was collected.
     Exited {
-        /// The job.
-        job: JobId,
+        /// The run (job and lease) from [`Executor::start`].
+        lease: Lease,
         /// How it ended.
         exit: Exit,
-        /// Tail of its output (bounded).
-        output: String,
+        /// Tail of its output (bounded), as bytes.
+        output: Vec<u8>,
     },
 }
 
@@ -79,10 +79,9 @@ impl OutputTail {
         }
     }
 
-    /// The tail as text (invalid UTF-8 replaced).
-    pub fn text(&self) -> String {
-        let start = self.bytes.len().saturating_sub(OUTPUT_LIMIT);
-        String::from_utf8_lossy(&self.bytes[start..]).into_owned()
+    /// The last [`OUTPUT_LIMIT`] bytes, as the job wrote them.
+    pub fn bytes(&self) -> Vec<u8> {
+        crate::job::tail(&self.bytes, OUTPUT_LIMIT).to_vec()
     }
 }
 
@@ -96,10 +95,10 @@ mod tests {
         for _ in 0..10 {
             tail.push(&vec![b'a'; OUTPUT_LIMIT / 2]);
         }
-        tail.push(b"end");
-        let text = tail.text();
-        assert_eq!(text.len(), OUTPUT_LIMIT);
-        assert!(text.ends_with("aend"));
+        tail.push(b"end\0\xff");
+        let bytes = tail.bytes();
+        assert_eq!(bytes.len(), OUTPUT_LIMIT);
+        assert!(bytes.ends_with(b"aend\0\xff"));
         assert!(tail.bytes.len() <= 2 * OUTPUT_LIMIT);
     }
 }

@@ -96,13 +96,14 @@ async fn pump(mut pipe: impl AsyncRead + Unpin, tail: Arc<Mutex<OutputTail>>) {
 
 impl Executor for ProcessExecutor {
     fn start(&mut self, job: ClaimedJob, events: mpsc::Sender<ExecEvent>) {
-        let id = job.lease.job;
+        let lease = job.lease;
+        let id = lease.job;
         let mut child = match command(&job).spawn() {
             Ok(child) => child,
             Err(error) => {
                 let error = format!("{}: {error}", job.spec.command[0]);
                 tokio::spawn(async move {
-                    let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+                    let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
                 });
                 return;
             }
@@ -127,7 +128,7 @@ impl Executor for ProcessExecutor {
         let groups = self.groups.clone();
         let watchdog = self.watchdog.clone();
         tokio::spawn(async move {
-            let _ = events.send(ExecEvent::Started { job: id }).await;
+            let _ = events.send(ExecEvent::Started { lease }).await;
             let status = child.wait().await;
             // Whatever the job left behind in its group goes with it; this also
             // closes pipes that leftover children would hold open.
@@ -150,10 +151,10 @@ impl Executor for ProcessExecutor {
                 },
                 Err(_) => Exit::Code(-1),
             };
-            let output = tail.lock().unwrap_or_else(|p| p.into_inner()).text();
+            let output = tail.lock().unwrap_or_else(|p| p.into_inner()).bytes();
             let _ = events
                 .send(ExecEvent::Exited {
-                    job: id,
+                    lease,
                     exit,
                     output,
                 })

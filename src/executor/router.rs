@@ -41,7 +41,8 @@ impl Executor for Router {
         if job.spec.image.is_none() {
             return self.process.start(job, events);
         }
-        let id = job.lease.job;
+        let lease = job.lease;
+        let id = lease.job;
         match &mut self.docker {
             Some(docker) => {
                 self.in_containers.insert(id);
@@ -50,7 +51,7 @@ impl Executor for Router {
             None => {
                 let error = format!("cannot run a container: {}", self.no_docker);
                 tokio::spawn(async move {
-                    let _ = events.send(ExecEvent::StartFailed { job: id, error }).await;
+                    let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
                 });
             }
         }

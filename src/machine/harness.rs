@@ -79,17 +79,27 @@ pub enum Op {
     Signal(SignalOp),
     /// Answer the claim in flight with these jobs (cut to what was asked).
     ClaimOk(Vec<Behavior>),
-    /// The claim in flight fails.
+    /// The claim in flight fails before it commits (transient).
     ClaimErr,
+    /// The claim in flight commits these jobs, but its reply is lost (a
+    /// timeout): the machine only sees a transient failure.
+    ClaimLost(Vec<Behavior>),
+    /// Answer the claim in flight with a newer claim of the n-th job the
+    /// machine holds: the store reaped our lease and the job was claimed
+    /// again, by this worker.
+    ClaimAgain(u8),
     /// The oldest pending start succeeds.
     StartOk,
     /// The oldest pending start fails.
     StartErr,
     /// The oldest record batch is written.
     RecordOk,
-    /// The oldest record batch fails.
+    /// The oldest record batch fails (transient: unreachable).
     RecordErr,
-    /// The oldest record batch is written except its first item, refused (stale lease).
+    /// The store refuses the oldest record batch as invalid (permanent).
+    RecordInvalid,
+    /// The oldest record batch is written except its first item, refused
+    /// (stale lease: another worker claimed the job).
     RecordRefuseFirst,
     /// The oldest heartbeat succeeds.
     HeartbeatOk,
@@ -99,6 +109,10 @@ pub enum Op {
     HeartbeatLoseFirst,
     /// The oldest heartbeat reports a cancel of the first of its jobs.
     HeartbeatCancelFirst,
+    /// The reap in flight succeeds.
+    ReapOk,
+    /// The reap in flight fails.
+    ReapErr,
     /// The n-th live job exits on its own now with this code.
     Exit(u8, u8),
     /// A cancel for the n-th live job arrives.
@@ -161,13 +175,23 @@ pub const MAX_OPS: usize = 2_000;
 
 #[derive(Clone, Debug)]
 struct Proc {
+    lease: Lease,
     behavior: Behavior,
     started_at: Instant,
     exit_at: Option<Instant>,
     signalled: bool,
     /// Set when the proc got TERM/KILL for a reason the harness knows is not
-    /// a shutdown (its own timeout or a cancel).
+    /// a shutdown (its own timeout, a cancel, a lost lease).
     not_shutdown: bool,
+}
+
+/// A heartbeat the machine sent and the world has not answered yet.
+#[derive(Clone, Debug)]
+struct PendingHeartbeat {
+    request: u64,
+    sent_at: Instant,
+    leases: Vec<Lease>,
+    recover: Vec<u64>,
 }
 
 /// The world around one machine, and what the checker remembers.
@@ -182,25 +206,43 @@ pub struct Harness {
     claimed_once: bool,
     next_id: i64,
     behaviors: BTreeMap<JobId, Behavior>,
-    claim_pending: Option<(u64, u32)>,
-    starts: VecDeque<JobId>,
+    /// Request, max and send time of the claim in flight.
+    claim_pending: Option<(u64, u32, Instant)>,
+    starts: VecDeque<Lease>,
     procs: BTreeMap<JobId, Proc>,
     records: VecDeque<(u64, Vec<Completion>)>,
-    heartbeats: VecDeque<(u64, Vec<Lease>)>,
-    held_leases: BTreeMap<JobId, Lease>,
-    due_exits: VecDeque<(JobId, Exit)>,
+    heartbeats: VecDeque<PendingHeartbeat>,
+    reap_pending: Option<u64>,
+    /// The store's latest claim of every job it handed out.
+    current: BTreeMap<JobId, Lease>,
+    /// Every lease handed to the machine.
+    given: BTreeSet<Lease>,
+    /// When the machine sent the call that last set each lease's expiry.
+    lease_start: BTreeMap<Lease, Instant>,
+    /// Claims that committed but whose reply was lost, with their jobs.
+    lost_claims: BTreeMap<u64, Vec<ClaimedJob>>,
+    /// Claims the machine saw fail transiently and has not yet asked about
+    /// in a successful heartbeat.
+    uncertain: BTreeSet<u64>,
+    due_exits: VecDeque<(JobId, Lease, Exit)>,
     last_event: Option<Event>,
     // checker memory
     first_signal: Option<Instant>,
-    handed_back_ok: BTreeSet<JobId>,
-    started: BTreeSet<JobId>,
-    acked: BTreeSet<JobId>,
+    handed_back_ok: BTreeSet<Lease>,
+    started: BTreeSet<Lease>,
+    acked: BTreeSet<Lease>,
     cancelled: BTreeSet<JobId>,
-    lost: BTreeSet<JobId>,
-    stopped_by_shutdown: BTreeSet<JobId>,
-    /// How each job's process ended, as told to the machine.
-    exits: BTreeMap<JobId, Exit>,
+    stopped_by_shutdown: BTreeSet<Lease>,
+    /// How each run ended, as told to the machine.
+    exits: BTreeMap<Lease, Exit>,
+    /// Single outcomes the store refused as invalid.
+    refused_invalid: BTreeSet<Lease>,
+    /// Outcomes whose write failed transiently and that are not written yet.
+    unflushed: BTreeSet<Lease>,
     interrupted_emitted: bool,
+    /// A heartbeat failed after the first signal: the machine may give up
+    /// on recovering lost claims.
+    recovery_given_up: BTreeSet<u64>,
     exit: Option<(Instant, i32)>,
     store_healthy: bool,
 }
@@ -226,6 +268,10 @@ impl std::fmt::Display for Violation {
 
 type Check = Result<(), Violation>;
 
+fn transient(message: &str) -> StoreFailure {
+    StoreFailure::transient(message)
+}
+
 impl Harness {
     /// A harness around a new machine. `auto` answers starts, records and
     /// heartbeats at once (for readable scenarios); otherwise only ops do.
@@ -250,7 +296,12 @@ impl Harness {
             procs: BTreeMap::new(),
             records: VecDeque::new(),
             heartbeats: VecDeque::new(),
-            held_leases: BTreeMap::new(),
+            reap_pending: None,
+            current: BTreeMap::new(),
+            given: BTreeSet::new(),
+            lease_start: BTreeMap::new(),
+            lost_claims: BTreeMap::new(),
+            uncertain: BTreeSet::new(),
             due_exits: VecDeque::new(),
             last_event: None,
             first_signal: None,
@@ -258,10 +309,12 @@ impl Harness {
             started: BTreeSet::new(),
             acked: BTreeSet::new(),
             cancelled: BTreeSet::new(),
-            lost: BTreeSet::new(),
             stopped_by_shutdown: BTreeSet::new(),
             exits: BTreeMap::new(),
+            refused_invalid: BTreeSet::new(),
+            unflushed: BTreeSet::new(),
             interrupted_emitted: false,
+            recovery_given_up: BTreeSet::new(),
             exit: None,
             store_healthy: true,
         };
@@ -320,11 +373,11 @@ impl Harness {
                 self.signal(signal)?;
             }
             Op::ClaimOk(behaviors) => {
-                if let Some((request, max)) = self.claim_pending.take() {
+                if let Some((request, max, sent_at)) = self.claim_pending.take() {
                     let jobs = behaviors
                         .iter()
                         .take(max as usize)
-                        .map(|b| self.new_job(*b))
+                        .map(|b| self.new_job(*b, sent_at))
                         .collect();
                     self.deliver(Event::ClaimReply {
                         request,
@@ -333,39 +386,60 @@ impl Harness {
                 }
             }
             Op::ClaimErr => {
-                if let Some((request, _)) = self.claim_pending.take() {
-                    let result = Err(StoreFailure("connection refused".into()));
+                if let Some((request, _, _)) = self.claim_pending.take() {
+                    self.uncertain.insert(request);
+                    let result = Err(transient("connection refused"));
                     self.deliver(Event::ClaimReply { request, result })?;
                 }
             }
+            Op::ClaimLost(behaviors) => {
+                if let Some((request, max, sent_at)) = self.claim_pending.take() {
+                    let jobs: Vec<ClaimedJob> = behaviors
+                        .iter()
+                        .take(max as usize)
+                        .map(|b| self.new_job(*b, sent_at))
+                        .collect();
+                    self.lost_claims.insert(request, jobs);
+                    self.uncertain.insert(request);
+                    let result = Err(transient("no answer within 1000ms"));
+                    self.deliver(Event::ClaimReply { request, result })?;
+                }
+            }
+            Op::ClaimAgain(n) => self.claim_again(*n)?,
             Op::StartOk => {
-                if let Some(id) = self.starts.pop_front() {
-                    self.start_ok(id)?;
+                if let Some(lease) = self.starts.pop_front() {
+                    self.start_ok(lease)?;
                 }
             }
             Op::StartErr => {
-                if let Some(id) = self.starts.pop_front() {
+                if let Some(lease) = self.starts.pop_front() {
                     self.deliver(Event::StartFailed {
-                        job: id,
+                        lease,
                         error: "no such file or directory".into(),
                     })?;
                 }
             }
-            Op::RecordOk => self.answer_record(false, false)?,
-            Op::RecordErr => self.answer_record(true, false)?,
-            Op::RecordRefuseFirst => self.answer_record(false, true)?,
+            Op::RecordOk => self.answer_record(RecordAnswer::Ok)?,
+            Op::RecordErr => self.answer_record(RecordAnswer::Unreachable)?,
+            Op::RecordInvalid => self.answer_record(RecordAnswer::Invalid)?,
+            Op::RecordRefuseFirst => self.answer_record(RecordAnswer::RefuseFirst)?,
             Op::HeartbeatOk => self.answer_heartbeat(HbAnswer::Ok)?,
             Op::HeartbeatErr => self.answer_heartbeat(HbAnswer::Err)?,
             Op::HeartbeatLoseFirst => self.answer_heartbeat(HbAnswer::LoseFirst)?,
             Op::HeartbeatCancelFirst => self.answer_heartbeat(HbAnswer::CancelFirst)?,
+            Op::ReapOk => self.answer_reap(true)?,
+            Op::ReapErr => self.answer_reap(false)?,
             Op::Exit(n, code) => {
                 if let Some(id) = self.nth_proc(*n) {
-                    self.procs.remove(&id);
-                    self.deliver(Event::JobExited {
-                        job: id,
-                        exit: Exit::Code(i32::from(*code)),
-                        output: format!("job {id} output\n"),
-                    })?;
+                    if let Some(proc_) = self.procs.remove(&id) {
+                        let exit = Exit::Code(i32::from(*code));
+                        self.exits.insert(proc_.lease, exit);
+                        self.deliver(Event::JobExited {
+                            lease: proc_.lease,
+                            exit,
+                            output: format!("job {id} output\n").into_bytes(),
+                        })?;
+                    }
                 }
             }
             Op::Cancel(n) => {
@@ -376,8 +450,8 @@ impl Harness {
             }
             Op::LeaseLost(n) => {
                 if let Some(id) = self.nth_proc(*n) {
-                    self.lost.insert(id);
                     self.deliver(Event::LeaseLost { job: id })?;
+                    self.check_killed(id)?;
                 }
             }
             Op::StoreDown => {
@@ -436,6 +510,7 @@ impl Harness {
             && self.procs.is_empty()
             && self.starts.is_empty()
             && self.claim_pending.is_none()
+            && self.uncertain.is_empty()
             && self.machine.held() == 0;
         if first {
             self.first_signal = Some(self.now);
@@ -476,17 +551,19 @@ impl Harness {
                         continue;
                     };
                     let exit = Exit::Code(i32::from(proc_.behavior.exit_code % 3));
+                    self.exits.insert(proc_.lease, exit);
                     self.deliver(Event::JobExited {
-                        job: id,
+                        lease: proc_.lease,
                         exit,
-                        output: format!("job {id} output\n"),
+                        output: format!("job {id} output\n").into_bytes(),
                     })?;
                 }
                 _ => self.deliver(Event::TimerFired)?,
             }
+            self.check_leases()?;
         }
         self.now = self.now.max(target);
-        Ok(())
+        self.check_leases()
     }
 
     /// In auto mode, make the store fail (or work again) for records and
@@ -522,9 +599,6 @@ impl Harness {
             return Ok(());
         }
         self.trace_event(&event);
-        if let Event::JobExited { job, exit, .. } = &event {
-            self.exits.insert(*job, *exit);
-        }
         self.last_event = Some(event.clone());
         self.machine.handle(event, self.now);
         self.drain()
@@ -538,7 +612,7 @@ impl Harness {
         if self.exit.is_none() {
             self.deliver(Event::StoreReachable)?;
         }
-        if let Some((request, _)) = self.claim_pending.take() {
+        if let Some((request, _, _)) = self.claim_pending.take() {
             self.deliver(Event::ClaimReply {
                 request,
                 result: Ok(Vec::new()),
@@ -577,22 +651,25 @@ impl Harness {
 
     fn answer_everything(&mut self) -> Check {
         for _ in 0..10_000 {
-            if let Some(id) = self.starts.pop_front() {
-                self.start_ok(id)?;
+            if let Some(lease) = self.starts.pop_front() {
+                self.start_ok(lease)?;
             } else if !self.records.is_empty() {
-                self.answer_record(false, false)?;
+                self.answer_record(RecordAnswer::Ok)?;
             } else if !self.heartbeats.is_empty() {
                 self.answer_heartbeat(HbAnswer::Ok)?;
-            } else if let Some((request, _)) = self.claim_pending.take() {
+            } else if self.reap_pending.is_some() {
+                self.answer_reap(true)?;
+            } else if let Some((request, _, _)) = self.claim_pending.take() {
                 self.deliver(Event::ClaimReply {
                     request,
                     result: Ok(Vec::new()),
                 })?;
-            } else if let Some((id, exit)) = self.due_exits.pop_front() {
+            } else if let Some((_, lease, exit)) = self.due_exits.pop_front() {
+                self.exits.insert(lease, exit);
                 self.deliver(Event::JobExited {
-                    job: id,
+                    lease,
                     exit,
-                    output: String::new(),
+                    output: Vec::new(),
                 })?;
             } else {
                 return Ok(());
@@ -603,7 +680,7 @@ impl Harness {
 
     // ----- the world ----------------------------------------------------------
 
-    fn new_job(&mut self, behavior: Behavior) -> ClaimedJob {
+    fn new_job(&mut self, behavior: Behavior, sent_at: Instant) -> ClaimedJob {
         let id = JobId(self.next_id);
         self.next_id += 1;
         self.behaviors.insert(id, behavior);
@@ -611,10 +688,20 @@ impl Harness {
             job: id,
             token: LeaseToken(1),
         };
-        self.held_leases.insert(id, lease);
-        if self.first_signal.is_some() {
-            self.handed_back_ok.insert(id);
-        }
+        self.hand_out(lease, sent_at)
+    }
+
+    /// The store gives `lease` to the machine by a call sent at `sent_at`.
+    fn hand_out(&mut self, lease: Lease, sent_at: Instant) -> ClaimedJob {
+        let id = lease.job;
+        let behavior = self
+            .behaviors
+            .get(&id)
+            .copied()
+            .unwrap_or(Behavior::quick(10));
+        self.current.insert(id, lease);
+        self.given.insert(lease);
+        self.lease_start.insert(lease, sent_at);
         ClaimedJob {
             lease,
             queue: "default".into(),
@@ -629,16 +716,53 @@ impl Harness {
         }
     }
 
+    /// Answer the claim in flight with a newer claim of a job the machine
+    /// holds (its lease was reaped, the job claimed again).
+    fn claim_again(&mut self, n: u8) -> Check {
+        let held: Vec<JobId> = self
+            .current
+            .iter()
+            .filter(|(_, lease)| self.given.contains(lease) && !self.acked.contains(lease))
+            .map(|(id, _)| *id)
+            .collect();
+        let (Some((request, _, sent_at)), false) = (self.claim_pending, held.is_empty()) else {
+            return Ok(());
+        };
+        self.claim_pending = None;
+        let id = held[n as usize % held.len()];
+        let old = self.current[&id];
+        let lease = Lease {
+            job: id,
+            token: LeaseToken(old.token.0 + 1),
+        };
+        let job = self.hand_out(lease, sent_at);
+        if self.first_signal.is_some() {
+            self.handed_back_ok.insert(lease);
+        }
+        self.deliver(Event::ClaimReply {
+            request,
+            result: Ok(vec![job]),
+        })?;
+        // Two runs of one job must never overlap: the old one is killed at once.
+        match self.procs.get(&id) {
+            Some(proc_) if proc_.lease == old => self.violation(&format!(
+                "job {id} was claimed again but its run under the old lease was not killed"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The simulated process of a started job.
-    fn spawn_proc(&mut self, id: JobId) {
+    fn spawn_proc(&mut self, lease: Lease) {
         let behavior = self
             .behaviors
-            .get(&id)
+            .get(&lease.job)
             .copied()
             .unwrap_or(Behavior::quick(10));
         self.procs.insert(
-            id,
+            lease.job,
             Proc {
+                lease,
                 behavior,
                 started_at: self.now,
                 exit_at: behavior
@@ -650,9 +774,9 @@ impl Harness {
         );
     }
 
-    fn start_ok(&mut self, id: JobId) -> Check {
-        self.spawn_proc(id);
-        self.deliver(Event::JobStarted { job: id })
+    fn start_ok(&mut self, lease: Lease) -> Check {
+        self.spawn_proc(lease);
+        self.deliver(Event::JobStarted { lease })
     }
 
     fn nth_proc(&self, n: u8) -> Option<JobId> {
@@ -665,61 +789,194 @@ impl Harness {
             .copied()
     }
 
-    fn answer_record(&mut self, fail: bool, refuse_first: bool) -> Check {
+    /// The store's answer to one outcome: written if its lease is the job's
+    /// latest claim (running, or reaped without a new claim), else refused.
+    fn store_record(&mut self, c: &Completion) -> Result<RecordResult, Violation> {
+        let lease = c.lease;
+        if self.current.get(&lease.job) != Some(&lease) {
+            return Ok(RecordResult::Refused);
+        }
+        if !self.acked.insert(lease) {
+            return Err(self
+                .violation(&format!("job {} recorded twice under one lease", lease.job))
+                .unwrap_err());
+        }
+        self.unflushed.remove(&lease);
+        Ok(RecordResult::Recorded)
+    }
+
+    fn answer_record(&mut self, how: RecordAnswer) -> Check {
         let Some((request, batch)) = self.records.pop_front() else {
             return Ok(());
         };
-        if fail {
-            let result = Err(StoreFailure("connection reset".into()));
-            return self.deliver(Event::RecordReply { request, result });
-        }
-        let mut results = Vec::new();
-        for (i, completion) in batch.iter().enumerate() {
-            let id = completion.lease.job;
-            if refuse_first && i == 0 {
-                self.lost.insert(id);
-                results.push((id, RecordResult::Refused));
-                continue;
+        let result = match how {
+            RecordAnswer::Unreachable => {
+                self.unflushed.extend(batch.iter().map(|c| c.lease));
+                Err(transient("connection reset"))
             }
-            if !self.acked.insert(id) {
-                return self.violation(&format!("job {id} recorded twice"));
+            RecordAnswer::Invalid => {
+                if let [only] = batch.as_slice() {
+                    let degradable = matches!(
+                        only.outcome,
+                        Outcome::Succeeded | Outcome::Failed { .. } | Outcome::Cancelled
+                    );
+                    if degradable && self.refused_invalid.insert(only.lease) {
+                        // It comes back as a failure without output.
+                    } else {
+                        // Refused for good: the machine leaves it to its lease.
+                        self.unflushed.remove(&only.lease);
+                    }
+                }
+                Err(StoreFailure::permanent(
+                    "invalid byte sequence for encoding \"UTF8\": 0x00",
+                ))
             }
-            results.push((id, RecordResult::Recorded));
-        }
-        self.deliver(Event::RecordReply {
-            request,
-            result: Ok(results),
-        })
+            RecordAnswer::Ok | RecordAnswer::RefuseFirst => {
+                let mut results = Vec::new();
+                for (i, completion) in batch.iter().enumerate() {
+                    let id = completion.lease.job;
+                    if how == RecordAnswer::RefuseFirst && i == 0 {
+                        // Another worker claimed the job meanwhile.
+                        let lease = completion.lease;
+                        let newer = Lease {
+                            job: id,
+                            token: LeaseToken(lease.token.0 + 100),
+                        };
+                        if self.current.get(&id) == Some(&lease) {
+                            self.current.insert(id, newer);
+                        }
+                        self.unflushed.remove(&lease);
+                        results.push((id, RecordResult::Refused));
+                        continue;
+                    }
+                    let result = self.store_record(completion)?;
+                    if result == RecordResult::Refused {
+                        self.unflushed.remove(&completion.lease);
+                    }
+                    results.push((id, result));
+                }
+                Ok(results)
+            }
+        };
+        self.deliver(Event::RecordReply { request, result })
     }
 
     fn answer_heartbeat(&mut self, how: HbAnswer) -> Check {
-        let Some((request, leases)) = self.heartbeats.pop_front() else {
+        let Some(hb) = self.heartbeats.pop_front() else {
             return Ok(());
         };
-        let mut answer = HeartbeatAnswer::default();
-        match how {
-            HbAnswer::Err => {
-                let result = Err(StoreFailure("timeout".into()));
-                return self.deliver(Event::HeartbeatReply { request, result });
+        if how == HbAnswer::Err {
+            if self.first_signal.is_some() {
+                self.recovery_given_up.extend(hb.recover.iter().copied());
             }
-            HbAnswer::Ok => {}
+            let result = Err(transient("timeout"));
+            return self.deliver(Event::HeartbeatReply {
+                request: hb.request,
+                result,
+            });
+        }
+        let mut answer = HeartbeatAnswer::default();
+        for lease in &hb.leases {
+            if self.current.get(&lease.job) == Some(lease) {
+                self.lease_start.insert(*lease, hb.sent_at);
+            } else {
+                answer.lost.push(lease.job);
+            }
+        }
+        match how {
             HbAnswer::LoseFirst => {
-                if let Some(lease) = leases.first() {
-                    self.lost.insert(lease.job);
-                    answer.lost.push(lease.job);
+                if let Some(lease) = hb.leases.first() {
+                    if !answer.lost.contains(&lease.job) {
+                        // Reaped: nobody else has it, but it is not ours now.
+                        answer.lost.push(lease.job);
+                        self.lease_start.remove(lease);
+                    }
                 }
             }
             HbAnswer::CancelFirst => {
-                if let Some(lease) = leases.first() {
+                if let Some(lease) = hb.leases.first() {
                     self.cancelled.insert(lease.job);
                     answer.cancelled.push(lease.job);
                 }
             }
+            HbAnswer::Ok | HbAnswer::Err => {}
         }
+        for claim in &hb.recover {
+            self.uncertain.remove(claim);
+            if let Some(jobs) = self.lost_claims.remove(claim) {
+                for job in jobs {
+                    if self.current.get(&job.lease.job) == Some(&job.lease) {
+                        self.lease_start.insert(job.lease, hb.sent_at);
+                        if self.first_signal.is_some() {
+                            self.handed_back_ok.insert(job.lease);
+                        }
+                        answer.recovered.push(job);
+                    }
+                }
+            }
+        }
+        let lost = answer.lost.clone();
         self.deliver(Event::HeartbeatReply {
-            request,
+            request: hb.request,
             result: Ok(answer),
-        })
+        })?;
+        for id in lost {
+            self.check_killed(id)?;
+        }
+        Ok(())
+    }
+
+    fn answer_reap(&mut self, ok: bool) -> Check {
+        let Some(request) = self.reap_pending.take() else {
+            return Ok(());
+        };
+        let result = if ok {
+            Ok(0)
+        } else {
+            Err(transient("connection refused"))
+        };
+        self.deliver(Event::ReapReply { request, result })
+    }
+
+    /// An outcome whose write failed and that the store would still accept
+    /// (its lease is the job's latest claim).
+    fn unflushed_outcome(&self) -> Option<Lease> {
+        self.unflushed
+            .iter()
+            .find(|lease| self.current.get(&lease.job) == Some(lease))
+            .copied()
+    }
+
+    /// A job whose lease was lost must be killed at once, not given a grace.
+    fn check_killed(&mut self, id: JobId) -> Check {
+        if self.procs.contains_key(&id) {
+            return self.violation(&format!(
+                "job {id} lost its lease but is still alive: it must be killed at once"
+            ));
+        }
+        Ok(())
+    }
+
+    /// No run may outlive the time at which the store may give its job to
+    /// someone else (its lease, counted from the call that last set it).
+    fn check_leases(&mut self) -> Check {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        let now = self.now;
+        let lease = self.config.lease;
+        let late = self.procs.values().find(|p| {
+            self.lease_start
+                .get(&p.lease)
+                .is_some_and(|start| now > *start + lease)
+        });
+        if let Some(proc_) = late {
+            let id = proc_.lease.job;
+            return self.violation(&format!(
+                "job {id} is still alive after its lease could have expired in the store"
+            ));
+        }
+        Ok(())
     }
 
     /// Take every action and note the machine has, checking each; then, in
@@ -734,88 +991,108 @@ impl Harness {
             }
             self.drain_notes();
             self.check_state()?;
-            if let Some((id, exit)) = self.due_exits.pop_front() {
-                self.trace_event(&Event::JobExited {
-                    job: id,
+            if let Some((_, lease, exit)) = self.due_exits.pop_front() {
+                let event = Event::JobExited {
+                    lease,
                     exit,
-                    output: String::new(),
-                });
+                    output: Vec::new(),
+                };
+                self.trace_event(&event);
                 self.last_event = None;
-                self.exits.insert(id, exit);
-                self.machine.handle(
-                    Event::JobExited {
-                        job: id,
-                        exit,
-                        output: String::new(),
-                    },
-                    self.now,
-                );
+                self.exits.insert(lease, exit);
+                self.machine.handle(event, self.now);
                 continue;
             }
-            if self.auto && self.exit.is_none() {
-                if let Some(id) = self.starts.pop_front() {
-                    self.spawn_proc(id);
-                    let event = Event::JobStarted { job: id };
-                    self.trace_event(&event);
-                    self.machine.handle(event, self.now);
-                    continue;
-                }
-                if !self.store_healthy {
-                    if let Some((request, _)) = self.records.pop_front() {
-                        let result = Err(StoreFailure("connection refused".into()));
-                        let event = Event::RecordReply { request, result };
-                        self.trace_event(&event);
-                        self.machine.handle(event, self.now);
-                        continue;
-                    }
-                    if let Some((request, _)) = self.heartbeats.pop_front() {
-                        let result = Err(StoreFailure("connection refused".into()));
-                        let event = Event::HeartbeatReply { request, result };
-                        self.trace_event(&event);
-                        self.machine.handle(event, self.now);
-                        continue;
-                    }
-                }
-                if let Some((request, batch)) = self.records.pop_front() {
-                    let mut results = Vec::new();
-                    for completion in &batch {
-                        let id = completion.lease.job;
-                        if !self.acked.insert(id) {
-                            return self.violation(&format!("job {id} recorded twice"));
-                        }
-                        results.push((id, RecordResult::Recorded));
-                    }
-                    let event = Event::RecordReply {
-                        request,
-                        result: Ok(results),
-                    };
-                    self.trace_event(&event);
-                    self.machine.handle(event, self.now);
-                    continue;
-                }
-                if let Some((request, _)) = self.heartbeats.pop_front() {
-                    let event = Event::HeartbeatReply {
-                        request,
-                        result: Ok(HeartbeatAnswer::default()),
-                    };
-                    self.trace_event(&event);
-                    self.machine.handle(event, self.now);
-                    continue;
-                }
-                if self.claimed_once && !self.hold_claims {
-                    if let Some((request, _)) = self.claim_pending.take() {
-                        let event = Event::ClaimReply {
-                            request,
-                            result: Ok(Vec::new()),
-                        };
-                        self.trace_event(&event);
-                        self.machine.handle(event, self.now);
-                        continue;
-                    }
-                }
+            if self.auto && self.exit.is_none() && self.answer_one_automatically()? {
+                continue;
             }
             return Ok(());
         }
+    }
+
+    /// In auto mode, answer one pending call as a healthy (or, after
+    /// [`Harness::set_store_healthy`], an unreachable) store would.
+    fn answer_one_automatically(&mut self) -> Result<bool, Violation> {
+        if let Some(lease) = self.starts.pop_front() {
+            self.spawn_proc(lease);
+            let event = Event::JobStarted { lease };
+            self.trace_event(&event);
+            self.machine.handle(event, self.now);
+            return Ok(true);
+        }
+        if !self.store_healthy {
+            if let Some((request, batch)) = self.records.pop_front() {
+                self.unflushed.extend(batch.iter().map(|c| c.lease));
+                let event = Event::RecordReply {
+                    request,
+                    result: Err(transient("connection refused")),
+                };
+                self.trace_event(&event);
+                self.machine.handle(event, self.now);
+                return Ok(true);
+            }
+            if let Some(hb) = self.heartbeats.pop_front() {
+                if self.first_signal.is_some() {
+                    self.recovery_given_up.extend(hb.recover.iter().copied());
+                }
+                let event = Event::HeartbeatReply {
+                    request: hb.request,
+                    result: Err(transient("connection refused")),
+                };
+                self.trace_event(&event);
+                self.machine.handle(event, self.now);
+                return Ok(true);
+            }
+            if let Some(request) = self.reap_pending.take() {
+                let event = Event::ReapReply {
+                    request,
+                    result: Err(transient("connection refused")),
+                };
+                self.trace_event(&event);
+                self.machine.handle(event, self.now);
+                return Ok(true);
+            }
+        }
+        if let Some((request, batch)) = self.records.pop_front() {
+            let mut results = Vec::new();
+            for completion in &batch {
+                let result = self.store_record(completion)?;
+                results.push((completion.lease.job, result));
+            }
+            let event = Event::RecordReply {
+                request,
+                result: Ok(results),
+            };
+            self.trace_event(&event);
+            self.machine.handle(event, self.now);
+            return Ok(true);
+        }
+        if !self.heartbeats.is_empty() {
+            // The same answer as the op, with its checks.
+            self.answer_heartbeat(HbAnswer::Ok)?;
+            return Ok(true);
+        }
+        if let Some(request) = self.reap_pending.take() {
+            let event = Event::ReapReply {
+                request,
+                result: Ok(0),
+            };
+            self.trace_event(&event);
+            self.machine.handle(event, self.now);
+            return Ok(true);
+        }
+        if self.claimed_once && !self.hold_claims {
+            if let Some((request, _, _)) = self.claim_pending.take() {
+                let event = Event::ClaimReply {
+                    request,
+                    result: Ok(Vec::new()),
+                };
+                self.trace_event(&event);
+                self.machine.handle(event, self.now);
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn check_and_apply(&mut self, action: Action) -> Check {
@@ -830,6 +1107,12 @@ impl Harness {
                 if self.claim_pending.is_some() {
                     return self.violation("a second claim while one is in flight");
                 }
+                if let Some(lease) = self.unflushed_outcome() {
+                    return self.violation(&format!(
+                        "claim while the outcome of job {} waits to be written after a failure (it must be flushed first)",
+                        lease.job
+                    ));
+                }
                 let alive = self.procs.len() + self.starts.len();
                 if max == 0
                     || max > self.config.batch_max
@@ -839,19 +1122,28 @@ impl Harness {
                         "claim of {max} exceeds free slots or the batch limit"
                     ));
                 }
-                self.claim_pending = Some((request, max));
+                self.claim_pending = Some((request, max, self.now));
             }
             Action::Start { job } => {
-                let id = job.lease.job;
-                if self.handed_back_ok.contains(&id) {
+                let lease = job.lease;
+                let id = lease.job;
+                if !self.given.contains(&lease) {
+                    return self.violation(&format!("job {id} started with a lease never given"));
+                }
+                if self.handed_back_ok.contains(&lease) {
                     return self.violation(&format!(
                         "job {id} from a claim answered after the signal was started"
                     ));
                 }
-                if !self.started.insert(id) {
-                    return self.violation(&format!("job {id} started twice"));
+                if !self.started.insert(lease) {
+                    return self.violation(&format!("job {id} started twice under one lease"));
                 }
-                self.starts.push_back(id);
+                if self.procs.contains_key(&id) || self.starts.iter().any(|l| l.job == id) {
+                    return self.violation(&format!(
+                        "job {id} started while another run of it is alive"
+                    ));
+                }
+                self.starts.push_back(lease);
                 let alive = self.procs.len() + self.starts.len();
                 if alive > self.config.concurrency as usize {
                     return self.violation("more jobs running than concurrency allows");
@@ -861,26 +1153,36 @@ impl Harness {
                 let now = self.now;
                 let shutting_down = self.first_signal.is_some();
                 let cancelled = self.cancelled.contains(&job);
+                let lease_gone = |lease: &Lease| {
+                    self.current.get(&lease.job) != Some(lease)
+                        || self.lease_start.get(lease).is_none_or(|start| {
+                            now + self.config.lease / 4 >= *start + self.config.lease
+                        })
+                };
+                let stopped_for_lease = self.procs.get(&job).is_some_and(|p| lease_gone(&p.lease));
                 if let Some(proc_) = self.procs.get_mut(&job) {
                     let timed_out = proc_.behavior.timeout_ms.is_some_and(|ms| {
                         now.saturating_since(proc_.started_at)
                             >= Duration::from_millis(u64::from(ms))
                     });
-                    if !proc_.signalled && (timed_out || cancelled || !shutting_down) {
+                    if !proc_.signalled
+                        && (timed_out || cancelled || stopped_for_lease || !shutting_down)
+                    {
                         proc_.not_shutdown = true;
                     }
                     proc_.signalled = true;
                     if !proc_.not_shutdown {
-                        self.stopped_by_shutdown.insert(job);
+                        self.stopped_by_shutdown.insert(proc_.lease);
                     }
                     let ends = match signal {
                         JobSignal::Term => !proc_.behavior.ignores_term,
                         JobSignal::Kill => true,
                     };
                     if ends {
+                        let lease = proc_.lease;
                         self.procs.remove(&job);
                         let sig = if signal == JobSignal::Kill { 9 } else { 15 };
-                        self.due_exits.push_back((job, Exit::Signal(sig)));
+                        self.due_exits.push_back((job, lease, Exit::Signal(sig)));
                     }
                 }
             }
@@ -897,11 +1199,30 @@ impl Harness {
                 self.records.push_back((request, completions));
             }
             Action::Heartbeat {
-                request, leases, ..
+                request,
+                leases,
+                recover,
+                ..
             } => {
-                self.heartbeats.push_back((request, leases));
+                self.heartbeats.push_back(PendingHeartbeat {
+                    request,
+                    sent_at: self.now,
+                    leases,
+                    recover,
+                });
             }
-            Action::Reap => {}
+            Action::Reap { request } => {
+                if self.reap_pending.is_some() {
+                    return self.violation("a second reap while one is in flight");
+                }
+                if let Some(lease) = self.unflushed_outcome() {
+                    return self.violation(&format!(
+                        "reap while the outcome of job {} waits to be written after a failure (our own reap could supersede it)",
+                        lease.job
+                    ));
+                }
+                self.reap_pending = Some(request);
+            }
             Action::ReportStatus(_) => {}
             Action::Exit { code } => self.check_exit(code)?,
         }
@@ -909,25 +1230,39 @@ impl Harness {
     }
 
     fn check_completion(&mut self, c: &Completion) -> Check {
-        let id = c.lease.job;
-        if self.held_leases.get(&id) != Some(&c.lease) {
+        let lease = c.lease;
+        let id = lease.job;
+        if !self.given.contains(&lease) {
             return self.violation(&format!(
                 "record for job {id} with a lease it was never given"
             ));
         }
+        if self.refused_invalid.contains(&lease) {
+            // The store refused this outcome as invalid: it comes back as a
+            // plain failure without output.
+            return match &c.outcome {
+                Outcome::Failed { error, .. } if error.contains("refused") && c.output.is_empty() => {
+                    Ok(())
+                }
+                other => self.violation(&format!(
+                    "job {id}'s outcome was refused as invalid but came back as {} instead of a failure without output",
+                    other.name()
+                )),
+            };
+        }
         // Exit 0 is success whatever signal the job was sent before: the
         // work is done, and running it again would repeat its side effects.
-        let exited_ok = self.exits.get(&id).is_some_and(|e| e.success());
+        let exited_ok = self.exits.get(&lease).is_some_and(|e| e.success());
         if exited_ok != (c.outcome == Outcome::Succeeded) {
             return self.violation(&format!(
                 "job {id} exited {:?} but was recorded {}",
-                self.exits.get(&id),
+                self.exits.get(&lease),
                 c.outcome.name()
             ));
         }
         match &c.outcome {
             Outcome::HandBack => {
-                if self.started.contains(&id) {
+                if self.started.contains(&lease) {
                     return self.violation(&format!("job {id} handed back after it was started"));
                 }
             }
@@ -937,13 +1272,13 @@ impl Harness {
                     return self.violation(&format!("job {id} interrupted without a shutdown"));
                 }
             }
-            Outcome::Failed { .. } if self.stopped_by_shutdown.contains(&id) => {
+            Outcome::Failed { .. } if self.stopped_by_shutdown.contains(&lease) => {
                 return self.violation(&format!(
                     "job {id} was stopped by the shutdown but recorded as a failed attempt"
                 ));
             }
             Outcome::Failed { .. } | Outcome::Succeeded | Outcome::Cancelled => {
-                if !self.started.contains(&id) {
+                if !self.started.contains(&lease) {
                     // A start that failed still counts as started here.
                     return self
                         .violation(&format!("job {id} has an outcome but was never started"));
@@ -955,7 +1290,17 @@ impl Harness {
 
     fn check_exit(&mut self, code: i32) -> Check {
         let now = self.now;
-        let unfinished = self.procs.len() + self.starts.len() + self.records.len();
+        // A write still in flight matters only if the store would accept it.
+        let live_records = self
+            .records
+            .iter()
+            .filter(|(_, batch)| {
+                batch
+                    .iter()
+                    .any(|c| self.current.get(&c.lease.job) == Some(&c.lease))
+            })
+            .count();
+        let unfinished = self.procs.len() + self.starts.len() + live_records;
         let bound = self.config.exit_bound();
         let Some(signal_at) = self.first_signal else {
             return self.violation("exit without a shutdown signal");
@@ -973,6 +1318,15 @@ impl Harness {
                 "exit before every job was finished and recorded, and before the exit deadline",
             );
         }
+        let unrecovered = self
+            .lost_claims
+            .keys()
+            .find(|claim| !self.recovery_given_up.contains(claim));
+        if let (Some(claim), true) = (unrecovered, took < bound) {
+            return self.violation(&format!(
+                "exit without recovering claim {claim}, whose reply was lost, though the store could be reached"
+            ));
+        }
         if code == EXIT_OK && (self.interrupted_emitted || unfinished > 0) {
             return self.violation("exit 0 although a job was interrupted or left unrecorded");
         }
@@ -980,6 +1334,10 @@ impl Harness {
             return self.violation(&format!("exit code {code} is neither 0 nor 75"));
         }
         self.exit = Some((now, code));
+        // The worker process ends: whatever still runs dies with it (the
+        // shell kills what is left; the watchdog if it was SIGKILLed).
+        self.procs.clear();
+        self.starts.clear();
         Ok(())
     }
 
@@ -1031,10 +1389,18 @@ fn same_state(a: &super::Status, b: &super::Status) -> bool {
     a.phase == b.phase && a.signals == b.signals && a.counters == b.counters && jobs(a) == jobs(b)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum HbAnswer {
     Ok,
     Err,
     LoseFirst,
     CancelFirst,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RecordAnswer {
+    Ok,
+    Unreachable,
+    Invalid,
+    RefuseFirst,
 }

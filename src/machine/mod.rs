@@ -136,9 +136,40 @@ impl fmt::Display for Phase {
     }
 }
 
-/// A store call that failed (unreachable, timed out, refused).
+/// A store call that failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreFailure(pub String);
+pub struct StoreFailure {
+    /// Why, in words.
+    pub message: String,
+    /// An outage or a busy database: the same call may succeed later. A
+    /// permanent failure means the store refused this request as it is, so
+    /// repeating it unchanged would fail again.
+    pub transient: bool,
+}
+
+impl StoreFailure {
+    /// A failure that may pass (unreachable, timed out, busy).
+    pub fn transient(message: impl Into<String>) -> Self {
+        StoreFailure {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// The store refused the request itself (invalid data, a constraint).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StoreFailure {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// The store's answer to a heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,6 +178,10 @@ pub struct HeartbeatAnswer {
     pub lost: Vec<JobId>,
     /// Jobs a user asked to cancel.
     pub cancelled: Vec<JobId>,
+    /// Jobs of claims whose reply never arrived, found running under this
+    /// worker: they are ours to run (or hand back).
+    #[serde(default)]
+    pub recovered: Vec<ClaimedJob>,
 }
 
 /// Something that happened, fed to [`Machine::handle`].
@@ -165,24 +200,24 @@ pub enum Event {
     },
     /// The executor started the job.
     JobStarted {
-        /// The job.
-        job: JobId,
+        /// The run: the job and the lease it was started under.
+        lease: Lease,
     },
     /// The executor could not start the job.
     StartFailed {
-        /// The job.
-        job: JobId,
+        /// The run: the job and the lease it was started under.
+        lease: Lease,
         /// Why, in words.
         error: String,
     },
     /// The job's process or container ended.
     JobExited {
-        /// The job.
-        job: JobId,
+        /// The run: the job and the lease it was started under.
+        lease: Lease,
         /// How it ended.
         exit: Exit,
-        /// Tail of its captured output.
-        output: String,
+        /// Tail of its captured output, as bytes.
+        output: Vec<u8>,
     },
     /// The answer to [`Action::Record`].
     RecordReply {
@@ -190,6 +225,13 @@ pub enum Event {
         request: u64,
         /// Per job, or why none.
         result: Result<Vec<(JobId, RecordResult)>, StoreFailure>,
+    },
+    /// The answer to [`Action::Reap`].
+    ReapReply {
+        /// The `request` of the reap answered.
+        request: u64,
+        /// How many expired leases were requeued, or why not.
+        result: Result<u64, StoreFailure>,
     },
     /// The answer to [`Action::Heartbeat`].
     HeartbeatReply {
@@ -221,7 +263,9 @@ pub enum Event {
 pub enum Action {
     /// Claim up to `max` ready jobs; answer with [`Event::ClaimReply`].
     Claim {
-        /// Echoed in the reply, so a late or repeated reply is recognised.
+        /// Echoed in the reply, so a late or repeated reply is recognised;
+        /// also the claim's id in the store, so that a claim whose reply is
+        /// lost can be recovered by a later heartbeat.
         request: u64,
         /// Never more than the free slots nor the batch limit.
         max: u32,
@@ -254,9 +298,16 @@ pub enum Action {
         phase: Phase,
         /// Every lease the worker holds.
         leases: Vec<Lease>,
+        /// Ids of claims whose reply never arrived (they may have committed):
+        /// the store hands over the jobs they took.
+        recover: Vec<u64>,
     },
-    /// Requeue jobs whose lease expired (any worker's); no reply needed.
-    Reap,
+    /// Requeue jobs whose lease expired (any worker's); answer with
+    /// [`Event::ReapReply`]. At most one is in flight.
+    Reap {
+        /// Echoed in the reply.
+        request: u64,
+    },
     /// Write this status report (SIGUSR1).
     ReportStatus(Status),
     /// Exit the process with this code.
@@ -307,6 +358,12 @@ pub struct Counters {
     pub lost: u64,
     /// Outcomes the store refused (stale lease).
     pub refused: u64,
+    /// Outcomes the store refused as invalid, recorded as failed instead,
+    /// or (if even that was refused) left to their lease.
+    pub invalid: u64,
+    /// Outcomes dropped because a newer claim of the same job arrived (our
+    /// lease had been reaped and the job claimed again).
+    pub superseded: u64,
     /// Store calls that failed.
     pub store_errors: u64,
 }
@@ -374,11 +431,55 @@ struct Slot {
     outcome: Option<Completion>,
     /// Part of the record batch in flight.
     sending: bool,
+    /// A write of its outcome failed transiently: it is flushed before any
+    /// new claim or reap, so that our own reap or claim cannot supersede an
+    /// outcome the store would still accept.
+    record_failed: bool,
+    /// The store refused a batch holding this outcome as invalid: it is
+    /// written on its own, to find which one the store refuses.
+    solo: bool,
+    /// The store refused this outcome as invalid: it was replaced by a
+    /// failure without output. Refused again, it is left to its lease.
+    degraded: bool,
+    /// When the store may consider our lease expired (by the time we sent
+    /// the call that set it; the store applied it later).
+    lease_deadline: Instant,
+    /// A newer claim of this job (and when it was sent) that arrived while
+    /// this superseded run was still alive: it starts once the old process
+    /// is gone.
+    next: Option<(ClaimedJob, Instant)>,
 }
 
 impl Slot {
+    fn new(
+        job: ClaimedJob,
+        state: SlotState,
+        claimed_at: Instant,
+        lease_deadline: Instant,
+    ) -> Slot {
+        Slot {
+            job,
+            state,
+            claimed_at,
+            stop: None,
+            want: None,
+            sent: None,
+            outcome: None,
+            sending: false,
+            record_failed: false,
+            solo: false,
+            degraded: false,
+            lease_deadline,
+            next: None,
+        }
+    }
+
     fn alive(&self) -> bool {
         matches!(self.state, SlotState::Starting | SlotState::Running)
+    }
+
+    fn waiting_to_record(&self) -> bool {
+        self.outcome.is_some() && !self.sending
     }
 }
 
@@ -390,6 +491,10 @@ enum Inner {
     TimedOut,
     Stopped { code: i32 },
 }
+
+/// Most claims whose reply was lost that the machine tries to recover;
+/// beyond that, their jobs return to the queue when their lease expires.
+pub const MAX_UNCERTAIN_CLAIMS: usize = 16;
 
 /// The worker's state machine. See the module docs for the driving loop.
 #[derive(Debug)]
@@ -408,10 +513,21 @@ pub struct Machine {
     claim_wanted: bool,
     /// The last claim came back full: more jobs are probably waiting.
     backlog: bool,
-    records_in_flight: Option<(u64, Vec<JobId>)>,
+    /// The record batch in flight, by lease (a newer claim of the same job
+    /// must not be mistaken for the one recorded).
+    records_in_flight: Option<(u64, Vec<Lease>)>,
+    /// Consecutive transient failures of outcome writes (sets the backoff).
     record_failures: u32,
+    /// Outcome writes wait for the retry timer (or any store success).
     record_blocked: bool,
-    heartbeat_in_flight: Option<(u64, Instant, Vec<JobId>)>,
+    /// A reap is due (poll timer) but not yet sent.
+    reap_wanted: bool,
+    reap_in_flight: Option<u64>,
+    /// Request id, send time, leases and recovered claim ids of the heartbeat in flight.
+    heartbeat_in_flight: Option<(u64, Instant, Vec<JobId>, Vec<u64>)>,
+    /// Claims whose reply never arrived (timed out or connection lost):
+    /// they may have committed, so the next heartbeat asks for their jobs.
+    uncertain: VecDeque<u64>,
     store_up: bool,
     signals: u32,
     first_signal_at: Option<Instant>,
@@ -440,7 +556,10 @@ impl Machine {
             records_in_flight: None,
             record_failures: 0,
             record_blocked: false,
+            reap_wanted: false,
+            reap_in_flight: None,
             heartbeat_in_flight: None,
+            uncertain: VecDeque::new(),
             store_up: true,
             signals: 0,
             first_signal_at: None,
@@ -585,14 +704,17 @@ impl Machine {
             Event::Signal(signal) => self.recv_shutdown_signal(signal),
             Event::TimerFired => self.on_timers(),
             Event::ClaimReply { request, result } => self.recv_claim_reply(request, result),
-            Event::JobStarted { job } => self.recv_job_started(job),
-            Event::StartFailed { job, error } => {
-                self.recv_job_ended(job, Ended::StartFailed(error))
+            Event::JobStarted { lease } => self.recv_job_started(lease),
+            Event::StartFailed { lease, error } => {
+                self.recv_job_ended(lease, Ended::StartFailed(error))
             }
-            Event::JobExited { job, exit, output } => {
-                self.recv_job_ended(job, Ended::Exited(exit, output))
-            }
+            Event::JobExited {
+                lease,
+                exit,
+                output,
+            } => self.recv_job_ended(lease, Ended::Exited(exit, output)),
             Event::RecordReply { request, result } => self.recv_record_reply(request, result),
+            Event::ReapReply { request, result } => self.recv_reap_reply(request, result),
             Event::HeartbeatReply { request, result } => self.recv_heartbeat_reply(request, result),
             Event::LeaseLost { job } => self.lose_lease(job),
             Event::CancelRequested { job } => self.cancel(job),
@@ -627,6 +749,7 @@ impl Machine {
         self.inner = Inner::Draining;
         self.first_signal_at = Some(now);
         self.claim_wanted = false;
+        self.reap_wanted = false;
         if !planted::active(Bug::ClaimWhileDraining) {
             self.timers.stop(Timer::Poll);
         }
@@ -652,6 +775,9 @@ impl Machine {
         );
         if self.claim_in_flight.is_some() {
             text.push_str("; the claim in flight will be handed back");
+        }
+        if !self.uncertain.is_empty() {
+            text.push_str("; claims whose reply was lost will be recovered and handed back");
         }
         text.push_str(" (a second signal stops jobs now)");
         self.note(NoteKind::Phase, text);
@@ -719,7 +845,7 @@ impl Machine {
             match fired {
                 Fired::Worker(Timer::Poll) => {
                     if self.inner == Inner::Running || self.planted_claims() {
-                        self.actions.push_back(Action::Reap);
+                        self.reap_wanted = true;
                         self.claim_wanted = true;
                         self.timers
                             .set(Timer::Poll, now + self.config.poll_interval);
@@ -762,10 +888,24 @@ impl Machine {
                     }
                 }
                 Fired::Job(id, JobTimer::LeaseExpiry) => {
-                    if self.slots.get(&id).is_some_and(Slot::alive) {
-                        self.note_job(id, "lease expired without a heartbeat; stopping it, another worker may run it".into());
-                        self.stop_job(id, StopReason::LeaseLost, JobSignal::Term);
-                    }
+                    let Some(deadline) = self
+                        .slots
+                        .get(&id)
+                        .filter(|slot| slot.alive())
+                        .map(|slot| slot.lease_deadline)
+                    else {
+                        continue;
+                    };
+                    self.note_job(
+                        id,
+                        format!(
+                            "no heartbeat has extended its lease, which may expire in {}; stopping it (SIGKILL then) before another worker can run it",
+                            fmt_duration(deadline.saturating_since(now))
+                        ),
+                    );
+                    self.stop_job(id, StopReason::LeaseLost, JobSignal::Term);
+                    // Dead before the store can hand the job to anyone else.
+                    self.timers.set_job_earliest(id, JobTimer::Kill, deadline);
                 }
             }
         }
@@ -778,7 +918,7 @@ impl Machine {
             return;
         }
         let ids: Vec<JobId> = self.slots.keys().copied().collect();
-        self.gave_up = ids.len();
+        self.gave_up += ids.len();
         let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
         for lease in leases {
             self.abandon(lease);
@@ -794,6 +934,7 @@ impl Machine {
         }
         self.slots.clear();
         self.claim_in_flight = None;
+        self.uncertain.clear();
         let cause = format!(
             "exit deadline ({}) passed with {} job{} unrecorded",
             fmt_duration(self.config.exit_bound()),
@@ -822,9 +963,13 @@ impl Machine {
         self.claim_in_flight = None;
         let jobs = match reply {
             Ok(jobs) => jobs,
-            Err(StoreFailure(error)) => {
+            Err(failure) => {
                 self.counters.store_errors += 1;
-                self.store_down(&format!("claim failed: {error}"));
+                if failure.transient {
+                    // It may have committed before the reply was lost.
+                    self.remember_uncertain(request);
+                }
+                self.store_down(&format!("claim failed: {failure}"));
                 return;
             }
         };
@@ -832,67 +977,132 @@ impl Machine {
         self.backlog = jobs.len() >= max as usize;
         let mut accepted = 0u32;
         for job in jobs.into_iter().take(max as usize) {
-            let id = job.lease.job;
-            if self.slots.contains_key(&id) {
-                continue;
+            if self.take_claimed(job, sent_at) {
+                accepted += 1;
             }
-            if self.inner != Inner::Running {
-                self.hand_back(job, sent_at);
-                continue;
-            }
-            accepted += 1;
-            self.counters.claimed += 1;
-            self.slots.insert(
-                id,
-                Slot {
-                    job: job.clone(),
-                    state: SlotState::Starting,
-                    claimed_at: self.now,
-                    stop: None,
-                    want: None,
-                    sent: None,
-                    outcome: None,
-                    sending: false,
-                },
-            );
-            // The store started the lease no earlier than we sent the claim.
-            self.timers
-                .set_job(id, JobTimer::LeaseExpiry, sent_at + self.config.lease);
-            self.actions.push_back(Action::Start { job });
         }
         if self.backlog && accepted > 0 {
             self.claim_wanted = true;
         }
     }
 
-    fn hand_back(&mut self, job: ClaimedJob, claimed_at: Instant) {
-        let id = job.lease.job;
-        self.note_job(
-            id,
-            "claimed after the shutdown signal; handing it back unstarted".into(),
-        );
-        self.slots.insert(
-            id,
-            Slot {
-                outcome: Some(Completion {
-                    lease: job.lease,
-                    outcome: Outcome::HandBack,
-                    output: String::new(),
-                }),
-                job,
-                state: SlotState::Done,
-                claimed_at,
-                stop: None,
-                want: None,
-                sent: None,
-                sending: false,
-            },
-        );
+    fn remember_uncertain(&mut self, claim: u64) {
+        if self.uncertain.len() >= MAX_UNCERTAIN_CLAIMS {
+            self.uncertain.pop_front();
+        }
+        self.uncertain.push_back(claim);
     }
 
-    fn recv_job_started(&mut self, id: JobId) {
+    /// A job handed to us (by a claim sent at `sent_at`, or recovered):
+    /// start it if we run and a slot is free, else hand it back. Returns
+    /// whether it was accepted to run.
+    fn take_claimed(&mut self, job: ClaimedJob, sent_at: Instant) -> bool {
+        let id = job.lease.job;
+        let lease_deadline = sent_at + self.config.lease;
+        if let Some(slot) = self.slots.get_mut(&id) {
+            if job.lease.token <= slot.job.lease.token {
+                // The same claim again (or an older one): already ours.
+                return false;
+            }
+            // A newer claim of a job we still hold: the store reaped our
+            // lease and the job was claimed again (by us). The old run's
+            // outcome can never be recorded; the new claim must run.
+            let old = slot.job.lease.token;
+            if slot.alive() {
+                if let Some((previous, previous_at)) = slot.next.replace((job, sent_at)) {
+                    self.hand_back(previous, previous_at);
+                }
+                self.note_job(
+                    id,
+                    format!("claimed again while its run under lease {old} is still alive: that run is killed, the new one starts after it"),
+                );
+                self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
+                return true;
+            }
+            self.slots.remove(&id);
+            self.counters.superseded += 1;
+            self.note_job(
+                id,
+                format!("claimed again: the unrecorded outcome of lease {old} is superseded and dropped"),
+            );
+        }
+        // A recovered claim may have taken a slot since this claim was sized.
+        let room =
+            self.alive() < self.config.concurrency as usize && self.slots.len() < self.max_held();
+        if self.inner != Inner::Running || !room {
+            self.hand_back(job, sent_at);
+            return false;
+        }
+        if self.now >= self.lease_stop_at(lease_deadline) {
+            // The reply came so late that the lease is about to expire: the
+            // job would have to be stopped at once, and may already be
+            // another worker's. Give it back instead.
+            self.note_job(
+                id,
+                "its claim was answered too late to run within the lease; handing it back".into(),
+            );
+            self.hand_back_quietly(job, sent_at);
+            return false;
+        }
+        self.counters.claimed += 1;
+        self.slots.insert(
+            id,
+            Slot::new(job.clone(), SlotState::Starting, self.now, lease_deadline),
+        );
+        self.arm_lease_timer(id, lease_deadline);
+        self.actions.push_back(Action::Start { job });
+        true
+    }
+
+    /// When a job must be sent TERM so that it is dead (KILL at the
+    /// deadline) before its lease can expire in the store: a quarter lease
+    /// before the deadline.
+    fn lease_stop_at(&self, deadline: Instant) -> Instant {
+        let margin = self.config.lease / 4;
+        Instant::from_origin(deadline.since_origin().saturating_sub(margin))
+    }
+
+    fn arm_lease_timer(&mut self, id: JobId, deadline: Instant) {
+        let at = self.lease_stop_at(deadline);
+        self.timers.set_job(id, JobTimer::LeaseExpiry, at);
+    }
+
+    fn hand_back(&mut self, job: ClaimedJob, claimed_at: Instant) {
+        self.note_job(
+            job.lease.job,
+            "claimed after the shutdown signal; handing it back unstarted".into(),
+        );
+        self.hand_back_quietly(job, claimed_at);
+    }
+
+    /// Record a hand-back (requeued, no counter changes) for a claim we will
+    /// not run.
+    fn hand_back_quietly(&mut self, job: ClaimedJob, claimed_at: Instant) {
+        let id = job.lease.job;
+        if self.slots.contains_key(&id) || self.slots.len() >= self.max_held() {
+            // Its slot is taken by another run of the same job (or no slot is
+            // left at all): the store's lease expiry will hand it back.
+            self.abandon(job.lease);
+            return;
+        }
+        let mut slot = Slot::new(
+            job,
+            SlotState::Done,
+            claimed_at,
+            claimed_at + self.config.lease,
+        );
+        slot.outcome = Some(Completion {
+            lease: slot.job.lease,
+            outcome: Outcome::HandBack,
+            output: Vec::new(),
+        });
+        self.slots.insert(id, slot);
+    }
+
+    fn recv_job_started(&mut self, lease: Lease) {
         let now = self.now;
-        let Some(slot) = self.slots.get_mut(&id) else {
+        let id = lease.job;
+        let Some(slot) = self.slot_of(lease) else {
             return;
         };
         if slot.state != SlotState::Starting {
@@ -966,20 +1176,23 @@ impl Machine {
         }
     }
 
+    /// The store says our lease is gone: another worker may already run the
+    /// job, so it is killed at once rather than given a grace period.
     fn lose_lease(&mut self, id: JobId) {
         if self.slots.get(&id).is_some_and(Slot::alive) {
             self.note_job(
                 id,
-                "lease lost; stopping it, another worker may run it".into(),
+                "lease lost; killing it now, another worker may run it".into(),
             );
-            self.stop_job(id, StopReason::LeaseLost, JobSignal::Term);
+            self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
         }
     }
 
-    fn recv_job_ended(&mut self, id: JobId, ended: Ended) {
+    fn recv_job_ended(&mut self, lease: Lease, ended: Ended) {
         let now = self.now;
         let phase = self.phase();
-        let Some(slot) = self.slots.get_mut(&id) else {
+        let id = lease.job;
+        let Some(slot) = self.slot_of(lease) else {
             return;
         };
         if !slot.alive() {
@@ -1002,7 +1215,7 @@ impl Machine {
                         error: format!("could not start: {error}"),
                     },
                 };
-                (outcome, String::new(), format!("could not start: {error}"))
+                (outcome, Vec::new(), format!("could not start: {error}"))
             }
             Ended::Exited(exit, output) => {
                 let outcome = match reason {
@@ -1028,15 +1241,14 @@ impl Machine {
                     }
                     Some(StopReason::Cancel) => Outcome::Cancelled,
                 };
-                (
-                    outcome,
-                    tail(&output, OUTPUT_LIMIT).to_string(),
-                    exit.to_string(),
-                )
+                let mut output = output;
+                if output.len() > OUTPUT_LIMIT {
+                    output = tail(&output, OUTPUT_LIMIT).to_vec();
+                }
+                (outcome, output, exit.to_string())
             }
         };
         slot.state = SlotState::Done;
-        let lease = slot.job.lease;
         self.timers.forget_job(id);
         if (matches!(outcome, Outcome::Interrupted { .. }) || reason == Some(StopReason::LeaseLost))
             && phase != Phase::Running
@@ -1044,7 +1256,7 @@ impl Machine {
             self.interrupted = true;
         }
         if reason == Some(StopReason::LeaseLost) {
-            self.slots.remove(&id);
+            let next = self.slots.remove(&id).and_then(|slot| slot.next);
             self.counters.lost += 1;
             self.abandon(lease);
             self.note_job(
@@ -1054,6 +1266,10 @@ impl Machine {
                     fmt_duration(elapsed)
                 ),
             );
+            if let Some((next, sent_at)) = next {
+                // The newer claim waited for this run to be gone.
+                self.take_claimed(next, sent_at);
+            }
             return;
         }
         let text = format!(
@@ -1073,6 +1289,13 @@ impl Machine {
 
     // ----- store replies -------------------------------------------------------
 
+    /// The slot holding exactly this lease (not a newer claim of the job).
+    fn slot_of(&mut self, lease: Lease) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(&lease.job)
+            .filter(|slot| slot.job.lease == lease)
+    }
+
     fn recv_record_reply(
         &mut self,
         request: u64,
@@ -1089,40 +1312,113 @@ impl Machine {
                 self.store_up();
                 self.record_failures = 0;
                 let results: BTreeMap<JobId, RecordResult> = results.into_iter().collect();
-                for id in sent {
-                    match results.get(&id) {
-                        Some(RecordResult::Recorded) => self.recorded(id),
+                for lease in sent {
+                    let Some(slot) = self.slot_of(lease) else {
+                        continue;
+                    };
+                    match results.get(&lease.job) {
+                        Some(RecordResult::Recorded) => self.recorded(lease.job),
                         Some(RecordResult::Refused) => {
-                            if self.slots.remove(&id).is_some() {
-                                self.counters.refused += 1;
-                                self.note_job(id, "outcome refused by the store: stale lease, another worker owns the job".into());
-                            }
+                            self.slots.remove(&lease.job);
+                            self.counters.refused += 1;
+                            self.note_job(lease.job, "outcome refused by the store: stale lease, another worker owns the job".into());
                         }
-                        None => {
-                            if let Some(slot) = self.slots.get_mut(&id) {
-                                slot.sending = false;
-                            }
-                        }
+                        None => slot.sending = false,
                     }
                 }
                 if self.backlog && self.inner == Inner::Running {
                     self.claim_wanted = true;
                 }
             }
-            Err(StoreFailure(error)) => {
+            Err(failure) if failure.transient => {
                 self.counters.store_errors += 1;
-                for id in sent {
-                    if let Some(slot) = self.slots.get_mut(&id) {
+                for lease in &sent {
+                    if let Some(slot) = self.slot_of(*lease) {
                         slot.sending = false;
+                        slot.record_failed = true;
                     }
                 }
                 self.record_failures = self.record_failures.saturating_add(1);
                 self.record_blocked = true;
                 let backoff = store_backoff(self.record_failures, self.config.max_store_backoff);
                 self.timers.set(Timer::StoreRetry, self.now + backoff);
-                self.store_down(&format!("recording outcomes failed: {error}"));
+                self.store_down(&format!("recording outcomes failed: {failure}"));
+            }
+            Err(failure) => {
+                // The store is up but refused the batch as invalid: repeating
+                // it would fail forever. Find the bad outcome by writing them
+                // one by one, then record it as failed without its output.
+                self.counters.store_errors += 1;
+                if sent.len() > 1 {
+                    for lease in &sent {
+                        if let Some(slot) = self.slot_of(*lease) {
+                            slot.sending = false;
+                            slot.solo = true;
+                        }
+                    }
+                    self.note(
+                        NoteKind::Store,
+                        format!(
+                            "the store refused a batch of {} outcomes ({failure}); writing them one by one",
+                            sent.len()
+                        ),
+                    );
+                    return;
+                }
+                for lease in sent {
+                    self.refused_as_invalid(lease, &failure);
+                }
             }
         }
+    }
+
+    /// The store refused this one outcome as invalid.
+    fn refused_as_invalid(&mut self, lease: Lease, failure: &StoreFailure) {
+        let Some(slot) = self.slot_of(lease) else {
+            return;
+        };
+        slot.sending = false;
+        slot.solo = true;
+        let degradable = matches!(
+            slot.outcome.as_ref().map(|c| &c.outcome),
+            Some(Outcome::Succeeded | Outcome::Failed { .. } | Outcome::Cancelled)
+        );
+        if degradable && !slot.degraded {
+            let exit_code = match slot.outcome.as_ref().map(|c| &c.outcome) {
+                Some(Outcome::Failed { exit_code, .. }) => *exit_code,
+                Some(Outcome::Succeeded) => Some(0),
+                _ => None,
+            };
+            slot.degraded = true;
+            slot.outcome = Some(Completion {
+                lease,
+                outcome: Outcome::Failed {
+                    exit_code,
+                    error: format!(
+                        "the store refused this job's outcome ({}); recorded as failed without its output",
+                        failure.message
+                    ),
+                },
+                output: Vec::new(),
+            });
+            self.counters.invalid += 1;
+            self.note_job(
+                lease.job,
+                format!(
+                    "the store refused its outcome ({failure}); recording it as failed instead"
+                ),
+            );
+            return;
+        }
+        // Even the plainest outcome is refused: leave the job to its lease,
+        // so the store's reaper gives it to a worker again.
+        self.slots.remove(&lease.job);
+        self.gave_up += 1;
+        self.abandon(lease);
+        self.note_job(
+            lease.job,
+            format!("the store refused its outcome ({failure}); left to its lease"),
+        );
     }
 
     fn recorded(&mut self, id: JobId) {
@@ -1144,38 +1440,59 @@ impl Machine {
         }
     }
 
+    fn recv_reap_reply(&mut self, request: u64, reply: Result<u64, StoreFailure>) {
+        if self.reap_in_flight != Some(request) {
+            return;
+        }
+        self.reap_in_flight = None;
+        match reply {
+            Ok(_) => self.store_up(),
+            Err(failure) => {
+                self.counters.store_errors += 1;
+                self.store_down(&format!("reaping expired leases failed: {failure}"));
+            }
+        }
+    }
+
     fn send_heartbeat(&mut self) {
         if self.heartbeat_in_flight.is_some() {
             return;
         }
+        // Finished jobs waiting for their outcome write keep their lease too.
         let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
         let ids = leases.iter().map(|lease| lease.job).collect();
+        let recover: Vec<u64> = self.uncertain.iter().copied().collect();
         let request = self.request_id();
-        self.heartbeat_in_flight = Some((request, self.now, ids));
+        self.heartbeat_in_flight = Some((request, self.now, ids, recover.clone()));
         self.actions.push_back(Action::Heartbeat {
             request,
             phase: self.phase(),
             leases,
+            recover,
         });
     }
 
     fn recv_heartbeat_reply(&mut self, request: u64, reply: Result<HeartbeatAnswer, StoreFailure>) {
-        if !matches!(self.heartbeat_in_flight, Some((id, _, _)) if id == request) {
+        if !matches!(self.heartbeat_in_flight, Some((id, _, _, _)) if id == request) {
             return;
         }
-        let Some((_, sent_at, ids)) = self.heartbeat_in_flight.take() else {
+        let Some((_, sent_at, ids, recover)) = self.heartbeat_in_flight.take() else {
             return;
         };
         match reply {
             Ok(answer) => {
                 self.store_up();
+                let deadline = sent_at + self.config.lease;
                 for id in ids {
                     if answer.lost.contains(&id) {
                         continue;
                     }
-                    if self.slots.get(&id).is_some_and(Slot::alive) {
-                        self.timers
-                            .set_job(id, JobTimer::LeaseExpiry, sent_at + self.config.lease);
+                    let Some(slot) = self.slots.get_mut(&id) else {
+                        continue;
+                    };
+                    if slot.alive() && slot.stop != Some(StopReason::LeaseLost) {
+                        slot.lease_deadline = deadline;
+                        self.arm_lease_timer(id, deadline);
                     }
                 }
                 for id in answer.lost {
@@ -1184,10 +1501,30 @@ impl Machine {
                 for id in answer.cancelled {
                     self.cancel(id);
                 }
+                // Every claim asked about is answered, found or not.
+                self.uncertain.retain(|claim| !recover.contains(claim));
+                for job in answer.recovered {
+                    let id = job.lease.job;
+                    self.note_job(id, "recovered from a claim whose reply was lost".into());
+                    self.take_claimed(job, sent_at);
+                }
             }
-            Err(StoreFailure(error)) => {
+            Err(failure) => {
                 self.counters.store_errors += 1;
-                self.store_down(&format!("heartbeat failed: {error}"));
+                if self.inner != Inner::Running && !recover.is_empty() {
+                    // Shutting down: do not wait for the store to recover
+                    // these; their jobs return when their lease expires.
+                    self.uncertain.retain(|claim| !recover.contains(claim));
+                    self.note(
+                        NoteKind::Store,
+                        format!(
+                            "could not recover {} claim{} whose reply was lost; their jobs return to the queue when their lease expires",
+                            recover.len(),
+                            plural(recover.len())
+                        ),
+                    );
+                }
+                self.store_down(&format!("heartbeat failed: {failure}"));
             }
         }
     }
@@ -1199,26 +1536,40 @@ impl Machine {
         }
     }
 
+    /// A store call succeeded: outcome writes waiting for their retry timer
+    /// go now (the store is back, and they are flushed before any claim).
     fn store_up(&mut self) {
         if !self.store_up {
             self.store_up = true;
             self.note(NoteKind::Store, "store reachable again".into());
         }
+        if self.record_blocked {
+            self.record_blocked = false;
+            self.timers.stop(Timer::StoreRetry);
+        }
     }
 
     fn store_reachable(&mut self) {
         self.store_up();
-        self.record_blocked = false;
-        self.timers.stop(Timer::StoreRetry);
     }
 
     // ----- after every event ------------------------------------------------------
 
-    /// Issue whatever the state now calls for: a claim, an outcome batch, the exit.
+    /// Outcomes whose write failed are waiting: until they are written, no
+    /// claim and no reap goes out (either could supersede them).
+    fn flushing(&self) -> bool {
+        self.slots
+            .values()
+            .any(|slot| slot.record_failed && slot.outcome.is_some())
+    }
+
+    /// Issue whatever the state now calls for: a claim, an outcome batch, a
+    /// reap, a recovery, the exit.
     fn drive(&mut self) {
         if matches!(self.inner, Inner::Stopped { .. }) {
             return;
         }
+        let flushing = self.flushing();
         // Slots count live jobs: a finished job waiting for its outcome write
         // does not hold one, so claims overlap with writes. Held jobs stay
         // bounded at twice the concurrency.
@@ -1238,6 +1589,7 @@ impl Machine {
         if (self.inner == Inner::Running || self.planted_claims())
             && self.claim_wanted
             && self.claim_in_flight.is_none()
+            && !flushing
             && free > 0
         {
             let max = (free as u32).min(self.config.batch_max);
@@ -1251,31 +1603,28 @@ impl Machine {
             self.claim_wanted = false;
             self.actions.push_back(Action::Claim { request, max });
         }
+        if self.inner == Inner::Running
+            && self.reap_wanted
+            && self.reap_in_flight.is_none()
+            && !flushing
+        {
+            let request = self.request_id();
+            self.reap_wanted = false;
+            self.reap_in_flight = Some(request);
+            self.actions.push_back(Action::Reap { request });
+        }
         if self.records_in_flight.is_none() && !self.record_blocked {
-            let mut completions = Vec::new();
-            let mut ids = Vec::new();
-            for (id, slot) in self.slots.iter_mut() {
-                if completions.len() >= self.config.batch_max as usize {
-                    break;
-                }
-                if let (Some(completion), false) = (&slot.outcome, slot.sending) {
-                    slot.sending = true;
-                    completions.push(completion.clone());
-                    ids.push(*id);
-                }
-            }
-            if !completions.is_empty() {
-                let request = self.request_id();
-                self.records_in_flight = Some((request, ids));
-                self.actions.push_back(Action::Record {
-                    request,
-                    completions,
-                });
-            }
+            self.send_record_batch();
+        }
+        // Shutting down with claims whose reply was lost: ask the store now
+        // for their jobs, to hand them back before exiting.
+        if self.inner != Inner::Running && !self.uncertain.is_empty() {
+            self.send_heartbeat();
         }
         if matches!(self.inner, Inner::Draining | Inner::TimedOut)
             && self.slots.is_empty()
             && self.claim_in_flight.is_none()
+            && self.uncertain.is_empty()
         {
             let cause = if self.counters.claimed == 0 && self.counters.handed_back == 0 {
                 "idle".to_string()
@@ -1286,9 +1635,49 @@ impl Machine {
         }
     }
 
+    /// One record action: an outcome the store refused in a batch goes
+    /// alone; otherwise up to `batch_max` outcomes at once.
+    fn send_record_batch(&mut self) {
+        let solo = self
+            .slots
+            .values()
+            .find(|slot| slot.solo && slot.waiting_to_record())
+            .map(|slot| slot.job.lease.job);
+        let mut completions = Vec::new();
+        let mut leases = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            if completions.len() >= self.config.batch_max as usize {
+                break;
+            }
+            if solo.is_some_and(|only| only != *id) || (solo.is_none() && slot.solo) {
+                continue;
+            }
+            if let (Some(completion), false) = (&slot.outcome, slot.sending) {
+                slot.sending = true;
+                completions.push(completion.clone());
+                leases.push(slot.job.lease);
+            }
+        }
+        if !completions.is_empty() {
+            let request = self.request_id();
+            self.records_in_flight = Some((request, leases));
+            self.actions.push_back(Action::Record {
+                request,
+                completions,
+            });
+        }
+    }
+
     /// A planted bug (tests only, see [`crate::planted`]): claims go on while Draining.
     fn planted_claims(&self) -> bool {
         self.inner == Inner::Draining && planted::active(Bug::ClaimWhileDraining)
+    }
+
+    /// Most jobs held at once: running, finished and waiting for their
+    /// write, or being handed back. Claims are sized to stay within twice the
+    /// concurrency; recovered and late claims may add a batch or two.
+    fn max_held(&self) -> usize {
+        (2 * (self.config.concurrency + self.config.batch_max)) as usize
     }
 
     fn request_id(&mut self) -> u64 {
@@ -1304,7 +1693,7 @@ impl Machine {
                 <= self.config.concurrency as usize,
             "more jobs alive than concurrency allows"
         );
-        assert!(self.slots.len() <= (2 * self.config.concurrency + self.config.batch_max) as usize);
+        assert!(self.slots.len() <= self.max_held());
         if let Inner::Stopped { code } = self.inner {
             // Invariant 5: exit only once every job is done and recorded (or given up).
             assert!(self.slots.is_empty(), "stopped while holding jobs");
@@ -1343,7 +1732,7 @@ impl Machine {
 
 enum Ended {
     StartFailed(String),
-    Exited(Exit, String),
+    Exited(Exit, Vec<u8>),
 }
 
 /// Wait before retrying a failed outcome write: 100ms, doubling, capped.

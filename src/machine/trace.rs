@@ -7,6 +7,19 @@
 use std::fmt::{self, Write as _};
 
 use super::{fmt_duration, Action, Event, Instant, Note, NoteKind, Status, StoreFailure};
+
+/// A [`StoreFailure`] in trace words: permanent ones say so.
+pub struct FailureText<'a>(pub &'a StoreFailure);
+
+impl fmt::Display for FailureText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)?;
+        if !self.0.transient {
+            f.write_str(" (permanent)")?;
+        }
+        Ok(())
+    }
+}
 use crate::job::{Outcome, RecordResult};
 
 /// Most lines one [`Trace`] keeps; later lines are counted, not stored.
@@ -110,13 +123,14 @@ impl fmt::Display for EventText<'_> {
                 }
                 Ok(())
             }
-            Event::ClaimReply {
-                result: Err(StoreFailure(e)),
-                ..
-            } => write!(f, "claim failed: {e}"),
-            Event::JobStarted { job } => write!(f, "job {job} started"),
-            Event::StartFailed { job, error } => write!(f, "job {job} could not start: {error}"),
-            Event::JobExited { job, exit, .. } => write!(f, "job {job} exited: {exit}"),
+            Event::ClaimReply { result: Err(e), .. } => {
+                write!(f, "claim failed: {}", FailureText(e))
+            }
+            Event::JobStarted { lease } => write!(f, "job {} started", lease.job),
+            Event::StartFailed { lease, error } => {
+                write!(f, "job {} could not start: {error}", lease.job)
+            }
+            Event::JobExited { lease, exit, .. } => write!(f, "job {} exited: {exit}", lease.job),
             Event::RecordReply {
                 result: Ok(results),
                 ..
@@ -132,10 +146,13 @@ impl fmt::Display for EventText<'_> {
                 }
                 Ok(())
             }
-            Event::RecordReply {
-                result: Err(StoreFailure(e)),
-                ..
-            } => write!(f, "record failed: {e}"),
+            Event::RecordReply { result: Err(e), .. } => {
+                write!(f, "record failed: {}", FailureText(e))
+            }
+            Event::ReapReply { result: Ok(n), .. } => write!(f, "reap reply: {n} requeued"),
+            Event::ReapReply { result: Err(e), .. } => {
+                write!(f, "reap failed: {}", FailureText(e))
+            }
             Event::HeartbeatReply {
                 result: Ok(answer), ..
             } => {
@@ -146,12 +163,15 @@ impl fmt::Display for EventText<'_> {
                 if !answer.cancelled.is_empty() {
                     write!(f, ", cancel {}", ids(&answer.cancelled))?;
                 }
+                if !answer.recovered.is_empty() {
+                    let recovered: Vec<_> = answer.recovered.iter().map(|j| j.lease.job).collect();
+                    write!(f, ", recovered {}", ids(&recovered))?;
+                }
                 Ok(())
             }
-            Event::HeartbeatReply {
-                result: Err(StoreFailure(e)),
-                ..
-            } => write!(f, "heartbeat failed: {e}"),
+            Event::HeartbeatReply { result: Err(e), .. } => {
+                write!(f, "heartbeat failed: {}", FailureText(e))
+            }
             Event::LeaseLost { job } => write!(f, "lease of job {job} lost"),
             Event::CancelRequested { job } => write!(f, "cancel of job {job} requested"),
             Event::StoreUnreachable => f.write_str("store unreachable"),
@@ -178,14 +198,22 @@ impl fmt::Display for ActionText<'_> {
                 }
                 Ok(())
             }
-            Action::Heartbeat { phase, leases, .. } => {
+            Action::Heartbeat {
+                phase,
+                leases,
+                recover,
+                ..
+            } => {
                 write!(f, "heartbeat ({phase}, {} lease", leases.len())?;
                 if leases.len() != 1 {
                     f.write_str("s")?;
                 }
+                if !recover.is_empty() {
+                    write!(f, ", recover claims {recover:?}")?;
+                }
                 f.write_str(")")
             }
-            Action::Reap => f.write_str("reap expired leases"),
+            Action::Reap { .. } => f.write_str("reap expired leases"),
             Action::ReportStatus(status) => write!(f, "status {}", StatusText(status)),
             Action::Exit { code } => write!(f, "exit {code}"),
         }
@@ -225,8 +253,8 @@ impl fmt::Display for StatusText<'_> {
         let c = &s.counters;
         write!(
             f,
-            "] claimed={} succeeded={} failed={} interrupted={} cancelled={} handed_back={} lost={} refused={} store_errors={}",
-            c.claimed, c.succeeded, c.failed, c.interrupted, c.cancelled, c.handed_back, c.lost, c.refused, c.store_errors
+            "] claimed={} succeeded={} failed={} interrupted={} cancelled={} handed_back={} lost={} refused={} invalid={} superseded={} store_errors={}",
+            c.claimed, c.succeeded, c.failed, c.interrupted, c.cancelled, c.handed_back, c.lost, c.refused, c.invalid, c.superseded, c.store_errors
         )
     }
 }

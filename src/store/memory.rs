@@ -12,21 +12,26 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult, Job, JobEvent,
-    JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
+    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult, Job,
+    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
     WAKEUP_CAPACITY,
 };
 use crate::job::{
-    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
-    DEFAULT_MAX_INTERRUPTIONS,
+    storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
+    RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::machine::{HeartbeatAnswer, Phase};
 
 #[derive(Debug)]
 struct Row {
     job: Job,
-    output: Option<String>,
+    output: Option<Vec<u8>>,
     lease_expires_at: Option<i64>,
+    /// Reaped, and nobody claimed it since: the reaped run's late outcome is
+    /// still accepted.
+    lease_expired: bool,
+    /// The claim that took the current lease.
+    claim_id: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -38,6 +43,8 @@ struct State {
     subscribers: Vec<mpsc::Sender<Wakeup>>,
     rng: fastrand::Rng,
     fail_next: u32,
+    /// Outcomes whose output holds these bytes are refused as invalid (tests).
+    refuse_output: Option<Vec<u8>>,
 }
 
 /// An in-process store. Clones share the same data.
@@ -71,6 +78,7 @@ impl MemoryStore {
                 subscribers: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
                 fail_next: 0,
+                refuse_output: None,
             })),
             epoch_ms,
             origin: tokio::time::Instant::now(),
@@ -80,6 +88,12 @@ impl MemoryStore {
     /// Make the next `n` calls fail as if the store were unreachable (tests).
     pub fn fail_next(&self, n: u32) {
         self.lock().fail_next = n;
+    }
+
+    /// Refuse, as a database refuses a value it cannot store, every batch of
+    /// outcomes in which some output contains `bytes` (tests of isolation).
+    pub fn refuse_outputs_containing(&self, bytes: &[u8]) {
+        self.lock().refuse_output = Some(bytes.to_vec());
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -132,7 +146,18 @@ impl State {
         }
     }
 
+    /// The row if `lease` is still the job's latest claim and runs, or was
+    /// reaped without anybody claiming the job since (see `rules.rs`).
     fn fenced(&mut self, worker: &str, lease: Lease) -> Option<&mut Row> {
+        self.jobs.get_mut(&lease.job.0).filter(|row| {
+            (row.job.state == JobState::Running || row.lease_expired)
+                && row.job.worker_id.as_deref() == Some(worker)
+                && row.job.lease_token == lease.token.0
+        })
+    }
+
+    /// A running row held by `worker` under `lease` (heartbeats).
+    fn leased(&mut self, worker: &str, lease: Lease) -> Option<&mut Row> {
         self.jobs.get_mut(&lease.job.0).filter(|row| {
             row.job.state == JobState::Running
                 && row.job.worker_id.as_deref() == Some(worker)
@@ -141,10 +166,12 @@ impl State {
     }
 }
 
-/// End the lease; `worker_id` stays to show who ran it last, and fencing
-/// needs `state = running`, so the old lease can no longer write.
+/// End the lease after an outcome; `worker_id` stays to show who ran it
+/// last. Fencing needs `running` (or a reaped lease not yet cleared), so the
+/// old lease can no longer write.
 fn release(row: &mut Row) {
     row.lease_expires_at = None;
+    row.lease_expired = false;
 }
 
 impl Store for MemoryStore {
@@ -185,6 +212,8 @@ impl Store for MemoryStore {
                     job,
                     output: None,
                     lease_expires_at: None,
+                    lease_expired: false,
+                    claim_id: None,
                 },
             );
             state.event(JobId(id), now, "enqueued", None, None, None);
@@ -202,6 +231,7 @@ impl Store for MemoryStore {
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.now_ms();
         let mut state = self.begin()?;
@@ -221,25 +251,24 @@ impl Store for MemoryStore {
             let Some(row) = state.jobs.get_mut(&id) else {
                 continue;
             };
-            let run_at = row.job.run_at;
             row.job.state = JobState::Running;
             row.job.worker_id = Some(worker.to_string());
             row.job.lease_token += 1;
             row.job.started_at = Some(now);
+            row.job.cancel_requested = false;
             row.lease_expires_at = Some(now + lease.as_millis() as i64);
-            let token = row.job.lease_token;
-            claimed.push(ClaimedJob {
-                lease: Lease {
-                    job: JobId(id),
-                    token: LeaseToken(token),
-                },
-                queue: row.job.queue.clone(),
-                spec: row.job.spec.clone(),
-                attempts: row.job.attempts,
-                interruptions: row.job.interruptions,
-                waited: Duration::from_millis((now - run_at).max(0) as u64),
-            });
-            state.event(JobId(id), now, "claimed", Some(worker), Some(token), None);
+            row.lease_expired = false;
+            row.claim_id = Some(claim_id);
+            let job = claimed_job(row, now);
+            state.event(
+                JobId(id),
+                now,
+                "claimed",
+                Some(worker),
+                Some(job.lease.token.0),
+                None,
+            );
+            claimed.push(job);
         }
         Ok(claimed)
     }
@@ -250,19 +279,32 @@ impl Store for MemoryStore {
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
         let now = self.now_ms();
+        let expires = now + lease.as_millis() as i64;
         let mut state = self.begin()?;
         let mut answer = HeartbeatAnswer::default();
         for held in leases {
-            match state.fenced(worker, *held) {
+            match state.leased(worker, *held) {
                 Some(row) => {
-                    row.lease_expires_at = Some(now + lease.as_millis() as i64);
+                    row.lease_expires_at = Some(expires);
                     if row.job.cancel_requested {
                         answer.cancelled.push(held.job);
                     }
                 }
                 None => answer.lost.push(held.job),
+            }
+        }
+        if !recover.is_empty() {
+            for row in state.jobs.values_mut() {
+                if row.job.state == JobState::Running
+                    && row.job.worker_id.as_deref() == Some(worker)
+                    && row.claim_id.is_some_and(|id| recover.contains(&id))
+                {
+                    row.lease_expires_at = Some(expires);
+                    answer.recovered.push(claimed_job(row, now));
+                }
             }
         }
         if let Some(row) = state.workers.get_mut(worker) {
@@ -279,32 +321,49 @@ impl Store for MemoryStore {
     ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
         let now = self.now_ms();
         let mut state = self.begin()?;
+        if let Some(bad) = &state.refuse_output {
+            if completions.iter().any(|c| {
+                c.output
+                    .windows(bad.len().max(1))
+                    .any(|w| w == bad.as_slice())
+            }) {
+                // Like a database refusing a value: the whole batch fails.
+                return Err(StoreError::Database(
+                    "invalid byte sequence in an outcome (injected)".into(),
+                ));
+            }
+        }
         let mut results = Vec::with_capacity(completions.len());
         for completion in completions {
             let lease = completion.lease;
             let unit = state.rng.f64();
             let Some(row) = state.fenced(worker, lease) else {
-                state.event(
-                    lease.job,
-                    now,
-                    "stale-write-refused",
-                    Some(worker),
-                    Some(lease.token.0),
-                    Some(completion.outcome.name().to_string()),
-                );
+                if state.jobs.contains_key(&lease.job.0) {
+                    state.event(
+                        lease.job,
+                        now,
+                        "stale-write-refused",
+                        Some(worker),
+                        Some(lease.token.0),
+                        Some(outcome_params(&completion.outcome).0.to_string()),
+                    );
+                }
                 results.push((lease.job, RecordResult::Refused));
                 continue;
             };
-            let (kind, detail) = apply_outcome(row, &completion.outcome, now, unit);
-            if !completion.output.is_empty()
-                || matches!(
-                    completion.outcome,
-                    Outcome::Succeeded | Outcome::Failed { .. }
-                )
-            {
+            let late = row.job.state != JobState::Running;
+            let (kind, mut detail) = apply_outcome(row, &completion.outcome, now, unit);
+            if !matches!(completion.outcome, Outcome::HandBack) {
                 row.output = Some(completion.output.clone());
             }
             release(row);
+            if late {
+                let note = "accepted after the lease expired: nobody had claimed the job since";
+                detail = Some(match detail {
+                    Some(text) => format!("{text}; {note}"),
+                    None => note.to_string(),
+                });
+            }
             state.event(
                 lease.job,
                 now,
@@ -346,7 +405,8 @@ impl Store for MemoryStore {
             } else {
                 interrupt(row, now);
             }
-            release(row);
+            row.lease_expires_at = None;
+            row.lease_expired = true;
             let detail = format!("lease expired; now {}", row.job.state);
             state.event(
                 JobId(*id),
@@ -371,6 +431,7 @@ impl Store for MemoryStore {
             JobState::Queued => {
                 row.job.state = JobState::Cancelled;
                 row.job.finished_at = Some(now);
+                row.lease_expired = false;
                 CancelResult::Cancelled
             }
             JobState::Running => {
@@ -406,6 +467,7 @@ impl Store for MemoryStore {
         row.job.error = None;
         row.job.exit_code = None;
         row.job.finished_at = None;
+        row.lease_expired = false;
         state.event(id, now, "retried", None, None, None);
         state.notify(Wakeup::Jobs);
         Ok(true)
@@ -434,7 +496,7 @@ impl Store for MemoryStore {
         Ok(state.events.get(&id.0).cloned().unwrap_or_default())
     }
 
-    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
         let state = self.begin()?;
         Ok(state.jobs.get(&id.0).and_then(|row| row.output.clone()))
     }
@@ -497,66 +559,101 @@ impl Store for MemoryStore {
     }
 }
 
-/// Apply an outcome to a fenced running row; the event kind and detail.
+/// A claimed job as handed to a worker.
+fn claimed_job(row: &Row, now: i64) -> ClaimedJob {
+    ClaimedJob {
+        lease: Lease {
+            job: row.job.id,
+            token: LeaseToken(row.job.lease_token),
+        },
+        queue: row.job.queue.clone(),
+        spec: row.job.spec.clone(),
+        attempts: row.job.attempts,
+        interruptions: row.job.interruptions,
+        waited: Duration::from_millis((now - row.job.run_at).max(0) as u64),
+    }
+}
+
+/// Apply an outcome to a fenced row; the event kind and detail. The same
+/// rules as the SQL backends (`rules.rs`).
 fn apply_outcome(
     row: &mut Row,
     outcome: &Outcome,
     now: i64,
     unit: f64,
 ) -> (&'static str, Option<String>) {
-    match outcome {
+    // A reaped run whose outcome arrives late did happen: undo the
+    // interruption the reap counted (it counted none for a pending cancel).
+    if row.job.state != JobState::Running && !row.job.cancel_requested {
+        row.job.interruptions = row.job.interruptions.saturating_sub(1);
+    }
+    let cancel = row.job.cancel_requested;
+    let (kind, detail) = match outcome {
         Outcome::Succeeded => {
             row.job.attempts += 1;
             row.job.state = JobState::Succeeded;
             row.job.exit_code = Some(0);
             row.job.error = None;
-            row.job.finished_at = Some(now);
             ("succeeded", None)
         }
         Outcome::Failed { exit_code, error } => {
             row.job.attempts += 1;
             row.job.exit_code = *exit_code;
+            let error = storable_text(error).into_owned();
             row.job.error = Some(error.clone());
-            if row.job.attempts >= row.job.max_attempts {
+            if cancel {
+                row.job.state = JobState::Cancelled;
+                ("cancelled", Some(error))
+            } else if row.job.attempts >= row.job.max_attempts {
                 row.job.state = JobState::Failed;
-                row.job.finished_at = Some(now);
-                ("failed", Some(error.clone()))
+                ("failed", Some(error))
             } else {
                 row.job.state = JobState::Queued;
-                let delay = retry_backoff(row.job.attempts, unit);
-                row.job.run_at = now + delay.as_millis() as i64;
-                (
-                    "retry-scheduled",
-                    Some(format!("{error}; retry in {}ms", delay.as_millis())),
-                )
+                ("retry-scheduled", Some(error))
             }
         }
         Outcome::Interrupted { reason } => {
             if crate::planted::active(crate::planted::Bug::InterruptionUsesAttempt) {
                 row.job.attempts += 1;
             }
-            interrupt(row, now);
-            let kind = if row.job.state == JobState::Failed {
-                "failed"
+            row.job.interruptions += 1;
+            let reason = storable_text(reason).into_owned();
+            if cancel {
+                row.job.state = JobState::Cancelled;
+                ("cancelled", Some(reason))
+            } else if row.job.interruptions >= DEFAULT_MAX_INTERRUPTIONS {
+                row.job.state = JobState::Failed;
+                row.job.error = Some(quarantine_reason(row.job.interruptions));
+                ("failed", Some(reason))
             } else {
-                "interrupted"
-            };
-            (kind, Some(reason.clone()))
+                row.job.state = JobState::Queued;
+                ("interrupted", Some(reason))
+            }
         }
         Outcome::Cancelled => {
             row.job.state = JobState::Cancelled;
-            row.job.finished_at = Some(now);
             ("cancelled", None)
         }
         Outcome::HandBack => {
-            row.job.state = JobState::Queued;
             row.job.started_at = None;
-            ("handed-back", None)
+            if cancel {
+                row.job.state = JobState::Cancelled;
+                ("cancelled", None)
+            } else {
+                row.job.state = JobState::Queued;
+                ("handed-back", None)
+            }
         }
-    }
+    };
+    row.job.finished_at = row.job.state.is_final().then_some(now);
+    row.job.run_at = match outcome {
+        Outcome::Failed { .. } => now + retry_backoff(row.job.attempts, unit).as_millis() as i64,
+        _ => now,
+    };
+    (kind, detail)
 }
 
-/// An interruption: requeue without using an attempt, or quarantine.
+/// A reaped run: requeue without using an attempt, or quarantine.
 fn interrupt(row: &mut Row, now: i64) {
     row.job.interruptions += 1;
     if row.job.interruptions >= DEFAULT_MAX_INTERRUPTIONS {

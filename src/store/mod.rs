@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 use std::future::Future;
@@ -22,7 +23,8 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::job::{
-    ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, Outcome, RecordResult,
+    storable_text, ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, Outcome,
+    RecordResult,
 };
 use crate::machine::{HeartbeatAnswer, Phase};
 
@@ -50,7 +52,7 @@ pub const RETRY_CAP: Duration = Duration::from_secs(600);
 /// A worker whose heartbeat is older than this many leases is presumed lost.
 pub const LOST_AFTER_LEASES: u32 = 2;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// What can go wrong talking to the store, in words a user can act on.
 #[derive(Debug, Error)]
@@ -66,6 +68,10 @@ pub enum StoreError {
     /// The database cannot be reached (down, refused, timed out).
     #[error("database unreachable: {0}")]
     Unreachable(String),
+    /// The database is there but cannot serve this now (busy, deadlock,
+    /// shutting down, out of connections): try again later.
+    #[error("temporary database error: {0}")]
+    Temporary(String),
     /// The database was migrated by a newer dockhand.
     #[error("database schema is at version {found}, newer than this dockhand knows ({known}); upgrade dockhand")]
     SchemaTooNew {
@@ -98,12 +104,13 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unreachable(error.to_string()),
             sqlx::Error::Database(db) => {
                 let message = db.message().to_string();
-                // 57P01/57P02/57P03: the server is shutting down or restarting.
-                if matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03")) {
-                    return StoreError::Unreachable(message);
+                let code = db.code();
+                if transient_code(code.as_deref()) {
+                    return StoreError::Temporary(message);
                 }
                 if db.is_check_violation()
                     || db.is_unique_violation()
@@ -122,10 +129,34 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Whether a database error code means "try again later" rather than
+/// "this request is wrong". PostgreSQL SQLSTATE classes: 08 connection,
+/// 40 serialization/deadlock, 53 resources (too many connections, disk
+/// full), 55P03 lock not available, 57 operator intervention (shutdown,
+/// restart), 58 system I/O. SQLite primary codes: 5 BUSY, 6 LOCKED,
+/// 10 IOERR, 13 FULL, 14 CANTOPEN.
+fn transient_code(code: Option<&str>) -> bool {
+    let Some(code) = code else {
+        return false;
+    };
+    // A PostgreSQL SQLSTATE has five characters; SQLite reports its
+    // (extended) result code as a shorter number whose low byte is the
+    // primary code.
+    if code.len() == 5 {
+        return matches!(&code[..2], "08" | "40" | "53" | "57" | "58") || code == "55P03";
+    }
+    match code.parse::<u32>() {
+        Ok(n) => matches!(n & 0xff, 5 | 6 | 10 | 13 | 14),
+        Err(_) => false,
+    }
+}
+
 impl StoreError {
-    /// Whether trying again later may succeed.
+    /// Whether trying again later may succeed (an outage, a busy database):
+    /// a worker retries these with backoff. Anything else is permanent: the
+    /// same request would fail again, so it must be changed, not repeated.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unreachable(_))
+        matches!(self, StoreError::Unreachable(_) | StoreError::Temporary(_))
     }
 }
 
@@ -272,26 +303,36 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
 
     /// Claim up to `max` ready jobs for `worker` in one statement, each with a
-    /// fresh lease token and a lease of `lease`.
+    /// fresh lease token and a lease of `lease`. The rows remember
+    /// `claim_id` (unique per worker), so a claim whose reply was lost can
+    /// be recovered by a later heartbeat.
     fn claim(
         &self,
         worker: &str,
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
 
     /// Extend every given lease held by `worker`, record its phase, and say
-    /// which leases are lost and which jobs are to be cancelled.
+    /// which leases are lost and which jobs are to be cancelled. Jobs still
+    /// running under one of `recover` (claims of this worker whose reply
+    /// never arrived) are handed over in `recovered`, their leases extended.
     fn heartbeat(
         &self,
         worker: &str,
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> impl Future<Output = Result<HeartbeatAnswer, StoreError>> + Send;
 
-    /// Record outcomes, each fenced by its lease; one transaction.
+    /// Record outcomes, each fenced by its lease; one transaction. An outcome
+    /// is accepted while its lease is the job's latest claim: the job is
+    /// running under it, or the lease expired and was reaped but nobody has
+    /// claimed the job since (the reap's interruption is then undone). A
+    /// pending cancel turns every requeue into `cancelled`.
     fn record(
         &self,
         worker: &str,
@@ -318,8 +359,9 @@ pub trait Store: Send + Sync + 'static {
     /// A job's history, oldest first.
     fn history(&self, id: JobId) -> impl Future<Output = Result<Vec<JobEvent>, StoreError>> + Send;
 
-    /// A job's captured output tail.
-    fn output(&self, id: JobId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    /// A job's captured output tail, byte for byte.
+    fn output(&self, id: JobId)
+        -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
     /// Announce a worker (or refresh it).
     fn register_worker(
@@ -351,6 +393,27 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     let bad = |reason: String| Err(StoreError::InvalidJob(reason));
     if job.spec.command.is_empty() || job.spec.command[0].is_empty() {
         return bad("a command is required".into());
+    }
+    // A NUL cannot reach exec (arguments and environment are C strings),
+    // and PostgreSQL cannot store it in text or jsonb.
+    let texts = job
+        .spec
+        .command
+        .iter()
+        .chain(job.spec.env.keys())
+        .chain(job.spec.env.values())
+        .chain(std::iter::once(&job.queue))
+        .chain(job.spec.image.iter());
+    for text in texts {
+        if text.contains('\0') {
+            return bad(format!(
+                "{:?} contains a NUL byte, which no command, environment, queue or image may hold",
+                crate::redact::redact_text(&text.replace('\0', "\\0"))
+            ));
+        }
+    }
+    if job.spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+        return bad("environment names must be non-empty and hold no '='".into());
     }
     if job.queue.is_empty() || job.queue.len() > MAX_QUEUE_LEN {
         return bad(format!(
@@ -407,7 +470,7 @@ pub fn retry_backoff(attempts: u32, unit: f64) -> Duration {
 
 /// The error recorded on a job failed for too many interruptions.
 pub fn quarantine_reason(interruptions: u32) -> String {
-    format!("interrupted {interruptions} times (max_interruptions); not requeued again")
+    format!("interrupted {interruptions}{}", rules::QUARANTINE_SUFFIX)
 }
 
 /// Wall-clock unix milliseconds (SQLite and display; Postgres uses its own clock).
@@ -418,23 +481,7 @@ pub fn unix_ms_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
+pub use crate::redact::redact_url;
 
 /// Any backend, chosen by URL at run time.
 #[derive(Clone, Debug)]
@@ -490,8 +537,9 @@ impl Store for AnyStore {
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        delegate!(self, s => s.claim(worker, queues, max, lease))
+        delegate!(self, s => s.claim(worker, queues, max, lease, claim_id))
     }
     async fn heartbeat(
         &self,
@@ -499,8 +547,9 @@ impl Store for AnyStore {
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
-        delegate!(self, s => s.heartbeat(worker, phase, leases, lease))
+        delegate!(self, s => s.heartbeat(worker, phase, leases, lease, recover))
     }
     async fn record(
         &self,
@@ -527,7 +576,7 @@ impl Store for AnyStore {
     async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
         delegate!(self, s => s.history(id))
     }
-    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
+    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
         delegate!(self, s => s.output(id))
     }
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
@@ -548,11 +597,13 @@ impl Store for AnyStore {
 }
 
 /// The outcome as SQL parameters: kind, exit code, error.
+/// Error texts are made storable (no NUL, bounded) here, for every backend.
 pub(crate) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
+    let text = |t: &str| Some(storable_text(t).into_owned());
     match outcome {
         Outcome::Succeeded => ("succeeded", Some(0), None),
-        Outcome::Failed { exit_code, error } => ("failed", *exit_code, Some(error.clone())),
-        Outcome::Interrupted { reason } => ("interrupted", None, Some(reason.clone())),
+        Outcome::Failed { exit_code, error } => ("failed", *exit_code, text(error)),
+        Outcome::Interrupted { reason } => ("interrupted", None, text(reason)),
         Outcome::Cancelled => ("cancelled", None, None),
         Outcome::HandBack => ("handed-back", None, None),
     }
@@ -570,6 +621,33 @@ pub(crate) fn statements(sql: &str) -> Vec<&str> {
         })
         .map(|chunk| chunk.trim_end_matches(';'))
         .collect()
+}
+
+/// Read a claimed job from a row of either SQL backend: `id`, `lease_token`,
+/// `queue`, `spec` (JSON text), `attempts`, `interruptions`, `waited_ms`.
+pub(crate) fn decode_claimed<R>(row: &R) -> Result<ClaimedJob, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let spec: String = row.try_get("spec")?;
+    let count = |name: &str| -> Result<u32, StoreError> {
+        let value: i64 = row.try_get(name)?;
+        u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{name} is {value}")))
+    };
+    Ok(ClaimedJob {
+        lease: Lease {
+            job: JobId(row.try_get("id")?),
+            token: crate::job::LeaseToken(row.try_get("lease_token")?),
+        },
+        queue: row.try_get("queue")?,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+        attempts: count("attempts")?,
+        interruptions: count("interruptions")?,
+        waited: Duration::from_millis(row.try_get::<i64, _>("waited_ms")?.max(0) as u64),
+    })
 }
 
 /// Read a job from a row of either SQL backend (both select the same names).
@@ -620,16 +698,6 @@ mod tests {
         assert_eq!(retry_backoff(1, 0.0), Duration::from_millis(750));
         assert_eq!(retry_backoff(1, 1.0), Duration::from_millis(1250));
         assert_eq!(retry_backoff(30, 0.5), RETRY_CAP);
-    }
-
-    #[test]
-    fn urls_lose_their_password() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
 
     #[test]

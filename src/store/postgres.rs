@@ -8,17 +8,22 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::mpsc;
 
+use super::rules::{self, Dialect};
 use super::{
-    decode_job, outcome_params, redact_url, validate_all, CancelResult, Job, JobEvent, JobFilter,
-    Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
-    SCHEMA_VERSION, WAKEUP_CAPACITY,
+    decode_claimed, decode_job, outcome_params, redact_url, validate_all, CancelResult, Job,
+    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
+    REAP_BATCH, SCHEMA_VERSION, WAKEUP_CAPACITY,
 };
-use crate::job::{
-    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
-};
+use crate::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, Outcome, RecordResult};
 use crate::machine::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: [(i64, &str); 2] = [
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_bytes_and_late_outcomes.sql"),
+    ),
+];
 /// Channel NOTIFYed when jobs become ready.
 const JOBS_CHANNEL: &str = "dockhand_jobs";
 /// Channel NOTIFYed with a job id when a running job is cancelled.
@@ -90,6 +95,53 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// PostgreSQL's words for the shared rules.
+fn dialect() -> Dialect {
+    let (base, cap) = rules::backoff_ms();
+    Dialect {
+        now: "now()",
+        output: "t.output",
+        backoff: format!(
+            "now() + least({cap}, {base} * power(2, least(j.attempts, 20))) * (0.75 + random() * 0.5) * interval '1 millisecond'"
+        ),
+        false_: "false",
+        true_: "true",
+    }
+}
+
+/// The batched, fenced outcome write (see [`rules`]).
+fn record_sql() -> String {
+    let d = dialect();
+    format!(
+        "WITH input AS (
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::bytea[])
+                AS t(id, token, kind, exit_code, error, output)
+        ), before AS (
+            SELECT id, state <> 'running' AS late FROM jobs WHERE id = ANY($1)
+        ), upd AS (
+            UPDATE jobs j SET {assignments}
+            FROM input t WHERE j.id = t.id AND {fence}
+            RETURNING j.id, j.state, t.kind, t.token, t.error
+        ), history AS (
+            INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+            SELECT upd.id, {event}, $7, upd.token,
+                CASE WHEN b.late
+                    THEN concat_ws('; ', upd.error, 'accepted after the lease expired: nobody had claimed the job since')
+                    ELSE upd.error END
+            FROM upd LEFT JOIN before b ON b.id = upd.id
+        ), refused AS (
+            INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
+            SELECT i.id, 'stale-write-refused', $7, i.token, i.kind FROM input i
+            WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = i.id)
+              AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = i.id)
+        )
+        SELECT id FROM upd",
+        assignments = rules::outcome_assignments(&d),
+        fence = rules::outcome_fence("$7"),
+        event = rules::outcome_event("upd.state").replace("t.kind", "upd.kind"),
+    )
 }
 
 fn events(rows: Vec<PgRow>) -> Result<Vec<JobEvent>, StoreError> {
@@ -197,6 +249,7 @@ impl Store for PostgresStore {
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let rows = sqlx::query(
             "WITH picked AS (
@@ -208,7 +261,7 @@ impl Store for PostgresStore {
             ), claimed AS (
                 UPDATE jobs j SET state = 'running', lease_owner = $1, lease_token = j.lease_token + 1,
                     lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(),
-                    cancel_requested = false
+                    cancel_requested = false, lease_expired = false, claim_id = $5
                 FROM picked WHERE j.id = picked.id
                 RETURNING j.id, j.lease_token, j.queue, j.spec::text AS spec, j.attempts, j.interruptions,
                     j.priority, j.run_at, (extract(epoch FROM now() - j.run_at) * 1000)::bigint AS waited_ms
@@ -216,32 +269,18 @@ impl Store for PostgresStore {
                 INSERT INTO job_events (job_id, kind, worker_id, lease_token)
                 SELECT id, 'claimed', $1, lease_token FROM claimed
             )
-            SELECT id, lease_token, queue, spec, attempts, interruptions, waited_ms FROM claimed
+            SELECT id, lease_token, queue, spec, attempts::bigint AS attempts,
+                interruptions::bigint AS interruptions, waited_ms FROM claimed
             ORDER BY priority DESC, run_at, id",
         )
         .bind(worker)
         .bind(queues)
         .bind(i64::from(max))
         .bind(lease.as_millis() as i64)
+        .bind(claim_id as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let spec: String = row.try_get("spec")?;
-                Ok(ClaimedJob {
-                    lease: Lease {
-                        job: JobId(row.try_get("id")?),
-                        token: LeaseToken(row.try_get("lease_token")?),
-                    },
-                    queue: row.try_get("queue")?,
-                    spec: serde_json::from_str(&spec)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    attempts: row.try_get::<i32, _>("attempts")? as u32,
-                    interruptions: row.try_get::<i32, _>("interruptions")? as u32,
-                    waited: Duration::from_millis(row.try_get::<i64, _>("waited_ms")?.max(0) as u64),
-                })
-            })
-            .collect()
+        rows.iter().map(decode_claimed).collect()
     }
 
     async fn heartbeat(
@@ -250,6 +289,7 @@ impl Store for PostgresStore {
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
         let ids: Vec<i64> = leases.iter().map(|l| l.job.0).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token.0).collect();
@@ -283,6 +323,22 @@ impl Store for PostgresStore {
             .map(|l| l.job)
             .filter(|id| !kept.contains(id))
             .collect();
+        if !recover.is_empty() {
+            let claims: Vec<i64> = recover.iter().map(|&c| c as i64).collect();
+            let rows = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                 WHERE state = 'running' AND lease_owner = $1 AND claim_id = ANY($2)
+                 RETURNING id, lease_token, queue, spec::text AS spec, attempts::bigint AS attempts,
+                    interruptions::bigint AS interruptions,
+                    (extract(epoch FROM now() - run_at) * 1000)::bigint AS waited_ms",
+            )
+            .bind(worker)
+            .bind(&claims)
+            .bind(lease.as_millis() as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            answer.recovered = rows.iter().map(decode_claimed).collect::<Result<_, _>>()?;
+        }
         Ok(answer)
     }
 
@@ -299,7 +355,7 @@ impl Store for PostgresStore {
         let mut kinds = Vec::with_capacity(completions.len());
         let mut codes: Vec<Option<i32>> = Vec::with_capacity(completions.len());
         let mut errors: Vec<Option<String>> = Vec::with_capacity(completions.len());
-        let mut outputs = Vec::with_capacity(completions.len());
+        let mut outputs: Vec<&[u8]> = Vec::with_capacity(completions.len());
         for completion in completions {
             let (kind, exit_code, error) = outcome_params(&completion.outcome);
             ids.push(completion.lease.job.0);
@@ -307,73 +363,21 @@ impl Store for PostgresStore {
             kinds.push(kind);
             codes.push(exit_code);
             errors.push(error);
-            outputs.push(completion.output.as_str());
+            outputs.push(completion.output.as_slice());
         }
-        // One statement for the whole batch: fenced update, history, and a
+        // One statement for the whole batch: the fenced update (PostgreSQL
+        // re-checks the fence on the locked row), history, and a
         // `stale-write-refused` event for every outcome whose lease is gone.
-        let recorded: Vec<i64> = sqlx::query_scalar(
-            "WITH input AS (
-                SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[])
-                    AS t(id, token, kind, exit_code, error, output)
-            ), target AS (
-                SELECT i.* FROM jobs j JOIN input i ON j.id = i.id
-                WHERE j.lease_owner = $7 AND j.lease_token = i.token AND j.state = 'running'
-                FOR UPDATE OF j
-            ), upd AS (
-                UPDATE jobs j SET
-                    attempts = j.attempts + CASE WHEN t.kind IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
-                    interruptions = j.interruptions + CASE WHEN t.kind = 'interrupted' THEN 1 ELSE 0 END,
-                    state = CASE t.kind
-                        WHEN 'succeeded' THEN 'succeeded'
-                        WHEN 'failed' THEN CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'queued' END
-                        WHEN 'interrupted' THEN CASE WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed' ELSE 'queued' END
-                        WHEN 'cancelled' THEN 'cancelled'
-                        ELSE 'queued' END,
-                    run_at = CASE WHEN t.kind = 'failed'
-                        THEN now() + make_interval(secs => least(600, power(2, j.attempts)) * (0.75 + random() * 0.5))
-                        ELSE now() END,
-                    exit_code = CASE WHEN t.kind IN ('succeeded', 'failed') THEN t.exit_code ELSE j.exit_code END,
-                    error = CASE
-                        WHEN t.kind = 'failed' THEN t.error
-                        WHEN t.kind = 'succeeded' THEN NULL
-                        WHEN t.kind = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions
-                            THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
-                        ELSE j.error END,
-                    output = CASE WHEN t.kind = 'handed-back' THEN j.output ELSE t.output END,
-                    started_at = CASE WHEN t.kind = 'handed-back' THEN NULL ELSE j.started_at END,
-                    finished_at = CASE
-                        WHEN t.kind IN ('succeeded', 'cancelled') THEN now()
-                        WHEN t.kind = 'failed' AND j.attempts + 1 >= j.max_attempts THEN now()
-                        WHEN t.kind = 'interrupted' AND j.interruptions + 1 >= j.max_interruptions THEN now()
-                        ELSE NULL END,
-                    lease_expires_at = NULL
-                FROM target t WHERE j.id = t.id
-                RETURNING j.id, j.state, t.kind, t.token, t.error
-            ), history AS (
-                INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
-                SELECT id,
-                    CASE WHEN kind = 'failed' AND state = 'queued' THEN 'retry-scheduled'
-                         WHEN kind = 'interrupted' AND state = 'failed' THEN 'failed'
-                         ELSE kind END,
-                    $7, token, error
-                FROM upd
-            ), refused AS (
-                INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
-                SELECT i.id, 'stale-write-refused', $7, i.token, i.kind FROM input i
-                WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = i.id)
-                  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = i.id)
-            )
-            SELECT id FROM upd",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(&kinds)
-        .bind(&codes)
-        .bind(&errors)
-        .bind(&outputs)
-        .bind(worker)
-        .fetch_all(&self.pool)
-        .await?;
+        let recorded: Vec<i64> = sqlx::query_scalar(&record_sql())
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&kinds)
+            .bind(&codes)
+            .bind(&errors)
+            .bind(&outputs)
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
         let requeued = completions.iter().any(|c| {
             recorded.contains(&c.lease.job.0)
                 && !matches!(c.outcome, Outcome::Succeeded | Outcome::Cancelled)
@@ -398,31 +402,22 @@ impl Store for PostgresStore {
     }
 
     async fn reap_expired(&self) -> Result<u64, StoreError> {
-        let reaped: Vec<i64> = sqlx::query_scalar(
+        let reaped: Vec<i64> = sqlx::query_scalar(&format!(
             "WITH expired AS (
                 SELECT id, lease_owner, lease_token FROM jobs
                 WHERE state = 'running' AND lease_expires_at < now()
                 ORDER BY lease_expires_at LIMIT $1
                 FOR UPDATE SKIP LOCKED
             ), upd AS (
-                UPDATE jobs j SET
-                    interruptions = j.interruptions + CASE WHEN j.cancel_requested THEN 0 ELSE 1 END,
-                    state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                                 WHEN j.interruptions + 1 >= j.max_interruptions THEN 'failed'
-                                 ELSE 'queued' END,
-                    error = CASE WHEN NOT j.cancel_requested AND j.interruptions + 1 >= j.max_interruptions
-                                 THEN 'interrupted ' || (j.interruptions + 1) || ' times (max_interruptions); not requeued again'
-                                 ELSE j.error END,
-                    finished_at = CASE WHEN j.cancel_requested OR j.interruptions + 1 >= j.max_interruptions
-                                       THEN now() ELSE NULL END,
-                    run_at = now(), lease_expires_at = NULL
+                UPDATE jobs j SET {}
                 FROM expired WHERE j.id = expired.id
                 RETURNING j.id, j.state, expired.lease_owner, expired.lease_token
             )
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
             SELECT id, 'lease-expired', lease_owner, lease_token, 'lease expired; now ' || state FROM upd
             RETURNING job_id",
-        )
+            rules::reap_assignments(&dialect())
+        ))
         .bind(REAP_BATCH)
         .fetch_all(&self.pool)
         .await?;
@@ -441,6 +436,7 @@ impl Store for PostgresStore {
             "UPDATE jobs SET
                 state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
                 cancel_requested = (state = 'running'),
+                lease_expired = false,
                 finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END
              WHERE id = $1 AND state IN ('queued', 'running')
              RETURNING state",
@@ -487,7 +483,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let updated: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
-                interruptions = 0, cancel_requested = false, error = NULL, exit_code = NULL, finished_at = NULL
+                interruptions = 0, cancel_requested = false, lease_expired = false,
+                error = NULL, exit_code = NULL, finished_at = NULL
              WHERE id = $1 AND state IN ('failed', 'cancelled')
              RETURNING id",
         )
@@ -549,8 +546,8 @@ impl Store for PostgresStore {
         events(rows)
     }
 
-    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
-        let row: Option<Option<String>> =
+    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let row: Option<Option<Vec<u8>>> =
             sqlx::query_scalar("SELECT output FROM jobs WHERE id = $1")
                 .bind(id.0)
                 .fetch_optional(&self.pool)

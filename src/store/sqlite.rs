@@ -3,7 +3,7 @@
 //! with `BEGIN IMMEDIATE`, so two writers queue on the lock instead of failing.
 //! Times are unix milliseconds from this machine's clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::WAKEUP_CAPACITY;
 use std::str::FromStr;
@@ -15,21 +15,25 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use tokio::sync::mpsc;
 
+use super::rules::{self, Dialect};
 use super::{
-    decode_job, outcome_params, quarantine_reason, redact_url, unix_ms_now, validate_all,
+    decode_claimed, decode_job, outcome_params, redact_url, unix_ms_now, validate_all,
     CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
     LOST_AFTER_LEASES, REAP_BATCH, SCHEMA_VERSION,
 };
-use crate::job::{
-    ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
-    DEFAULT_MAX_INTERRUPTIONS,
-};
+use crate::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult};
 use crate::machine::{HeartbeatAnswer, Phase};
 
 /// How often a worker looks for cancels of running jobs.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
-const MIGRATIONS: [(i64, &str); 1] = [(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: [(i64, &str); 2] = [
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_bytes_and_late_outcomes.sql"),
+    ),
+];
 
 const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions,
     exit_code, error, lease_owner, lease_token, cancel_requested,
@@ -72,6 +76,52 @@ impl SqliteStore {
 
 fn lease_ms(lease: Duration) -> i64 {
     lease.as_millis() as i64
+}
+
+/// SQLite's words for the shared rules; `?1` is the current unix time in ms.
+fn dialect() -> Dialect {
+    let (base, cap) = rules::backoff_ms();
+    Dialect {
+        now: "?1",
+        output: "t.output",
+        backoff: format!(
+            "?1 + CAST(min({cap}, {base} * (1 << min(j.attempts, 20))) * (0.75 + 0.5 * ((random() & 1048575) / 1048576.0)) AS INTEGER)"
+        ),
+        false_: "0",
+        true_: "1",
+    }
+}
+
+/// The batched, fenced outcome write (see [`rules`]): `?1` the outcomes as
+/// JSON, `?2` now, `?3` the worker.
+fn record_sql() -> String {
+    let d = Dialect {
+        now: "?2",
+        backoff: dialect().backoff.replace("?1", "?2"),
+        ..dialect()
+    };
+    format!(
+        "UPDATE jobs AS j SET {assignments}
+         FROM (SELECT value->>'id' AS id, value->>'token' AS token, value->>'kind' AS kind,
+                 value->>'exit_code' AS exit_code, value->>'error' AS error,
+                 unhex(value->>'output') AS output
+               FROM json_each(?1)) AS t
+         WHERE j.id = t.id AND {fence}
+         RETURNING id, state",
+        assignments = rules::outcome_assignments(&d),
+        fence = rules::outcome_fence("?3"),
+    )
+}
+
+/// Bytes as lower-case hex (SQLite's `unhex` reads it back).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
 }
 
 impl Store for SqliteStore {
@@ -143,6 +193,7 @@ impl Store for SqliteStore {
         queues: &[String],
         max: u32,
         lease: Duration,
+        claim_id: u64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = unix_ms_now();
         let queues =
@@ -150,55 +201,42 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = lease_token + 1,
-                lease_expires_at = ?2 + ?3, started_at = ?2, cancel_requested = 0
+                lease_expires_at = ?2 + ?3, started_at = ?2, cancel_requested = 0,
+                lease_expired = 0, claim_id = ?6
              WHERE id IN (
                 SELECT id FROM jobs
                 WHERE state = 'queued' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?4))
                 ORDER BY priority DESC, run_at, id LIMIT ?5
              )
-             RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at",
+             RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at,
+                ?2 - run_at AS waited_ms",
         )
         .bind(worker)
         .bind(now)
         .bind(lease_ms(lease))
         .bind(queues)
         .bind(i64::from(max))
+        .bind(claim_id as i64)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut order = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let token: i64 = row.try_get("lease_token")?;
+            let job = decode_claimed(row)?;
             sqlx::query("INSERT INTO job_events (job_id, at, kind, worker_id, lease_token) VALUES (?, ?, 'claimed', ?, ?)")
-                .bind(id)
+                .bind(job.lease.job.0)
                 .bind(now)
                 .bind(worker)
-                .bind(token)
+                .bind(job.lease.token.0)
                 .execute(&mut *tx)
                 .await?;
-            let spec: String = row.try_get("spec")?;
             let priority: i32 = row.try_get("priority")?;
             let run_at: i64 = row.try_get("run_at")?;
-            order.push((-priority, run_at, id));
-            claimed.push(ClaimedJob {
-                lease: Lease {
-                    job: JobId(id),
-                    token: LeaseToken(token),
-                },
-                queue: row.try_get("queue")?,
-                spec: serde_json::from_str(&spec)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                attempts: row.try_get::<i64, _>("attempts")? as u32,
-                interruptions: row.try_get::<i64, _>("interruptions")? as u32,
-                waited: Duration::from_millis((now - run_at).max(0) as u64),
-            });
+            claimed.push(((-priority, run_at, job.lease.job), job));
         }
         tx.commit().await?;
         // RETURNING order is unspecified in SQLite: restore the claim order.
-        let mut paired: Vec<_> = order.into_iter().zip(claimed).collect();
-        paired.sort_by_key(|(key, _)| *key);
-        Ok(paired.into_iter().map(|(_, job)| job).collect())
+        claimed.sort_by_key(|(key, _)| *key);
+        Ok(claimed.into_iter().map(|(_, job)| job).collect())
     }
 
     async fn heartbeat(
@@ -207,6 +245,7 @@ impl Store for SqliteStore {
         phase: Phase,
         leases: &[Lease],
         lease: Duration,
+        recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
         let now = unix_ms_now();
         let mut tx = self.write().await?;
@@ -237,6 +276,24 @@ impl Store for SqliteStore {
                 None => answer.lost.push(held.job),
             }
         }
+        if !recover.is_empty() {
+            let claims =
+                serde_json::to_string(recover).map_err(|e| StoreError::Database(e.to_string()))?;
+            let rows = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = ?1 + ?2
+                 WHERE state = 'running' AND lease_owner = ?3
+                   AND claim_id IN (SELECT value FROM json_each(?4))
+                 RETURNING id, lease_token, queue, spec, attempts, interruptions, ?1 - run_at AS waited_ms",
+            )
+            .bind(now)
+            .bind(lease_ms(lease))
+            .bind(worker)
+            .bind(claims)
+            .fetch_all(&mut *tx)
+            .await?;
+            answer.recovered = rows.iter().map(decode_claimed).collect::<Result<_, _>>()?;
+            answer.recovered.sort_by_key(|job| job.lease.job);
+        }
         tx.commit().await?;
         Ok(answer)
     }
@@ -246,86 +303,95 @@ impl Store for SqliteStore {
         worker: &str,
         completions: &[Completion],
     ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = unix_ms_now();
+        let input: Vec<serde_json::Value> = completions
+            .iter()
+            .map(|c| {
+                let (kind, exit_code, error) = outcome_params(&c.outcome);
+                serde_json::json!({
+                    "id": c.lease.job.0,
+                    "token": c.lease.token.0,
+                    "kind": kind,
+                    "exit_code": exit_code,
+                    "error": error,
+                    "output": hex(&c.output),
+                })
+            })
+            .collect();
+        let input = serde_json::Value::Array(input).to_string();
         let mut tx = self.write().await?;
-        let mut results = Vec::with_capacity(completions.len());
-        for completion in completions {
-            let (kind, exit_code, error) = outcome_params(&completion.outcome);
-            let jitter = 0.75 + 0.5 * fastrand::f64();
-            let keep_output = matches!(completion.outcome, Outcome::HandBack);
-            let row = sqlx::query(
-                "UPDATE jobs SET
-                    attempts = attempts + CASE WHEN ?4 IN ('succeeded', 'failed') THEN 1 ELSE 0 END,
-                    interruptions = interruptions + CASE WHEN ?4 = 'interrupted' THEN 1 ELSE 0 END,
-                    state = CASE ?4
-                        WHEN 'succeeded' THEN 'succeeded'
-                        WHEN 'failed' THEN CASE WHEN attempts + 1 >= max_attempts THEN 'failed' ELSE 'queued' END
-                        WHEN 'interrupted' THEN CASE WHEN interruptions + 1 >= max_interruptions THEN 'failed' ELSE 'queued' END
-                        WHEN 'cancelled' THEN 'cancelled'
-                        ELSE 'queued' END,
-                    run_at = CASE WHEN ?4 = 'failed'
-                        THEN ?8 + CAST(min(600000, (1 << min(attempts, 20)) * 1000) * ?9 AS INTEGER)
-                        ELSE ?8 END,
-                    exit_code = CASE WHEN ?4 IN ('succeeded', 'failed') THEN ?5 ELSE exit_code END,
-                    error = CASE
-                        WHEN ?4 = 'failed' THEN ?6
-                        WHEN ?4 = 'succeeded' THEN NULL
-                        WHEN ?4 = 'interrupted' AND interruptions + 1 >= max_interruptions THEN ?10
-                        ELSE error END,
-                    output = CASE WHEN ?11 THEN output ELSE ?7 END,
-                    started_at = CASE WHEN ?4 = 'handed-back' THEN NULL ELSE started_at END,
-                    finished_at = CASE
-                        WHEN ?4 IN ('succeeded', 'cancelled') THEN ?8
-                        WHEN ?4 = 'failed' AND attempts + 1 >= max_attempts THEN ?8
-                        WHEN ?4 = 'interrupted' AND interruptions + 1 >= max_interruptions THEN ?8
-                        ELSE NULL END,
-                    lease_expires_at = NULL
-                 WHERE id = ?1 AND lease_owner = ?2 AND lease_token = ?3 AND state = 'running'
-                 RETURNING state",
-            )
-            .bind(completion.lease.job.0)
-            .bind(worker)
-            .bind(completion.lease.token.0)
-            .bind(kind)
-            .bind(exit_code)
-            .bind(error.as_deref())
-            .bind(&completion.output)
+        // Under BEGIN IMMEDIATE nothing changes between these statements.
+        let before: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, state FROM jobs WHERE id IN (SELECT value->>'id' FROM json_each(?1))",
+        )
+        .bind(&input)
+        .fetch_all(&mut *tx)
+        .await?;
+        let updated: Vec<(i64, String)> = sqlx::query_as(&record_sql())
+            .bind(&input)
             .bind(now)
-            .bind(jitter)
-            .bind(quarantine_reason(DEFAULT_MAX_INTERRUPTIONS))
-            .bind(keep_output)
-            .fetch_optional(&mut *tx)
+            .bind(worker)
+            .fetch_all(&mut *tx)
             .await?;
-            let (event, result) = match row {
-                Some(row) => {
-                    let state: String = row.try_get("state")?;
-                    let event = match (kind, state.as_str()) {
+        let new_state: BTreeMap<i64, &str> =
+            updated.iter().map(|(id, s)| (*id, s.as_str())).collect();
+        let old_state: BTreeMap<i64, &str> =
+            before.iter().map(|(id, s)| (*id, s.as_str())).collect();
+        let mut history = Vec::with_capacity(completions.len());
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            let id = c.lease.job.0;
+            let (kind, _, error) = outcome_params(&c.outcome);
+            let Some(old) = old_state.get(&id) else {
+                // The job was deleted (pruned): nothing to fence or record.
+                results.push((c.lease.job, RecordResult::Refused));
+                continue;
+            };
+            let (event, detail, result) = match new_state.get(&id) {
+                Some(state) => {
+                    let event = match (kind, *state) {
                         ("failed", "queued") => "retry-scheduled",
+                        ("failed" | "interrupted" | "handed-back", "cancelled") => "cancelled",
                         ("interrupted", "failed") => "failed",
                         _ => kind,
                     };
-                    (event, RecordResult::Recorded)
+                    let detail = if *old != "running" {
+                        Some(
+                            [error.as_deref(), Some("accepted after the lease expired: nobody had claimed the job since")]
+                                .into_iter()
+                                .flatten()
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        )
+                    } else {
+                        error
+                    };
+                    (event, detail, RecordResult::Recorded)
                 }
-                None => ("stale-write-refused", RecordResult::Refused),
+                None => (
+                    "stale-write-refused",
+                    Some(kind.to_string()),
+                    RecordResult::Refused,
+                ),
             };
-            sqlx::query(
-                "INSERT INTO job_events (job_id, at, kind, worker_id, lease_token, detail)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
-            )
-            .bind(completion.lease.job.0)
-            .bind(now)
-            .bind(event)
-            .bind(worker)
-            .bind(completion.lease.token.0)
-            .bind(if result == RecordResult::Refused {
-                Some(kind.to_string())
-            } else {
-                error
-            })
-            .execute(&mut *tx)
-            .await?;
-            results.push((completion.lease.job, result));
+            history.push(serde_json::json!({
+                "id": id, "kind": event, "token": c.lease.token.0, "detail": detail,
+            }));
+            results.push((c.lease.job, result));
         }
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, kind, worker_id, lease_token, detail)
+             SELECT value->>'id', ?2, value->>'kind', ?3, value->>'token', value->>'detail'
+             FROM json_each(?1)",
+        )
+        .bind(serde_json::Value::Array(history).to_string())
+        .bind(now)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(results)
     }
@@ -333,24 +399,17 @@ impl Store for SqliteStore {
     async fn reap_expired(&self) -> Result<u64, StoreError> {
         let now = unix_ms_now();
         let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "UPDATE jobs SET
-                interruptions = interruptions + CASE WHEN cancel_requested THEN 0 ELSE 1 END,
-                state = CASE WHEN cancel_requested THEN 'cancelled'
-                             WHEN interruptions + 1 >= max_interruptions THEN 'failed'
-                             ELSE 'queued' END,
-                error = CASE WHEN NOT cancel_requested AND interruptions + 1 >= max_interruptions THEN ?3 ELSE error END,
-                finished_at = CASE WHEN cancel_requested OR interruptions + 1 >= max_interruptions THEN ?1 ELSE NULL END,
-                run_at = ?1, lease_expires_at = NULL
-             WHERE id IN (
+        let rows = sqlx::query(&format!(
+            "UPDATE jobs AS j SET {}
+             WHERE j.id IN (
                 SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < ?1
                 ORDER BY lease_expires_at LIMIT ?2
              )
              RETURNING id, state, lease_owner, lease_token",
-        )
+            rules::reap_assignments(&dialect())
+        ))
         .bind(now)
         .bind(REAP_BATCH)
-        .bind(quarantine_reason(DEFAULT_MAX_INTERRUPTIONS))
         .fetch_all(&mut *tx)
         .await?;
         for row in &rows {
@@ -378,6 +437,7 @@ impl Store for SqliteStore {
             "UPDATE jobs SET
                 state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
                 cancel_requested = (state = 'running'),
+                lease_expired = 0,
                 finished_at = CASE WHEN state = 'queued' THEN ?2 ELSE finished_at END
              WHERE id = ?1 AND state IN ('queued', 'running')
              RETURNING state",
@@ -421,7 +481,8 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         let updated: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'queued', run_at = ?2, max_attempts = max(max_attempts, attempts + 1),
-                interruptions = 0, cancel_requested = 0, error = NULL, exit_code = NULL, finished_at = NULL
+                interruptions = 0, cancel_requested = 0, lease_expired = 0,
+                error = NULL, exit_code = NULL, finished_at = NULL
              WHERE id = ?1 AND state IN ('failed', 'cancelled')
              RETURNING id",
         )
@@ -488,9 +549,10 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn output(&self, id: JobId) -> Result<Option<String>, StoreError> {
-        let row: Option<Option<String>> =
-            sqlx::query_scalar("SELECT output FROM jobs WHERE id = ?")
+    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        // Text written before schema v2 reads back as its UTF-8 bytes.
+        let row: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT CAST(output AS BLOB) FROM jobs WHERE id = ?")
                 .bind(id.0)
                 .fetch_optional(&self.pool)
                 .await?;
