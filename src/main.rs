@@ -4,9 +4,27 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::Parser;
-use dockhand::cli::{self, Cli, Command, LogFormat, EXIT_FATAL};
+use dockhand::cli::{self, Cli, Command, LogFormat, EXIT_FATAL, EXIT_USAGE};
+use dockhand::errln;
 use dockhand::executor::watchdog::Watchdog;
 use tracing_subscriber::EnvFilter;
+
+/// The log's stderr: a write that fails (stderr closed) is dropped, never
+/// reported, so a worker without a reader keeps working. (tracing-subscriber
+/// reports a failed write with `eprint!`, which panics on a closed stderr.)
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
 
 fn init_logging(format: Option<LogFormat>, quiet: bool) {
     let default = if quiet {
@@ -17,7 +35,8 @@ fn init_logging(format: Option<LogFormat>, quiet: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .log_internal_errors(false)
+        .with_writer(|| QuietStderr);
     let text = format
         .map(|f| f == LogFormat::Text)
         .unwrap_or_else(|| std::io::stderr().is_terminal());
@@ -29,8 +48,8 @@ fn init_logging(format: Option<LogFormat>, quiet: bool) {
 }
 
 fn usage_error(line: &str) -> ! {
-    eprintln!("dockhand: error: {line} (see dockhand --help)");
-    std::process::exit(2);
+    errln!("dockhand: error: {line} (see dockhand --help)");
+    std::process::exit(EXIT_USAGE);
 }
 
 fn main() {
@@ -69,7 +88,7 @@ fn main() {
     if supervised {
         // SAFETY: no thread exists yet; the runtime is built below.
         if let Err(error) = unsafe { dockhand::pid1::supervise_if_pid1() } {
-            eprintln!("dockhand: error: cannot start as PID 1: {error}");
+            errln!("dockhand: error: cannot start as PID 1: {error}");
             std::process::exit(EXIT_FATAL);
         }
     }
@@ -78,7 +97,7 @@ fn main() {
         match unsafe { Watchdog::spawn() } {
             Ok(watchdog) => Some(watchdog),
             Err(error) => {
-                eprintln!("dockhand: error: cannot start the process watchdog: {error}");
+                errln!("dockhand: error: cannot start the process watchdog: {error}");
                 std::process::exit(EXIT_FATAL);
             }
         }
@@ -92,15 +111,20 @@ fn main() {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("dockhand: error: cannot start the runtime: {error}");
+            errln!("dockhand: error: cannot start the runtime: {error}");
             std::process::exit(EXIT_FATAL);
         }
     };
     let code = match runtime.block_on(cli::run(cli, watchdog)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("dockhand: error: {}", error.0);
-            EXIT_FATAL
+            if !error.message.is_empty() {
+                errln!(
+                    "dockhand: error: {}",
+                    dockhand::redact::redact_text(&error.message)
+                );
+            }
+            error.code
         }
     };
     // Store calls still in flight after the exit decision are abandoned.

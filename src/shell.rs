@@ -138,7 +138,7 @@ where
         }
         let deadline = machine
             .poll_timeout()
-            .map(|at| origin + at.since_origin())
+            .and_then(|at| origin.checked_add(at.since_origin()))
             .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
         let event = tokio::select! {
             biased;
@@ -364,7 +364,7 @@ fn perform<S: Store + Clone, E: Executor>(
                 StatusText(&status)
             );
             if config.status_to_stderr {
-                eprintln!("{line}");
+                crate::errln!("{line}");
             } else {
                 tracing::info!(worker_id, "{line}");
             }

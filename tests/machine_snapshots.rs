@@ -252,6 +252,69 @@ fn wake_up_while_draining_claims_nothing() {
 }
 
 #[test]
+fn lost_lease_kills_the_job_at_once() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(60_000)])?;
+        h.advance(ms(1000))?;
+        // The store reaped the lease (or another worker claimed the job):
+        // no grace, another copy may already run.
+        h.step(&Op::LeaseLost(0))?;
+        h.advance(ms(100))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn store_down_longer_than_the_lease_flushes_before_claiming() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(2000), quick(60_000)])?;
+        h.advance(ms(1000))?;
+        // Down for longer than the 15 s lease: the running job is stopped
+        // before its lease can expire; the finished one waits to be written.
+        h.set_store_healthy(false)?;
+        h.advance(ms(20_000))?;
+        // Back: the outcomes go first; only then a claim and a reap.
+        h.set_store_healthy(true)?;
+        h.advance(ms(2500))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn an_outcome_the_store_refuses_is_isolated_and_recorded_as_failed() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[quick(1000), quick(1000)])?;
+        // A short outage makes both outcomes wait, so they go out together.
+        h.set_store_healthy(false)?;
+        h.advance(ms(1500))?;
+        // The store refuses the batch, then the first outcome alone; the
+        // failure without output that replaces it is accepted.
+        h.refuse_records(2);
+        h.set_store_healthy(true)?;
+        h.advance(ms(500))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
+fn a_claim_whose_reply_was_lost_is_recovered_by_the_next_heartbeat() {
+    let trace = scenario(|h| {
+        h.answer_claim(&[])?;
+        h.hold_claims(true);
+        h.advance(ms(2000))?;
+        // The poll's claim commits one job but its reply never arrives.
+        h.step(&Op::ClaimLost(vec![quick(1000)]))?;
+        h.hold_claims(false);
+        h.advance(ms(5000))?;
+        h.signal(Signal::Term)
+    });
+    insta::assert_snapshot!(trace);
+}
+
+#[test]
 fn term_before_the_first_claim_is_sent_claims_nothing() {
     // The machine was created (its first claim queued) but the driver read a
     // pending TERM before performing any action.

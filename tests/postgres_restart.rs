@@ -181,3 +181,105 @@ async fn store_survives_a_server_restart_losing_nothing() {
     assert_eq!(counts.len(), JOBS);
     assert!(counts.values().all(|n| *n == 1));
 }
+
+/// An outage longer than the lease (issue 13, item 2): a worker whose job
+/// finished while the server was down must have that outcome accepted when
+/// the server returns; it must not reap its own job first and run it again.
+/// The real binary, a real server stop, `--lease 3s`, the server down 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_does_not_rerun_a_finished_job() {
+    let base = env("DOCKHAND_TEST_PG_RESTART");
+    let admin = PostgresStore::connect_with(&base, 1)
+        .await
+        .expect("restart cluster reachable");
+    let db = format!("dht_outage_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.pool().close().await;
+    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    let bin = env!("CARGO_BIN_EXE_dockhand");
+    let enqueue = Command::new(bin)
+        .args(["--database-url", &url, "enqueue", "--", "sh", "-c"])
+        .arg(format!(
+            "sleep 1; echo \"$DOCKHAND_JOB_ID\" >> {}",
+            effects.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(enqueue.status.success(), "{enqueue:?}");
+    let mut worker = Command::new(bin)
+        .args(["--database-url", &url, "worker", "--lease", "3s"])
+        .args(["--poll-interval", "200ms", "--shutdown-timeout", "2s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = PostgresStore::connect_with(&url, 1).await.unwrap();
+    let running = Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = store.list(&JobFilter::default()).await.unwrap();
+        if jobs.iter().any(|j| j.state == JobState::Running) {
+            break;
+        }
+        assert!(Instant::now() < running, "the job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.pool().close().await;
+    // The job finishes about a second from now, while the server is down;
+    // the server stays down for more than three leases.
+    pg_ctl("stop");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    pg_ctl("start");
+    let store = PostgresStore::connect_with(&url, 1).await.unwrap();
+    let done = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let jobs = store.list(&JobFilter::default()).await.unwrap();
+        if let Some(job) = jobs.into_iter().find(|j| j.state.is_final()) {
+            break job;
+        }
+        assert!(Instant::now() < done, "the job never reached a final state");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Give a wrongly requeued job the time to run again before judging.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    let status = worker.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = worker.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let events: Vec<(String,)> =
+        sqlx::query_as("SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id")
+            .bind(job.id.0)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|(k,)| k.as_str()).collect();
+    let ran = std::fs::read_to_string(&effects).unwrap_or_default();
+    assert_eq!(
+        ran.lines().count(),
+        1,
+        "the job ran {} times; history {kinds:?}\n{stderr}",
+        ran.lines().count()
+    );
+    let job = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.interruptions),
+        (JobState::Succeeded, 1, 0),
+        "history {kinds:?}\n{stderr}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "claimed").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

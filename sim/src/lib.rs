@@ -69,6 +69,12 @@ pub struct Params {
     pub crash_rate: f64,
     /// Chance per step of a partition.
     pub partition_rate: f64,
+    /// Chance per step of a database outage seen by every worker, lasting up
+    /// to three leases.
+    pub outage_rate: f64,
+    /// Chance per step that the operator cancels a job (queued, running,
+    /// being recorded, or already final).
+    pub cancel_rate: f64,
     /// Chance that a store call fails.
     pub store_error_rate: f64,
     /// Longest extra delay of a store call.
@@ -143,6 +149,8 @@ impl Params {
             signal_rate: rate(&mut rng, 0.01),
             crash_rate: rate(&mut rng, 0.003),
             partition_rate: rate(&mut rng, 0.003),
+            outage_rate: rate(&mut rng, 0.002),
+            cancel_rate: rate(&mut rng, 0.01),
             store_error_rate: rate(&mut rng, 0.3),
             store_delay: ms(&mut rng, 0, 300),
             latency: ms(&mut rng, 1, 100),
@@ -311,6 +319,8 @@ struct World {
     ended: BTreeMap<String, Duration>,
     /// Leases workers said they gave up (worker, job, token).
     abandoned: BTreeSet<(String, JobId, i64)>,
+    /// When the operator first cancelled each job.
+    cancels: BTreeMap<JobId, Duration>,
     exited_hosts: BTreeMap<String, Duration>,
     repairs: Vec<(Duration, String)>,
     exits_seen: usize,
@@ -497,6 +507,16 @@ impl World {
         if exit.code != 0 && exit.code != 75 {
             return Err(self.fail(format!("{} exited with {}", exit.worker, exit.code)));
         }
+        // A worker that nothing disturbed (no partition, outage, store error
+        // or slow network) never has to give a lease up: its heartbeats keep
+        // every lease alive until the job is recorded.
+        if !exit.abandoned.is_empty() && self.undisturbed(&exit.host) {
+            return Err(self.fail(format!(
+                "{} gave up the leases of jobs {:?} although nothing disturbed it: heartbeats stopped?",
+                exit.worker,
+                exit.abandoned.iter().map(|l| l.job).collect::<Vec<_>>()
+            )));
+        }
         // Every job this worker started and still leases in the store must be
         // one it says it abandoned (lease lost or expired, or left at the exit
         // deadline): those go to lease expiry. A claim whose reply was lost
@@ -519,6 +539,15 @@ impl World {
         Ok(())
     }
 
+    /// Whether `host` and the store were healthy for the whole run.
+    fn undisturbed(&self, host: &str) -> bool {
+        let p = &self.params;
+        !self.disturbed.contains_key(host)
+            && p.store_error_rate == 0.0
+            && p.outage_rate == 0.0
+            && p.latency + p.store_delay <= p.lease / 6
+    }
+
     /// Checks once every job is final.
     fn check_end(&mut self) -> Result<(), Failure> {
         let Some(store) = self.store() else {
@@ -532,14 +561,13 @@ impl World {
         for job in jobs.iter().rev() {
             let history =
                 now_or_never(store.history(job.id)).map_err(|e| self.fail(e.to_string()))?;
+            let detail = |e: &dockhand::store::JobEvent| e.detail.clone().unwrap_or_default();
             let runs = history
                 .iter()
                 .filter(|e| {
                     matches!(e.kind.as_str(), "succeeded" | "retry-scheduled")
-                        || (e.kind == "failed"
-                            && e.detail
-                                .as_deref()
-                                .is_some_and(|d| !d.contains("worker shutdown")))
+                        || (e.kind == "failed" && !detail(e).contains("worker shutdown"))
+                        || (e.kind == "cancelled" && detail(e).starts_with("attempt failed"))
                 })
                 .count() as u32;
             if job.attempts != runs {
@@ -547,6 +575,25 @@ impl World {
                     "job {} has attempts = {} but {} runs ended in success or failure (interruptions must not use attempts)",
                     job.id, job.attempts, runs
                 )));
+            }
+            // A cancel is never lost: once asked for, the job is not claimed
+            // again and ends cancelled (or succeeded, if its run finished).
+            let cancelled_at = history
+                .iter()
+                .position(|e| matches!(e.kind.as_str(), "cancel-requested" | "cancelled"));
+            if let Some(at) = cancelled_at {
+                if let Some(claim) = history[at..].iter().find(|e| e.kind == "claimed") {
+                    return Err(self.fail(format!(
+                        "job {} was claimed again at {}ms after it was cancelled: the cancel was lost",
+                        job.id, claim.at
+                    )));
+                }
+                if !matches!(job.state, JobState::Cancelled | JobState::Succeeded) {
+                    return Err(self.fail(format!(
+                        "job {} was cancelled but ended {}",
+                        job.id, job.state
+                    )));
+                }
             }
             for event in history.iter().filter(|e| e.kind == "lease-expired") {
                 let at = Duration::from_millis(event.at.max(0) as u64);
@@ -731,6 +778,7 @@ fn run_world(seed: u64) -> Result<Report, Failure> {
         crashed: BTreeMap::new(),
         ended: BTreeMap::new(),
         abandoned: BTreeSet::new(),
+        cancels: BTreeMap::new(),
         exited_hosts: BTreeMap::new(),
         repairs: Vec::new(),
         exits_seen: 0,
@@ -780,6 +828,35 @@ fn run_world(seed: u64) -> Result<Report, Failure> {
             lock(&world.shared).signals.remove(&host);
             world.line(now, format_args!("operator: crash {worker} (SIGKILL)"));
             restarts.push((now + Duration::from_millis(world.rng.u64(200..=3000)), host));
+        } else if roll < p.signal_rate + p.crash_rate + p.partition_rate + p.outage_rate
+            && roll >= p.signal_rate + p.crash_rate + p.partition_rate
+        {
+            // The database goes away for everyone, for up to three leases.
+            let until =
+                now + Duration::from_millis(world.rng.u64(100..=3 * p.lease.as_millis() as u64));
+            world.stats.partitions += 1;
+            world.line(
+                now,
+                format_args!("operator: database outage until {}ms", until.as_millis()),
+            );
+            for host in &hosts {
+                if world.partitioned.insert(host.clone()) {
+                    sim.partition(host.as_str(), "db");
+                    world.repairs.push((until, host.clone()));
+                }
+                world.disturbed.insert(host.clone(), now);
+            }
+        } else if roll
+            < p.signal_rate + p.crash_rate + p.partition_rate + p.outage_rate + p.cancel_rate
+            && roll >= p.signal_rate + p.crash_rate + p.partition_rate + p.outage_rate
+        {
+            let id = JobId(world.rng.i64(1..=p.jobs.len() as i64));
+            if let Some(store) = world.store() {
+                if let Ok(result) = now_or_never(store.cancel(id)) {
+                    world.cancels.entry(id).or_insert(now);
+                    world.line(now, format_args!("operator: cancel job {id}: {result:?}"));
+                }
+            }
         } else if roll < p.signal_rate + p.crash_rate + p.partition_rate
             && !world.partitioned.contains(&host)
         {
@@ -788,9 +865,14 @@ fn run_world(seed: u64) -> Result<Report, Failure> {
             world.partitioned.insert(host.clone());
             world.disturbed.insert(host.clone(), now);
             world.line(now, format_args!("operator: partition {host} from db"));
-            world
-                .repairs
-                .push((now + Duration::from_millis(world.rng.u64(200..=6000)), host));
+            world.repairs.push((
+                now + Duration::from_millis(
+                    world
+                        .rng
+                        .u64(200..=(3 * p.lease.as_millis() as u64).max(6000)),
+                ),
+                host,
+            ));
         }
         // Restart crashed hosts and exited workers (a rolling restart), repair partitions.
         let due: Vec<String> = restarts

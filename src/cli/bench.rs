@@ -130,11 +130,11 @@ async fn throughput(
         peak = peak.max(rss_kib());
     }
     shutdown.shutdown().await;
-    let report = run.await.map_err(|e| CliError(e.to_string()))?;
+    let report = run.await.map_err(|e| CliError::fatal(e.to_string()))?;
     let elapsed = start.elapsed();
     bar.finish_and_clear();
     if report.status.counters.succeeded < n {
-        return Err(CliError(format!(
+        return Err(CliError::fatal(format!(
             "only {} of {n} jobs were recorded as succeeded",
             report.status.counters.succeeded
         )));
@@ -258,7 +258,7 @@ async fn recovery(store: &AnyStore, lease: Duration) -> Result<Duration, CliErro
         )
         .await?;
     if claimed.is_empty() {
-        return Err(CliError("the recovery job could not be claimed".into()));
+        return Err(CliError::fatal("the recovery job could not be claimed"));
     }
     let start = Instant::now();
     let ran: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -284,7 +284,7 @@ async fn recovery(store: &AnyStore, lease: Duration) -> Result<Duration, CliErro
     let at = ran
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .ok_or_else(|| CliError("the abandoned job never ran again".into()))?;
+        .ok_or_else(|| CliError::fatal("the abandoned job never ran again"))?;
     Ok(at.duration_since(start))
 }
 
@@ -296,7 +296,7 @@ fn ms(d: Duration) -> f64 {
 pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, CliError> {
     let json = args.json;
     if !json {
-        println!(
+        crate::outln!(
             "dockhand bench on {} ({} jobs per round)",
             crate::store::redact_url(url),
             args.jobs
@@ -338,27 +338,27 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
             "lease_ms": args.lease.as_millis() as u64,
             "rss_kib": {"idle": idle_rss, "under_load": peak_rss},
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(0);
     }
-    println!("{:<46} {:>12}", "measure", "result");
-    println!("{:<46} {:>12.0}", "bulk enqueue (jobs/s)", enqueue_rate);
+    crate::outln!("{:<46} {:>12}", "measure", "result");
+    crate::outln!("{:<46} {:>12.0}", "bulk enqueue (jobs/s)", enqueue_rate);
     for (concurrency, n, rate) in &rounds {
-        println!(
+        crate::outln!(
             "{:<46} {:>12.0}",
             format!("no-op jobs/s at concurrency {concurrency} ({n} jobs)"),
             rate
         );
     }
-    println!("{:<46} {:>12.2}", "pickup latency p50 (ms)", ms(p50));
-    println!("{:<46} {:>12.2}", "pickup latency p99 (ms)", ms(p99));
-    println!("{:<46} {:>12.2}", "idle TERM -> exit (ms)", ms(idle_exit));
-    println!(
+    crate::outln!("{:<46} {:>12.2}", "pickup latency p50 (ms)", ms(p50));
+    crate::outln!("{:<46} {:>12.2}", "pickup latency p99 (ms)", ms(p99));
+    crate::outln!("{:<46} {:>12.2}", "idle TERM -> exit (ms)", ms(idle_exit));
+    crate::outln!(
         "{:<46} {:>12.2}",
         "last job done -> exit (ms)",
         ms(last_exit)
     );
-    println!(
+    crate::outln!(
         "{:<46} {:>12.0}",
         format!(
             "killed worker's job re-run (ms, lease {}s)",
@@ -366,7 +366,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
         ),
         ms(recovery)
     );
-    println!("{:<46} {:>12}", "RSS idle (KiB)", idle_rss);
-    println!("{:<46} {:>12}", "RSS under load (KiB)", peak_rss);
+    crate::outln!("{:<46} {:>12}", "RSS idle (KiB)", idle_rss);
+    crate::outln!("{:<46} {:>12}", "RSS under load (KiB)", peak_rss);
     Ok(0)
 }

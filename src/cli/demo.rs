@@ -71,7 +71,8 @@ const JOBS: [DemoJob; 6] = [
 /// (not a terminal), where indicatif would drop it.
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
-        println!("{line}");
+        // The tour goes on even if nobody reads it any more.
+        let _ = super::out::line(format_args!("{line}"));
     } else {
         bar.println(line);
     }
@@ -84,20 +85,20 @@ fn elapsed(start: tokio::time::Instant) -> String {
 /// Run the tour; the exit code is the worker's.
 pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
     let dir = tempfile::tempdir()
-        .map_err(|e| CliError(format!("cannot create a temporary directory: {e}")))?;
+        .map_err(|e| CliError::fatal(format!("cannot create a temporary directory: {e}")))?;
     let url = format!("sqlite://{}", dir.path().join("demo.db").display());
     let store = AnyStore::Sqlite(SqliteStore::open(&url).await?);
     store.migrate().await?;
 
-    println!("dockhand demo: one worker, six jobs, and a SIGTERM part-way through.");
-    println!("database: {url} (temporary)\n");
+    crate::outln!("dockhand demo: one worker, six jobs, and a SIGTERM part-way through.");
+    crate::outln!("database: {url} (temporary)\n");
     let mut labels = BTreeMap::new();
     for job in &JOBS {
         let mut new = NewJob::new(vec!["sh".into(), "-c".into(), job.script.into()]);
         new.max_attempts = job.max_attempts;
         let ids = store.enqueue_many(&[new]).await?;
         labels.insert(ids[0], job.label);
-        println!("  enqueued job {}  {:<9} {}", ids[0], job.label, job.what);
+        crate::outln!("  enqueued job {}  {:<9} {}", ids[0], job.label, job.what);
     }
     let config = Config {
         concurrency: 4,
@@ -107,7 +108,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         lease: Duration::from_secs(3),
         ..Config::default()
     };
-    println!(
+    crate::outln!(
         "\nworker: concurrency {}, shutdown timeout {}s, kill grace {}s (short, for the demo)\n",
         config.concurrency,
         config.shutdown_timeout.as_secs(),
@@ -165,16 +166,16 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let report = worker_task
         .await
-        .map_err(|e| CliError(format!("the worker task failed: {e}")))?;
+        .map_err(|e| CliError::fatal(format!("the worker task failed: {e}")))?;
     // The watcher takes one last look, so the log ends on the final states.
     let _ = stop_watcher.send(());
     let _ = watcher.await;
     bar.finish_and_clear();
     if let Some(message) = report.fatal {
-        return Err(CliError(message));
+        return Err(CliError::fatal(message));
     }
-    println!("\nshutdown trace (what the worker prints at exit):");
-    println!("{}", report.trace.trim_end());
+    crate::outln!("\nshutdown trace (what the worker prints at exit):");
+    crate::outln!("{}", report.trace.trim_end());
     summary(&store, &labels, report.code).await?;
     Ok(report.code)
 }
@@ -258,16 +259,16 @@ async fn summary(
 ) -> Result<(), CliError> {
     let jobs = store.list(&JobFilter::default()).await?;
     let by_label = |label: &str| jobs.iter().find(|j| labels.get(&j.id) == Some(&label));
-    println!("\nwhat happened:");
-    println!("  - at the SIGTERM the worker stopped claiming; jobs already running went on.");
+    crate::outln!("\nwhat happened:");
+    crate::outln!("  - at the SIGTERM the worker stopped claiming; jobs already running went on.");
     if let Some(slow) = by_label("slow") {
-        println!(
+        crate::outln!(
             "  - the slow job finished during the drain: {}.",
             slow.state
         );
     }
     if let Some(stubborn) = by_label("stubborn") {
-        println!(
+        crate::outln!(
             "  - the stubborn job ignored SIGTERM; after the shutdown timeout and the kill grace it was \
              killed and is {} again (interruptions {}, attempts {}): the next worker runs it, and an \
              interruption never uses up an attempt.",
@@ -275,9 +276,10 @@ async fn summary(
         );
     }
     if let Some(flaky) = by_label("flaky") {
-        println!(
+        crate::outln!(
             "  - the flaky job failed, was retried after a backoff, and is {} after {} attempts.",
-            flaky.state, flaky.attempts
+            flaky.state,
+            flaky.attempts
         );
     }
     let meaning = match code {
@@ -285,7 +287,7 @@ async fn summary(
         75 => "some job was interrupted and requeued (EX_TEMPFAIL): nothing is lost",
         _ => "the worker hit a fatal error",
     };
-    println!("  - exit code {code}: {meaning}.");
-    println!("\nnext: `cargo run -- enqueue -- sh -c 'sleep 5; echo done'`, then `cargo run -- worker` and press Ctrl-C.");
+    crate::outln!("  - exit code {code}: {meaning}.");
+    crate::outln!("\nnext: `cargo run -- enqueue -- sh -c 'sleep 5; echo done'`, then `cargo run -- worker` and press Ctrl-C.");
     Ok(())
 }

@@ -68,12 +68,16 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
+        "t" => 1 << 40,
         _ => return Err(format!("invalid memory size {text:?}; use e.g. 256m or 1g")),
     };
     let value: u64 = digits
         .parse()
         .map_err(|_| format!("invalid memory size {text:?}; use e.g. 256m or 1g"))?;
     match value.checked_mul(factor) {
+        Some(bytes) if bytes > crate::store::MAX_JOB_MEMORY => {
+            Err(format!("memory size {text:?} is too large (at most 1t)"))
+        }
         Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
         Some(_) => Err(format!(
             "memory limit {text:?} is below Docker's minimum of 6m"
@@ -142,30 +146,31 @@ impl Line {
 
 fn read_file(path: &PathBuf) -> Result<Vec<NewJob>, CliError> {
     let shown = path.display();
-    let file =
-        std::fs::File::open(path).map_err(|e| CliError(format!("cannot read {shown}: {e}")))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::fatal(format!("cannot read {shown}: {e}")))?;
     let mut jobs = Vec::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
-        let line = line.map_err(|e| CliError(format!("{shown}:{number}: cannot read: {e}")))?;
+        let line =
+            line.map_err(|e| CliError::fatal(format!("{shown}:{number}: cannot read: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
         if jobs.len() >= MAX_BULK {
-            return Err(CliError(format!(
+            return Err(CliError::fatal(format!(
                 "{shown}: more than {MAX_BULK} jobs; split the file"
             )));
         }
         let parsed: Line = serde_json::from_str(&line)
-            .map_err(|e| CliError(format!("{shown}:{number}: malformed job: {e}")))?;
+            .map_err(|e| CliError::fatal(format!("{shown}:{number}: malformed job: {e}")))?;
         let job = parsed
             .into_job()
-            .map_err(|e| CliError(format!("{shown}:{number}: {e}")))?;
-        validate(&job).map_err(|e| CliError(format!("{shown}:{number}: {e}")))?;
+            .map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
+        validate(&job).map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
         jobs.push(job);
     }
     if jobs.is_empty() {
-        return Err(CliError(format!("{shown}: no jobs in the file")));
+        return Err(CliError::fatal(format!("{shown}: no jobs in the file")));
     }
     Ok(jobs)
 }
@@ -192,7 +197,7 @@ pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
     };
     let ids = store.enqueue_many(&jobs).await?;
     for id in ids {
-        println!("{id}");
+        crate::outln!("{id}");
     }
     Ok(0)
 }

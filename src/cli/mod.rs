@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod enqueue;
+pub mod out;
 mod output;
 mod worker;
 
@@ -17,6 +18,8 @@ pub use worker::WorkerArgs;
 
 /// Exit code of a failed command (usage errors exit 2, through clap).
 pub const EXIT_FATAL: i32 = 1;
+/// Exit code of a usage error (a bad flag or value).
+pub const EXIT_USAGE: i32 = 2;
 
 /// dockhand: a job worker for containers and processes with a graceful
 /// shutdown you can trust.
@@ -118,19 +121,63 @@ pub struct StatusArgs {
     pub lease: Duration,
 }
 
-/// Parse `500ms`, `30s`, `2m`, `1h 30m`.
+/// Longest duration any flag or job field accepts: every deadline computed
+/// from one stays far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// Parse `500ms`, `30s`, `2m`, `1h 30m` (at most ten years).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 500ms, 30s, 2m"))
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 500ms, 30s, 2m"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("duration {text:?} is too long (at most ten years)"));
+    }
+    Ok(duration)
 }
 
-/// A failed command: one line for the user.
+/// A failed command: one line for the user, and the exit code.
 #[derive(Debug)]
-pub struct CliError(pub String);
+pub struct CliError {
+    /// What went wrong, in one line (empty: say nothing).
+    pub message: String,
+    /// The process exit code.
+    pub code: i32,
+}
+
+impl CliError {
+    /// A command that failed (exit 1).
+    pub fn fatal(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: EXIT_FATAL,
+        }
+    }
+
+    /// A bad value the parser could not catch (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: EXIT_USAGE,
+        }
+    }
+
+    /// Writing to stdout failed. A closed pipe means the reader has what it
+    /// wanted (`dockhand jobs | head -1`): the command ends quietly with 0.
+    pub fn stdout(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError {
+                message: String::new(),
+                code: 0,
+            }
+        } else {
+            CliError::fatal(format!("cannot write to standard output: {error}"))
+        }
+    }
+}
 
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(error: E) -> Self {
-        CliError(error.to_string())
+        CliError::fatal(error.to_string())
     }
 }
 
@@ -147,27 +194,41 @@ pub async fn run(
     cli: Cli,
     watchdog: Option<crate::executor::watchdog::Watchdog>,
 ) -> Result<i32, CliError> {
-    if let Command::Demo = cli.command {
-        return demo::run(watchdog).await;
-    }
-    let store = open_store(cli.database_url.as_deref()).await?;
-    match cli.command {
+    let url = cli.database_url.clone();
+    let url = url.as_deref();
+    let args = match cli.command {
+        Command::Demo => return demo::run(watchdog).await,
+        Command::Worker(args) => {
+            // Signal handlers before anything slow: a TERM while connecting
+            // or migrating is handled (a prompt exit 0: nothing was
+            // claimed), never the default action that kills the process.
+            let mut signals = worker::signal_source()?;
+            let store = tokio::select! {
+                biased;
+                signal = worker::startup_signal(&mut signals) => {
+                    crate::errln!("dockhand: {signal} while starting: exiting before any claim");
+                    return Ok(0);
+                }
+                store = open_store(url) => store?,
+            };
+            return worker::run(store, args, watchdog, signals).await;
+        }
+        other => other,
+    };
+    let store = open_store(url).await?;
+    match args {
         Command::Migrate => {
-            println!("database schema is up to date");
+            crate::outln!("database schema is up to date");
             Ok(0)
         }
         Command::Enqueue(args) => enqueue::run(&store, args).await,
-        Command::Worker(args) => worker::run(store, args, watchdog).await,
         Command::Jobs(args) => output::jobs(&store, args).await,
         Command::Show(args) => output::show(&store, args).await,
         Command::Logs(args) => output::logs(&store, args).await,
         Command::Cancel(args) => output::cancel(&store, args).await,
         Command::Retry(args) => output::retry(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
-        Command::Demo => Ok(0),
-        Command::Bench(args) => {
-            let url = cli.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
-            bench::run(&store, url, args).await
-        }
+        Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
+        Command::Demo | Command::Worker(_) => Ok(0),
     }
 }

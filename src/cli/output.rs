@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::{CliError, IdArg, JobsArgs, ShowArgs, StatusArgs};
 use crate::job::JobId;
 use crate::machine::fmt_duration;
-use crate::redact::redacted_env;
+use crate::redact::{redact_text, redacted_env};
 use crate::store::{AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, WorkerRow};
 
 /// Widest command shown in the `jobs` table.
@@ -23,9 +23,9 @@ fn opt_time(ms: Option<i64>) -> Value {
     ms.map(|ms| Value::String(time(ms))).unwrap_or(Value::Null)
 }
 
+/// The command as a shell would read it, URL passwords hidden.
 fn command_line(job: &Job) -> String {
-    job.spec
-        .command
+    shown_command(job)
         .iter()
         .map(|arg| {
             if arg.contains(char::is_whitespace) || arg.is_empty() {
@@ -38,6 +38,15 @@ fn command_line(job: &Job) -> String {
         .join(" ")
 }
 
+/// The command's words with URL passwords hidden (`psql postgres://u:pw@h`).
+fn shown_command(job: &Job) -> Vec<String> {
+    job.spec
+        .command
+        .iter()
+        .map(|arg| redact_text(arg))
+        .collect()
+}
+
 /// A job as JSON: the keys of the CLI contract, secrets redacted.
 pub fn job_json(job: &Job) -> Value {
     json!({
@@ -48,14 +57,14 @@ pub fn job_json(job: &Job) -> Value {
         "max_attempts": job.max_attempts,
         "interruptions": job.interruptions,
         "exit_code": job.exit_code,
-        "error": job.error,
+        "error": job.error.as_deref().map(redact_text),
         "worker_id": job.worker_id,
         "created_at": time(job.created_at),
         "run_at": time(job.run_at),
         "started_at": opt_time(job.started_at),
         "finished_at": opt_time(job.finished_at),
         "priority": job.priority,
-        "command": job.spec.command,
+        "command": shown_command(job),
         "image": job.spec.image,
         "env": redacted_env(&job.spec.env),
         "timeout_ms": job.spec.timeout_ms,
@@ -69,12 +78,12 @@ fn event_json(event: &JobEvent) -> Value {
         "kind": event.kind,
         "worker_id": event.worker_id,
         "lease_token": event.lease_token,
-        "detail": event.detail,
+        "detail": event.detail.as_deref().map(redact_text),
     })
 }
 
 fn print_json(value: &Value) -> Result<(), CliError> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    crate::outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -90,9 +99,12 @@ pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
         print_json(&Value::Array(jobs.iter().map(job_json).collect()))?;
         return Ok(0);
     }
-    println!(
+    crate::outln!(
         "{:>8}  {:<10}  {:<12}  {:>8}  COMMAND",
-        "ID", "STATE", "QUEUE", "ATTEMPTS"
+        "ID",
+        "STATE",
+        "QUEUE",
+        "ATTEMPTS"
     );
     for job in &jobs {
         let mut command = command_line(job);
@@ -102,7 +114,7 @@ pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
         if let Some(image) = &job.spec.image {
             command = format!("[{image}] {command}");
         }
-        println!(
+        crate::outln!(
             "{:>8}  {:<10}  {:<12}  {:>8}  {command}",
             job.id.0,
             job.state.as_str(),
@@ -117,7 +129,7 @@ async fn find(store: &AnyStore, id: i64) -> Result<Job, CliError> {
     store
         .get(JobId(id))
         .await?
-        .ok_or_else(|| CliError(format!("job {id} not found")))
+        .ok_or_else(|| CliError::fatal(format!("job {id} not found")))
 }
 
 /// `show`.
@@ -130,7 +142,10 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
         print_json(&value)?;
         return Ok(0);
     }
-    let line = |key: &str, value: String| println!("{key:<14} {value}");
+    let mut text = String::new();
+    let mut line = |key: &str, value: String| {
+        text.push_str(&format!("{key:<14} {value}\n"));
+    };
     line("id", job.id.to_string());
     line("state", job.state.to_string());
     line("queue", job.queue.clone());
@@ -154,7 +169,7 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
         line("exit code", code.to_string());
     }
     if let Some(error) = &job.error {
-        line("error", error.clone());
+        line("error", redact_text(error));
     }
     if let Some(worker) = &job.worker_id {
         line("worker", worker.clone());
@@ -166,9 +181,9 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
     if let Some(at) = job.finished_at {
         line("finished", time(at));
     }
-    println!("history:");
+    text.push_str("history:\n");
     for event in &history {
-        let mut text = format!("  {}  {}", time(event.at), event.kind);
+        text.push_str(&format!("  {}  {}", time(event.at), event.kind));
         if let Some(worker) = &event.worker_id {
             text.push_str(&format!("  worker={worker}"));
         }
@@ -176,10 +191,11 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
             text.push_str(&format!("  lease={token}"));
         }
         if let Some(detail) = &event.detail {
-            text.push_str(&format!("  {detail}"));
+            text.push_str(&format!("  {}", redact_text(detail)));
         }
-        println!("{text}");
+        text.push('\n');
     }
+    super::out::bytes(text.as_bytes())?;
     Ok(0)
 }
 
@@ -188,10 +204,7 @@ pub async fn logs(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
     let job = find(store, args.id).await?;
     if let Some(output) = store.output(job.id).await? {
         // The job's bytes as it wrote them, whatever they are.
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(&output)?;
-        stdout.flush()?;
+        super::out::bytes(&output)?;
     }
     Ok(0)
 }
@@ -200,17 +213,17 @@ pub async fn logs(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
 pub async fn cancel(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
     match store.cancel(JobId(args.id)).await? {
         CancelResult::Cancelled => {
-            println!("job {} cancelled", args.id);
+            crate::outln!("job {} cancelled", args.id);
             Ok(0)
         }
         CancelResult::Requested => {
-            println!(
+            crate::outln!(
                 "job {} is running: its worker will stop it and record it cancelled",
                 args.id
             );
             Ok(0)
         }
-        CancelResult::AlreadyFinal(state) => Err(CliError(format!(
+        CancelResult::AlreadyFinal(state) => Err(CliError::fatal(format!(
             "job {} is already {state}; nothing to cancel",
             args.id
         ))),
@@ -220,11 +233,11 @@ pub async fn cancel(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
 /// `retry`.
 pub async fn retry(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
     if store.retry(JobId(args.id)).await? {
-        println!("job {} queued again", args.id);
+        crate::outln!("job {} queued again", args.id);
         return Ok(0);
     }
     let job = find(store, args.id).await?;
-    Err(CliError(format!(
+    Err(CliError::fatal(format!(
         "job {} is {}; only failed or cancelled jobs can be retried",
         args.id, job.state
     )))
@@ -253,12 +266,15 @@ pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError>
         return Ok(0);
     }
     if workers.is_empty() {
-        println!("no workers");
+        crate::outln!("no workers");
         return Ok(0);
     }
-    println!(
+    crate::outln!(
         "{:<36}  {:<10}  {:>7}  {:<24}  JOBS",
-        "WORKER", "PHASE", "PID", "LAST HEARTBEAT"
+        "WORKER",
+        "PHASE",
+        "PID",
+        "LAST HEARTBEAT"
     );
     for worker in &workers {
         let phase = if worker.lost {
@@ -271,7 +287,7 @@ pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError>
             .iter()
             .map(|id| id.to_string())
             .collect();
-        println!(
+        crate::outln!(
             "{:<36}  {:<10}  {:>7}  {:<24}  {}",
             worker.info.id,
             phase,

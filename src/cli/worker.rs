@@ -77,7 +77,7 @@ pub(crate) fn host_name() -> String {
 /// so no signal falls to its default action once the worker runs.
 pub(crate) fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGUSR1])
-        .map_err(|e| CliError(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| CliError::fatal(format!("cannot install signal handlers: {e}")))?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some(signal) = signals.next().await {
@@ -138,17 +138,32 @@ async fn docker_executor(
     Ok(DockerExecutor::new(client, &store_id, worker_id, limits))
 }
 
+/// Wait, while the worker starts, for a TERM or INT (returned); a USR1 gets
+/// a status line saying the worker is starting.
+pub(crate) async fn startup_signal(signals: &mut mpsc::Receiver<Signal>) -> Signal {
+    loop {
+        match signals.recv().await {
+            Some(Signal::Usr1) => {
+                crate::errln!("dockhand status: phase=starting (connecting to the database)")
+            }
+            Some(signal) => return signal,
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Run the worker; the exit code is the machine's (0 or 75), 1 if fatal.
+/// `signals` were installed before the store was opened.
 pub async fn run(
     store: AnyStore,
     args: WorkerArgs,
     watchdog: Option<Watchdog>,
+    signals: mpsc::Receiver<Signal>,
 ) -> Result<i32, CliError> {
     let config = args.machine_config();
     config
         .validate()
-        .map_err(|e| CliError(format!("invalid worker configuration: {e}")))?;
-    let signals = signal_source()?;
+        .map_err(|e| CliError::usage(format!("invalid worker configuration: {e}")))?;
     let pid = std::process::id();
     let host = host_name();
     let worker = WorkerInfo {
@@ -162,7 +177,7 @@ pub async fn run(
     if let Some(addr) = &args.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| CliError(format!("cannot serve HTTP on {addr}: {e}")))?;
+            .map_err(|e| CliError::fatal(format!("cannot serve HTTP on {addr}: {e}")))?;
         let bound = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -191,10 +206,10 @@ pub async fn run(
     );
     let report = shell::run(store, executor, signals, shell_config).await;
     if let Some(message) = report.fatal {
-        return Err(CliError(message));
+        return Err(CliError::fatal(message));
     }
     if !report.trace.is_empty() {
-        eprintln!("shutdown trace:\n{}", report.trace.trim_end());
+        crate::errln!("shutdown trace:\n{}", report.trace.trim_end());
     }
     Ok(report.code)
 }

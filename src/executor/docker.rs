@@ -74,6 +74,10 @@ pub struct DockerExecutor {
     limits: Limits,
     /// Container of every job not yet forgotten.
     containers: Arc<Mutex<BTreeMap<JobId, String>>>,
+    /// Removals of containers whose outcome is recorded, still under way:
+    /// the worker waits for them before it exits, so no recorded job's
+    /// container outlives it.
+    removals: tokio::task::JoinSet<()>,
 }
 
 /// Connect to the local engine (`DOCKER_HOST` or the default socket),
@@ -122,6 +126,7 @@ impl DockerExecutor {
             worker_id: worker_id.to_string(),
             limits,
             containers: Arc::new(Mutex::new(BTreeMap::new())),
+            removals: tokio::task::JoinSet::new(),
         }
     }
 
@@ -343,8 +348,11 @@ impl Executor for DockerExecutor {
         let Some(container) = self.containers().remove(&job) else {
             return;
         };
+        // Finished removals are collected as new ones start: the set stays
+        // as small as the removals really under way.
+        while self.removals.try_join_next().is_some() {}
         let docker = self.docker.clone();
-        tokio::spawn(async move {
+        self.removals.spawn(async move {
             let options = RemoveContainerOptions {
                 v: true,
                 ..Default::default()
@@ -360,13 +368,20 @@ impl Executor for DockerExecutor {
             .into_iter()
             .collect();
         let docker = self.docker.clone();
+        let mut removals = std::mem::take(&mut self.removals);
         async move {
             let cleanup = async {
                 for (_, container) in containers {
                     kill_and_remove(&docker, &container).await;
                 }
+                while removals.join_next().await.is_some() {}
             };
-            let _ = tokio::time::timeout(EXIT_CLEANUP, cleanup).await;
+            if tokio::time::timeout(EXIT_CLEANUP, cleanup).await.is_err() {
+                tracing::warn!(
+                    "container clean-up at exit took over {}s; reconciliation will finish it",
+                    EXIT_CLEANUP.as_secs()
+                );
+            }
         }
     }
 }

@@ -12,6 +12,12 @@ pub const MAX_BATCH: u32 = 1000;
 pub const MIN_LEASE: Duration = Duration::from_millis(300);
 /// Shortest poll interval, so an empty queue is not hammered.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest drain (`shutdown_timeout`): a day. Every deadline the machine
+/// computes stays far from overflowing, and no orchestrator waits longer.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest of every other timing (kill grace, lease, poll interval, store
+/// grace, store backoff): an hour.
+pub const MAX_TIMING: Duration = Duration::from_secs(3600);
 
 /// Everything that decides the machine's timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +79,16 @@ pub enum ConfigError {
     /// Backoff cap of zero would retry failed writes in a busy loop.
     #[error("store backoff cap must be greater than zero")]
     StoreBackoff,
+    /// A timing beyond its upper bound.
+    #[error("{name} must be at most {}, got {}", super::fmt_duration(*.max), super::fmt_duration(*.got))]
+    TooLong {
+        /// Which timing.
+        name: &'static str,
+        /// Its bound.
+        max: Duration,
+        /// What was asked for.
+        got: Duration,
+    },
 }
 
 impl Config {
@@ -98,6 +114,23 @@ impl Config {
         }
         if self.max_store_backoff.is_zero() {
             return Err(ConfigError::StoreBackoff);
+        }
+        let bounds = [
+            (
+                "shutdown timeout",
+                self.shutdown_timeout,
+                MAX_SHUTDOWN_TIMEOUT,
+            ),
+            ("kill grace", self.kill_grace, MAX_TIMING),
+            ("lease", self.lease, MAX_TIMING),
+            ("poll interval", self.poll_interval, MAX_TIMING),
+            ("store grace", self.store_grace, MAX_TIMING),
+            ("store backoff cap", self.max_store_backoff, MAX_TIMING),
+        ];
+        for (name, got, max) in bounds {
+            if got > max {
+                return Err(ConfigError::TooLong { name, max, got });
+            }
         }
         Ok(())
     }
@@ -179,5 +212,37 @@ mod tests {
         for (config, expected) in bad {
             assert_eq!(config.validate(), Err(expected));
         }
+    }
+
+    #[test]
+    fn absurd_timings_are_refused_not_overflowed() {
+        let huge = Duration::from_secs(u64::MAX / 2);
+        let config = Config {
+            shutdown_timeout: huge,
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TooLong {
+                name: "shutdown timeout",
+                ..
+            })
+        ));
+        let config = Config {
+            shutdown_timeout: MAX_SHUTDOWN_TIMEOUT,
+            kill_grace: MAX_TIMING,
+            store_grace: MAX_TIMING,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert!(config.exit_bound() < Duration::from_secs(2 * 24 * 3600));
+        let error = Config {
+            lease: Duration::from_secs(7200),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(error, "lease must be at most 60m, got 120m");
     }
 }

@@ -245,6 +245,8 @@ pub struct Harness {
     recovery_given_up: BTreeSet<u64>,
     exit: Option<(Instant, i32)>,
     store_healthy: bool,
+    /// In auto mode, answer this many record batches with a permanent refusal.
+    refuse_records: u32,
 }
 
 /// A broken invariant, with the trace that led to it.
@@ -317,6 +319,7 @@ impl Harness {
             recovery_given_up: BTreeSet::new(),
             exit: None,
             store_healthy: true,
+            refuse_records: 0,
         };
         // The machine's first actions (its claim) come out of `new`.
         if let Err(violation) = harness.drain() {
@@ -575,6 +578,12 @@ impl Harness {
         } else {
             self.drain()
         }
+    }
+
+    /// In auto mode, refuse the next `n` record batches as invalid, as a
+    /// database refuses a value it cannot store (scenarios).
+    pub fn refuse_records(&mut self, n: u32) {
+        self.refuse_records = n;
     }
 
     /// Answer the claim in flight with these jobs (scenarios). In auto mode,
@@ -1052,6 +1061,11 @@ impl Harness {
                 self.machine.handle(event, self.now);
                 return Ok(true);
             }
+        }
+        if self.refuse_records > 0 && !self.records.is_empty() {
+            self.refuse_records -= 1;
+            self.answer_record(RecordAnswer::Invalid)?;
+            return Ok(true);
         }
         if let Some((request, batch)) = self.records.pop_front() {
             let mut results = Vec::new();

@@ -45,7 +45,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-pub use config::{Config, ConfigError, MAX_BATCH, MAX_CONCURRENCY, MIN_LEASE, MIN_POLL_INTERVAL};
+pub use config::{
+    Config, ConfigError, MAX_BATCH, MAX_CONCURRENCY, MAX_SHUTDOWN_TIMEOUT, MAX_TIMING, MIN_LEASE,
+    MIN_POLL_INTERVAL,
+};
 pub use time::{Fired, Instant, JobTimer, Timer, TimerTable};
 
 use crate::job::{

@@ -603,7 +603,7 @@ fn apply_outcome(
             row.job.error = Some(error.clone());
             if cancel {
                 row.job.state = JobState::Cancelled;
-                ("cancelled", Some(error))
+                ("cancelled", Some(format!("attempt failed: {error}")))
             } else if row.job.attempts >= row.job.max_attempts {
                 row.job.state = JobState::Failed;
                 ("failed", Some(error))

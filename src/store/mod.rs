@@ -51,6 +51,10 @@ pub const RETRY_BASE: Duration = Duration::from_secs(1);
 pub const RETRY_CAP: Duration = Duration::from_secs(600);
 /// A worker whose heartbeat is older than this many leases is presumed lost.
 pub const LOST_AFTER_LEASES: u32 = 2;
+/// Longest per-job timeout.
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest per-job memory limit.
+pub const MAX_JOB_MEMORY: u64 = 1 << 40;
 /// Schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -428,6 +432,27 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     }
     if job.spec.timeout_ms == Some(0) {
         return bad("timeout must be greater than zero".into());
+    }
+    if job
+        .spec
+        .timeout_ms
+        .is_some_and(|ms| ms > MAX_JOB_TIMEOUT.as_millis() as u64)
+    {
+        return bad("timeout must be at most 30 days".into());
+    }
+    if job
+        .spec
+        .memory_bytes
+        .is_some_and(|bytes| bytes > MAX_JOB_MEMORY)
+    {
+        return bad("memory limit must be at most 1 TiB".into());
+    }
+    if job
+        .spec
+        .cpu_millis
+        .is_some_and(|cpu| cpu == 0 || cpu > 1_024_000)
+    {
+        return bad("CPU limit must be between 0.001 and 1024 CPUs".into());
     }
     if job.delay > Duration::from_secs(366 * 24 * 3600) {
         return bad("delay must be under a year".into());

@@ -127,9 +127,11 @@ fn record_sql() -> String {
         ), history AS (
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
             SELECT upd.id, {event}, $7, upd.token,
-                CASE WHEN b.late
-                    THEN concat_ws('; ', upd.error, 'accepted after the lease expired: nobody had claimed the job since')
-                    ELSE upd.error END
+                concat_ws('; ',
+                    CASE WHEN upd.kind = 'failed' AND upd.state = 'cancelled'
+                        THEN 'attempt failed: ' || coalesce(upd.error, '') ELSE upd.error END,
+                    CASE WHEN b.late
+                        THEN 'accepted after the lease expired: nobody had claimed the job since' END)
             FROM upd LEFT JOIN before b ON b.id = upd.id
         ), refused AS (
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)

@@ -358,17 +358,17 @@ impl Store for SqliteStore {
                         ("interrupted", "failed") => "failed",
                         _ => kind,
                     };
-                    let detail = if *old != "running" {
-                        Some(
-                            [error.as_deref(), Some("accepted after the lease expired: nobody had claimed the job since")]
-                                .into_iter()
-                                .flatten()
-                                .collect::<Vec<_>>()
-                                .join("; "),
-                        )
-                    } else {
-                        error
+                    let error = match (kind, *state) {
+                        ("failed", "cancelled") => {
+                            Some(format!("attempt failed: {}", error.unwrap_or_default()))
+                        }
+                        _ => error,
                     };
+                    let late = (*old != "running").then_some(
+                        "accepted after the lease expired: nobody had claimed the job since",
+                    );
+                    let parts: Vec<&str> = [error.as_deref(), late].into_iter().flatten().collect();
+                    let detail = (!parts.is_empty()).then(|| parts.join("; "));
                     (event, detail, RecordResult::Recorded)
                 }
                 None => (
