@@ -161,20 +161,20 @@ where
             }
             _ = tokio::time::sleep_until(deadline) => Event::TimerFired,
         };
-        feed(&mut machine, &monitor, &mut executor, event, now());
+        feed(&mut machine, &monitor, event, now());
         // Take whatever else is already waiting, so replies and exits that
         // arrived together are handled before acting (outcomes batch up).
         for _ in 0..EVENT_CAPACITY {
             let next = match (events.try_recv(), exec_events.try_recv()) {
                 (Ok(a), Ok(b)) => {
-                    feed(&mut machine, &monitor, &mut executor, a, now());
+                    feed(&mut machine, &monitor, a, now());
                     exec_event(b)
                 }
                 (Ok(a), Err(_)) => a,
                 (Err(_), Ok(b)) => exec_event(b),
                 (Err(_), Err(_)) => break,
             };
-            feed(&mut machine, &monitor, &mut executor, next, now());
+            feed(&mut machine, &monitor, next, now());
         }
         publish_due = monitor.publish(&machine);
     };
@@ -220,32 +220,10 @@ async fn recv_wakeup(wakeups: &mut Option<mpsc::Receiver<Wakeup>>) -> Option<Wak
     }
 }
 
-/// Hand one event to the machine, after the metrics and the executor have
-/// seen what they need from it.
-fn feed<E: Executor>(
-    machine: &mut Machine,
-    monitor: &Monitor,
-    executor: &mut E,
-    event: Event,
-    now: Instant,
-) {
+/// Hand one event to the machine, after the metrics have seen it.
+fn feed(machine: &mut Machine, monitor: &Monitor, event: Event, now: Instant) {
     monitor.metrics.on_event(&event);
-    forget_recorded(executor, &event);
     machine.handle(event, now);
-}
-
-/// Once the store has an outcome (or refused it), the executor may let go
-/// of what it kept for the job (e.g. remove its container).
-fn forget_recorded<E: Executor>(executor: &mut E, event: &Event) {
-    if let Event::RecordReply {
-        result: Ok(results),
-        ..
-    } = event
-    {
-        for (job, _) in results {
-            executor.forget(*job);
-        }
-    }
 }
 
 fn exec_event(event: ExecEvent) -> Event {
@@ -321,6 +299,7 @@ fn perform<S: Store + Clone, E: Executor>(
             tracing::info!(worker_id, job_id = %job, %signal, "signalling job");
             executor.signal(job, signal);
         }
+        Action::Release { lease } => executor.release(lease),
         Action::Record {
             request,
             completions,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dockhand::executor::{ExecEvent, Executor};
-use dockhand::job::{ClaimedJob, Exit, JobId};
+use dockhand::job::{ClaimedJob, Exit, JobId, Lease, LeaseToken};
 use dockhand::machine::JobSignal;
 use tokio::sync::mpsc;
 
@@ -54,7 +54,7 @@ impl Behavior {
 pub struct SimExecutor {
     worker: String,
     shared: Arc<Mutex<Shared>>,
-    procs: BTreeMap<JobId, mpsc::Sender<JobSignal>>,
+    procs: BTreeMap<JobId, (LeaseToken, mpsc::Sender<JobSignal>)>,
 }
 
 impl SimExecutor {
@@ -74,7 +74,7 @@ impl Executor for SimExecutor {
         let id = lease.job;
         let behavior = Behavior::parse(&job.spec.command);
         let (tx, mut rx) = mpsc::channel(8);
-        self.procs.insert(id, tx);
+        self.procs.insert(id, (lease.token, tx));
         let key = (self.worker.clone(), id);
         {
             let mut shared = crate::lock(&self.shared);
@@ -116,17 +116,23 @@ impl Executor for SimExecutor {
     }
 
     fn signal(&mut self, job: JobId, signal: JobSignal) {
-        if let Some(tx) = self.procs.get(&job) {
+        if let Some((_, tx)) = self.procs.get(&job) {
             let _ = tx.try_send(signal);
         }
     }
 
-    fn forget(&mut self, job: JobId) {
-        self.procs.remove(&job);
+    fn release(&mut self, lease: Lease) {
+        if self
+            .procs
+            .get(&lease.job)
+            .is_some_and(|(token, _)| *token == lease.token)
+        {
+            self.procs.remove(&lease.job);
+        }
     }
 
     fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {
-        for tx in self.procs.values() {
+        for (_, tx) in self.procs.values() {
             let _ = tx.try_send(JobSignal::Kill);
         }
         std::future::ready(())

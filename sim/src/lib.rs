@@ -539,13 +539,16 @@ impl World {
         Ok(())
     }
 
-    /// Whether `host` and the store were healthy for the whole run.
+    /// Whether `host` and the store were healthy for the whole run: no
+    /// fault, and a store round trip within a sixth of the lease (the design
+    /// rule under which a worker never has to give a lease up: a heartbeat
+    /// every third of a lease, answered before the next one is due).
     fn undisturbed(&self, host: &str) -> bool {
         let p = &self.params;
         !self.disturbed.contains_key(host)
             && p.store_error_rate == 0.0
             && p.outage_rate == 0.0
-            && p.latency + p.store_delay <= p.lease / 6
+            && 2 * p.latency + p.store_delay <= p.lease / 6
     }
 
     /// Checks once every job is final.
@@ -624,7 +627,7 @@ impl World {
                         .last_store_error
                         .is_some_and(|e| at.saturating_sub(e) < window + self.params.lease)
                     || self.params.store_error_rate > 0.0
-                    || self.params.latency + self.params.store_delay > self.params.lease / 6;
+                    || 2 * self.params.latency + self.params.store_delay > self.params.lease / 6;
                 if !disturbed {
                     return Err(self.fail(format!(
                         "job {}'s lease expired at {at:?} although {worker} was alive and reachable: heartbeats stopped",

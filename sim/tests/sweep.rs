@@ -1,8 +1,8 @@
 //! The seed sweep run by `./scripts/test` (2,000 seeds), determinism, replay,
 //! and proof that the simulation catches planted bugs.
 //!
-//! Replay one seed with its full trace:
-//!   DOCKHAND_SEED=123 cargo test -p dockhand-sim --test sweep replay -- --nocapture
+//! Replay one seed with its full trace (and every worker's log):
+//!   DOCKHAND_SEED=123 [DOCKHAND_SIM_LOG=info] cargo test -p dockhand-sim --test sweep replay -- --nocapture
 //! Long hunts: `cargo run -p dockhand-sim --release -- --seeds 100000`.
 
 use dockhand::planted::Bug;
@@ -39,8 +39,19 @@ sweeps!(
     sweep_7 = 7
 );
 
+/// Replay one seed. With `DOCKHAND_SIM_LOG=info` (any tracing filter) every
+/// worker's log is printed too: each note the machine made, with its worker.
 #[test]
 fn replay() {
+    if let Ok(filter) = std::env::var("DOCKHAND_SIM_LOG") {
+        // Logs carry no time of their own (the clock is simulated): the
+        // trace's times place them.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .with_test_writer()
+            .try_init();
+    }
     let seed = std::env::var("DOCKHAND_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

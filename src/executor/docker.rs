@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{ExecEvent, Executor, OutputTail};
-use crate::job::{ClaimedJob, Exit, JobId, JobState};
+use crate::job::{ClaimedJob, Exit, JobId, JobState, Lease, LeaseToken};
 use crate::machine::JobSignal;
 use crate::store::Store;
 
@@ -43,6 +43,9 @@ pub const LABEL_TOKEN: &str = "dockhand.lease_token";
 
 /// Longest wait for cleanup of every container at worker exit.
 const EXIT_CLEANUP: Duration = Duration::from_secs(10);
+
+/// The container of each job's current run, and the lease it runs under.
+type Containers = Arc<Mutex<BTreeMap<JobId, (LeaseToken, String)>>>;
 
 /// Worker-level container limits (a job's own values win).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +75,8 @@ pub struct DockerExecutor {
     store_id: String,
     worker_id: String,
     limits: Limits,
-    /// Container of every job not yet forgotten.
-    containers: Arc<Mutex<BTreeMap<JobId, String>>>,
+    /// Container of every run not yet released, by job (one run at a time).
+    containers: Containers,
     /// Removals of containers whose outcome is recorded, still under way:
     /// the worker waits for them before it exits, so no recorded job's
     /// container outlives it.
@@ -130,7 +133,7 @@ impl DockerExecutor {
         }
     }
 
-    fn containers(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, String>> {
+    fn containers(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, (LeaseToken, String)>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -218,7 +221,7 @@ async fn run_container(
     store_id: String,
     job: ClaimedJob,
     body: ContainerCreateBody,
-    containers: Arc<Mutex<BTreeMap<JobId, String>>>,
+    containers: Containers,
     events: mpsc::Sender<ExecEvent>,
 ) {
     let lease = job.lease;
@@ -247,7 +250,7 @@ async fn run_container(
     containers
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id, container.clone());
+        .insert(id, (lease.token, container.clone()));
     if let Err(error) = docker.start_container(&container, None).await {
         let error = describe(&error, &image);
         let _ = docker
@@ -323,7 +326,7 @@ impl Executor for DockerExecutor {
     }
 
     fn signal(&mut self, job: JobId, signal: JobSignal) {
-        let Some(container) = self.containers().get(&job).cloned() else {
+        let Some((_, container)) = self.containers().get(&job).cloned() else {
             return;
         };
         let docker = self.docker.clone();
@@ -344,8 +347,16 @@ impl Executor for DockerExecutor {
         });
     }
 
-    fn forget(&mut self, job: JobId) {
-        let Some(container) = self.containers().remove(&job) else {
+    fn release(&mut self, lease: Lease) {
+        let job = lease.job;
+        let container = {
+            let mut containers = self.containers();
+            match containers.get(&job) {
+                Some((token, _)) if *token == lease.token => containers.remove(&job),
+                _ => None,
+            }
+        };
+        let Some((_, container)) = container else {
             return;
         };
         // Finished removals are collected as new ones start: the set stays
@@ -364,14 +375,15 @@ impl Executor for DockerExecutor {
     }
 
     fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {
-        let containers: Vec<(JobId, String)> = std::mem::take(&mut *self.containers())
-            .into_iter()
+        let containers: Vec<String> = std::mem::take(&mut *self.containers())
+            .into_values()
+            .map(|(_, container)| container)
             .collect();
         let docker = self.docker.clone();
         let mut removals = std::mem::take(&mut self.removals);
         async move {
             let cleanup = async {
-                for (_, container) in containers {
+                for container in containers {
                     kill_and_remove(&docker, &container).await;
                 }
                 while removals.join_next().await.is_some() {}

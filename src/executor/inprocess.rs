@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::{ExecEvent, Executor};
-use crate::job::{ClaimedJob, Exit, JobId};
+use crate::job::{ClaimedJob, Exit, JobId, Lease, LeaseToken};
 use crate::machine::JobSignal;
 
 /// What a handler receives.
@@ -63,7 +63,7 @@ pub type Handler = Arc<dyn Fn(JobContext) -> HandlerFuture + Send + Sync>;
 /// Executor of in-process handlers, by job kind.
 pub struct InProcessExecutor {
     handlers: Arc<BTreeMap<String, Handler>>,
-    running: BTreeMap<JobId, (watch::Sender<bool>, AbortHandle)>,
+    running: BTreeMap<JobId, (LeaseToken, watch::Sender<bool>, AbortHandle)>,
 }
 
 impl std::fmt::Debug for InProcessExecutor {
@@ -108,7 +108,7 @@ impl Executor for InProcessExecutor {
         };
         let work = tokio::spawn(handler(context));
         let abort = work.abort_handle();
-        self.running.insert(id, (cancel_tx, abort));
+        self.running.insert(id, (lease.token, cancel_tx, abort));
         tokio::spawn(async move {
             let _ = events.send(ExecEvent::Started { lease }).await;
             let (exit, output) = match work.await {
@@ -131,7 +131,7 @@ impl Executor for InProcessExecutor {
     }
 
     fn signal(&mut self, job: JobId, signal: JobSignal) {
-        let Some((cancel, abort)) = self.running.get(&job) else {
+        let Some((_, cancel, abort)) = self.running.get(&job) else {
             return;
         };
         match signal {
@@ -142,12 +142,18 @@ impl Executor for InProcessExecutor {
         }
     }
 
-    fn forget(&mut self, job: JobId) {
-        self.running.remove(&job);
+    fn release(&mut self, lease: Lease) {
+        if self
+            .running
+            .get(&lease.job)
+            .is_some_and(|(token, _, _)| *token == lease.token)
+        {
+            self.running.remove(&lease.job);
+        }
     }
 
     fn kill_all(&mut self) -> impl Future<Output = ()> + Send {
-        for (_, abort) in self.running.values() {
+        for (_, _, abort) in self.running.values() {
             abort.abort();
         }
         std::future::ready(())

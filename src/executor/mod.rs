@@ -54,10 +54,12 @@ pub trait Executor: Send + 'static {
     /// Send TERM or KILL to a running job (its whole process group).
     fn signal(&mut self, job: JobId, signal: JobSignal);
 
-    /// The job's outcome is recorded: release what is kept for it (a
-    /// container is removed only now, so its logs and exit code outlive a
-    /// crash between exit and record).
-    fn forget(&mut self, _job: JobId) {}
+    /// The machine is done with this run (its outcome is recorded, or it was
+    /// refused, superseded, lost or given up): release what is kept for it.
+    /// A container is removed only now, so its logs and exit code outlive a
+    /// crash between exit and record. A newer run of the same job is left
+    /// alone: only `lease` is released.
+    fn release(&mut self, _lease: Lease) {}
 
     /// KILL everything still running and clean up (the worker is exiting).
     fn kill_all(&mut self) -> impl Future<Output = ()> + Send;

@@ -1,12 +1,12 @@
 //! Sends each job to the right executor: a container when it has an image,
 //! a local process otherwise.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 
 use super::{DockerExecutor, ExecEvent, Executor, ProcessExecutor};
-use crate::job::{ClaimedJob, JobId};
+use crate::job::{ClaimedJob, JobId, Lease, LeaseToken};
 use crate::machine::JobSignal;
 
 /// Routes by `spec.image`.
@@ -16,7 +16,8 @@ pub struct Router {
     docker: Option<DockerExecutor>,
     /// Why there is no Docker executor, for the jobs that needed one.
     no_docker: String,
-    in_containers: BTreeSet<JobId>,
+    /// Jobs whose current run is a container, with its lease token.
+    in_containers: BTreeMap<JobId, LeaseToken>,
 }
 
 impl Router {
@@ -31,7 +32,7 @@ impl Router {
             process,
             docker,
             no_docker,
-            in_containers: BTreeSet::new(),
+            in_containers: BTreeMap::new(),
         }
     }
 }
@@ -45,7 +46,7 @@ impl Executor for Router {
         let id = lease.job;
         match &mut self.docker {
             Some(docker) => {
-                self.in_containers.insert(id);
+                self.in_containers.insert(id, lease.token);
                 docker.start(job, events);
             }
             None => {
@@ -58,16 +59,17 @@ impl Executor for Router {
     }
 
     fn signal(&mut self, job: JobId, signal: JobSignal) {
-        match (&mut self.docker, self.in_containers.contains(&job)) {
+        match (&mut self.docker, self.in_containers.contains_key(&job)) {
             (Some(docker), true) => docker.signal(job, signal),
             _ => self.process.signal(job, signal),
         }
     }
 
-    fn forget(&mut self, job: JobId) {
-        if self.in_containers.remove(&job) {
+    fn release(&mut self, lease: Lease) {
+        if self.in_containers.get(&lease.job) == Some(&lease.token) {
+            self.in_containers.remove(&lease.job);
             if let Some(docker) = &mut self.docker {
-                docker.forget(job);
+                docker.release(lease);
             }
         }
     }

@@ -239,6 +239,8 @@ pub struct Harness {
     refused_invalid: BTreeSet<Lease>,
     /// Outcomes whose write failed transiently and that are not written yet.
     unflushed: BTreeSet<Lease>,
+    /// Runs the machine told the executor to let go of.
+    released: BTreeSet<Lease>,
     interrupted_emitted: bool,
     /// A heartbeat failed after the first signal: the machine may give up
     /// on recovering lost claims.
@@ -315,6 +317,7 @@ impl Harness {
             exits: BTreeMap::new(),
             refused_invalid: BTreeSet::new(),
             unflushed: BTreeSet::new(),
+            released: BTreeSet::new(),
             interrupted_emitted: false,
             recovery_given_up: BTreeSet::new(),
             exit: None,
@@ -1237,6 +1240,25 @@ impl Harness {
                 }
                 self.reap_pending = Some(request);
             }
+            Action::Release { lease } => {
+                if !self.given.contains(&lease) {
+                    return self.violation(&format!(
+                        "release of job {} with a lease never given",
+                        lease.job
+                    ));
+                }
+                if self.procs.get(&lease.job).is_some_and(|p| p.lease == lease)
+                    || self.starts.contains(&lease)
+                {
+                    return self.violation(&format!(
+                        "job {} released while its run is still alive",
+                        lease.job
+                    ));
+                }
+                if !self.released.insert(lease) {
+                    return self.violation(&format!("job {} released twice", lease.job));
+                }
+            }
             Action::ReportStatus(_) => {}
             Action::Exit { code } => self.check_exit(code)?,
         }
@@ -1339,6 +1361,29 @@ impl Harness {
         if let (Some(claim), true) = (unrecovered, took < bound) {
             return self.violation(&format!(
                 "exit without recovering claim {claim}, whose reply was lost, though the store could be reached"
+            ));
+        }
+        // Every run is let go of before the exit (a container removed once
+        // its outcome is written, not at the exit or never).
+        // Giving up at the exit deadline, the machine kills what still runs:
+        // another worker starts the job once its lease expires.
+        if let Some(proc_) = self.procs.values().next() {
+            return self.violation(&format!("exit leaves job {} running", proc_.lease.job));
+        }
+        let alive: BTreeSet<Lease> = self
+            .procs
+            .values()
+            .map(|p| p.lease)
+            .chain(self.starts.iter().copied())
+            .collect();
+        if let Some(lease) = self
+            .started
+            .iter()
+            .find(|l| !self.released.contains(l) && !alive.contains(l))
+        {
+            return self.violation(&format!(
+                "exit without releasing the run of job {} (lease {})",
+                lease.job, lease.token
             ));
         }
         if code == EXIT_OK && (self.interrupted_emitted || unfinished > 0) {

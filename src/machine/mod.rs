@@ -305,6 +305,13 @@ pub enum Action {
         /// the store hands over the jobs they took.
         recover: Vec<u64>,
     },
+    /// The run under this lease is over for this worker (recorded, refused,
+    /// superseded, lost or given up): the executor may let go of what it
+    /// keeps for it (e.g. remove its container). Never answered.
+    Release {
+        /// The run.
+        lease: Lease,
+    },
     /// Requeue jobs whose lease expired (any worker's); answer with
     /// [`Event::ReapReply`]. At most one is in flight.
     Reap {
@@ -528,6 +535,10 @@ pub struct Machine {
     reap_in_flight: Option<u64>,
     /// Request id, send time, leases and recovered claim ids of the heartbeat in flight.
     heartbeat_in_flight: Option<(u64, Instant, Vec<JobId>, Vec<u64>)>,
+    /// A heartbeat fell due while one was in flight: it goes as soon as that
+    /// one is answered, not a whole interval later (slow round trips would
+    /// otherwise let leases run short).
+    heartbeat_due: bool,
     /// Claims whose reply never arrived (timed out or connection lost):
     /// they may have committed, so the next heartbeat asks for their jobs.
     uncertain: VecDeque<u64>,
@@ -562,6 +573,7 @@ impl Machine {
             reap_wanted: false,
             reap_in_flight: None,
             heartbeat_in_flight: None,
+            heartbeat_due: false,
             uncertain: VecDeque::new(),
             store_up: true,
             signals: 0,
@@ -935,7 +947,28 @@ impl Machine {
             };
             self.note_job(*id, text);
         }
-        self.slots.clear();
+        for id in ids.iter().copied() {
+            match self.slots.get(&id).map(|slot| (slot.state, slot.sent)) {
+                // Still alive: it must not run on beside the copy another
+                // worker will start once the lease expires.
+                Some((SlotState::Running, sent)) => {
+                    if sent != Some(JobSignal::Kill) {
+                        self.actions.push_back(Action::Signal {
+                            job: id,
+                            signal: JobSignal::Kill,
+                        });
+                    }
+                    self.slots.remove(&id);
+                }
+                // Not yet started: the executor's exit clean-up stops it.
+                Some((SlotState::Starting, _)) => {
+                    self.slots.remove(&id);
+                }
+                _ => {
+                    self.release(id);
+                }
+            }
+        }
         self.claim_in_flight = None;
         self.uncertain.clear();
         let cause = format!(
@@ -1022,7 +1055,7 @@ impl Machine {
                 self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
                 return true;
             }
-            self.slots.remove(&id);
+            self.release(id);
             self.counters.superseded += 1;
             self.note_job(
                 id,
@@ -1259,7 +1292,7 @@ impl Machine {
             self.interrupted = true;
         }
         if reason == Some(StopReason::LeaseLost) {
-            let next = self.slots.remove(&id).and_then(|slot| slot.next);
+            let next = self.release(id).and_then(|slot| slot.next);
             self.counters.lost += 1;
             self.abandon(lease);
             self.note_job(
@@ -1280,17 +1313,30 @@ impl Machine {
             fmt_duration(elapsed),
             outcome.name()
         );
+        let store_down = !self.store_up || self.record_blocked;
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.outcome = Some(Completion {
                 lease,
                 outcome,
                 output,
             });
+            // An outcome that meets a store we know to be down is flushed
+            // before any claim or reap once it is back.
+            slot.record_failed = store_down;
         }
         self.note_job(id, text);
     }
 
     // ----- store replies -------------------------------------------------------
+
+    /// Let go of a job's slot, telling the executor its run is over.
+    fn release(&mut self, id: JobId) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        self.actions.push_back(Action::Release {
+            lease: slot.job.lease,
+        });
+        Some(slot)
+    }
 
     /// The slot holding exactly this lease (not a newer claim of the job).
     fn slot_of(&mut self, lease: Lease) -> Option<&mut Slot> {
@@ -1322,7 +1368,7 @@ impl Machine {
                     match results.get(&lease.job) {
                         Some(RecordResult::Recorded) => self.recorded(lease.job),
                         Some(RecordResult::Refused) => {
-                            self.slots.remove(&lease.job);
+                            self.release(lease.job);
                             self.counters.refused += 1;
                             self.note_job(lease.job, "outcome refused by the store: stale lease, another worker owns the job".into());
                         }
@@ -1338,6 +1384,12 @@ impl Machine {
                 for lease in &sent {
                     if let Some(slot) = self.slot_of(*lease) {
                         slot.sending = false;
+                    }
+                }
+                // Every outcome now waiting is flushed before any claim or
+                // reap, not only this batch.
+                for slot in self.slots.values_mut() {
+                    if slot.outcome.is_some() {
                         slot.record_failed = true;
                     }
                 }
@@ -1415,7 +1467,7 @@ impl Machine {
         }
         // Even the plainest outcome is refused: leave the job to its lease,
         // so the store's reaper gives it to a worker again.
-        self.slots.remove(&lease.job);
+        self.release(lease.job);
         self.gave_up += 1;
         self.abandon(lease);
         self.note_job(
@@ -1425,7 +1477,7 @@ impl Machine {
     }
 
     fn recorded(&mut self, id: JobId) {
-        let Some(slot) = self.slots.remove(&id) else {
+        let Some(slot) = self.release(id) else {
             return;
         };
         let Some(completion) = slot.outcome else {
@@ -1459,8 +1511,10 @@ impl Machine {
 
     fn send_heartbeat(&mut self) {
         if self.heartbeat_in_flight.is_some() {
+            self.heartbeat_due = true;
             return;
         }
+        self.heartbeat_due = false;
         // Finished jobs waiting for their outcome write keep their lease too.
         let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
         let ids = leases.iter().map(|lease| lease.job).collect();
@@ -1529,6 +1583,9 @@ impl Machine {
                 }
                 self.store_down(&format!("heartbeat failed: {failure}"));
             }
+        }
+        if self.heartbeat_due {
+            self.send_heartbeat();
         }
     }
 

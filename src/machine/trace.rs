@@ -213,6 +213,7 @@ impl fmt::Display for ActionText<'_> {
                 }
                 f.write_str(")")
             }
+            Action::Release { lease } => write!(f, "release job {}", lease.job),
             Action::Reap { .. } => f.write_str("reap expired leases"),
             Action::ReportStatus(status) => write!(f, "status {}", StatusText(status)),
             Action::Exit { code } => write!(f, "exit {code}"),
