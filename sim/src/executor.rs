@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dockhand::executor::{ExecEvent, Executor};
+use dockhand::job::JobSignal;
 use dockhand::job::{ClaimedJob, Exit, JobId, Lease, LeaseToken};
-use dockhand::machine::JobSignal;
 use tokio::sync::mpsc;
 
 use crate::Shared;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
-use dockhand::machine::{HeartbeatAnswer, Phase};
+use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
     CancelResult, Job, JobEvent, JobFilter, MemoryStore, Store, StoreError, Wakeup, WorkerInfo,
     WorkerRow,

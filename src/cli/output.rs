@@ -56,6 +56,7 @@ pub fn job_json(job: &Job) -> Value {
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "interruptions": job.interruptions,
+        "max_interruptions": job.max_interruptions,
         "exit_code": job.exit_code,
         "error": job.error.as_deref().map(redact_text),
         "worker_id": job.worker_id,

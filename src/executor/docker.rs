@@ -26,8 +26,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{ExecEvent, Executor, OutputTail};
+use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, JobState, Lease, LeaseToken};
-use crate::machine::JobSignal;
 use crate::store::Store;
 
 /// Label: this container is run by dockhand.

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::{ExecEvent, Executor};
+use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, Lease, LeaseToken};
-use crate::machine::JobSignal;
 
 /// What a handler receives.
 #[derive(Clone, Debug)]

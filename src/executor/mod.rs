@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 
 use std::future::Future;
 
+use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, Lease, OUTPUT_LIMIT};
-use crate::machine::JobSignal;
 
 pub use docker::DockerExecutor;
 pub use process::ProcessExecutor;

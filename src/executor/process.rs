@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use super::watchdog::Watchdog;
 use super::{ExecEvent, Executor, OutputTail};
+use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId};
-use crate::machine::JobSignal;
 
 /// Variables passed from the worker's environment to jobs; nothing else is,
 /// so the worker's secrets (e.g. `DATABASE_URL`) never reach a job.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
 use super::{DockerExecutor, ExecEvent, Executor, ProcessExecutor};
+use crate::job::JobSignal;
 use crate::job::{ClaimedJob, JobId, Lease, LeaseToken};
-use crate::machine::JobSignal;
 
 /// Routes by `spec.image`.
 #[derive(Debug)]

@@ -54,6 +54,7 @@ pub use time::{Fired, Instant, JobTimer, Timer, TimerTable};
 use crate::job::{
     tail, ClaimedJob, Completion, Exit, JobId, Lease, Outcome, RecordResult, OUTPUT_LIMIT,
 };
+pub use crate::job::{HeartbeatAnswer, JobSignal, Phase};
 use crate::planted::{self, Bug};
 
 /// Most abandoned leases remembered.
@@ -85,57 +86,6 @@ impl fmt::Display for Signal {
             Signal::Int => "SIGINT",
             Signal::Usr1 => "SIGUSR1",
         })
-    }
-}
-
-/// A signal the machine sends to one job (its process group or container).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum JobSignal {
-    /// Ask it to stop.
-    Term,
-    /// Make it stop.
-    Kill,
-}
-
-impl fmt::Display for JobSignal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            JobSignal::Term => "SIGTERM",
-            JobSignal::Kill => "SIGKILL",
-        })
-    }
-}
-
-/// The worker's phase, as reported to the outside.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub enum Phase {
-    /// Claiming and running jobs.
-    Running,
-    /// Shutdown requested: no claims, running jobs go on.
-    Draining,
-    /// Drain over: jobs are being stopped.
-    TimedOut,
-    /// Done; the worker exits.
-    Stopped,
-}
-
-impl Phase {
-    /// Lower-case name, as in logs, the workers table and `/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Running => "running",
-            Phase::Draining => "draining",
-            Phase::TimedOut => "timed-out",
-            Phase::Stopped => "stopped",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -172,19 +122,6 @@ impl fmt::Display for StoreFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
-}
-
-/// The store's answer to a heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HeartbeatAnswer {
-    /// Jobs whose lease we no longer hold (reaped, or claimed by another).
-    pub lost: Vec<JobId>,
-    /// Jobs a user asked to cancel.
-    pub cancelled: Vec<JobId>,
-    /// Jobs of claims whose reply never arrived, found running under this
-    /// worker: they are ours to run (or hand back).
-    #[serde(default)]
-    pub recovered: Vec<ClaimedJob>,
 }
 
 /// Something that happened, fed to [`Machine::handle`].

@@ -20,7 +20,7 @@ use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
     RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
-use crate::machine::{HeartbeatAnswer, Phase};
+use crate::job::{HeartbeatAnswer, Phase};
 
 #[derive(Debug)]
 struct Row {
@@ -196,6 +196,7 @@ impl Store for MemoryStore {
                 attempts: 0,
                 max_attempts: new.max_attempts,
                 interruptions: 0,
+                max_interruptions: DEFAULT_MAX_INTERRUPTIONS,
                 exit_code: None,
                 error: None,
                 worker_id: None,
@@ -621,7 +622,7 @@ fn apply_outcome(
             if cancel {
                 row.job.state = JobState::Cancelled;
                 ("cancelled", Some(reason))
-            } else if row.job.interruptions >= DEFAULT_MAX_INTERRUPTIONS {
+            } else if row.job.interruptions >= row.job.max_interruptions {
                 row.job.state = JobState::Failed;
                 row.job.error = Some(quarantine_reason(row.job.interruptions));
                 ("failed", Some(reason))
@@ -656,7 +657,7 @@ fn apply_outcome(
 /// A reaped run: requeue without using an attempt, or quarantine.
 fn interrupt(row: &mut Row, now: i64) {
     row.job.interruptions += 1;
-    if row.job.interruptions >= DEFAULT_MAX_INTERRUPTIONS {
+    if row.job.interruptions >= row.job.max_interruptions {
         row.job.state = JobState::Failed;
         row.job.error = Some(quarantine_reason(row.job.interruptions));
         row.job.finished_at = Some(now);

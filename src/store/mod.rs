@@ -10,6 +10,7 @@
 //! foreign lease changes nothing and is reported as
 //! [`RecordResult::Refused`].
 
+mod any;
 pub mod memory;
 pub mod postgres;
 mod rules;
@@ -26,8 +27,9 @@ use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobSpec, JobState, Lease, NewJob, Outcome,
     RecordResult,
 };
-use crate::machine::{HeartbeatAnswer, Phase};
+use crate::job::{HeartbeatAnswer, Phase};
 
+pub use any::AnyStore;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -183,6 +185,8 @@ pub struct Job {
     pub max_attempts: u32,
     /// Runs interrupted by shutdown or a lost worker.
     pub interruptions: u32,
+    /// Interruptions after which the job is failed instead of requeued.
+    pub max_interruptions: u32,
     /// Exit code of the last run that exited.
     pub exit_code: Option<i32>,
     /// Why the last run failed, in words.
@@ -508,119 +512,6 @@ pub fn unix_ms_now() -> i64 {
 
 pub use crate::redact::redact_url;
 
-/// Any backend, chosen by URL at run time.
-#[derive(Clone, Debug)]
-pub enum AnyStore {
-    /// PostgreSQL.
-    Postgres(PostgresStore),
-    /// SQLite.
-    Sqlite(SqliteStore),
-    /// In memory.
-    Memory(MemoryStore),
-}
-
-impl AnyStore {
-    /// Open `postgres://…`, `sqlite://…` or `memory://`; checks the URL and
-    /// connects, without migrating.
-    pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
-        let bad = |reason: &str| StoreError::BadUrl {
-            url: redact_url(url),
-            reason: reason.to_string(),
-        };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(AnyStore::Postgres(PostgresStore::connect(url).await?))
-        } else if url.starts_with("sqlite:") {
-            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
-        } else if url == "memory://" {
-            Ok(AnyStore::Memory(MemoryStore::new()))
-        } else {
-            Err(bad("expected postgres://…, sqlite://FILE or memory://"))
-        }
-    }
-}
-
-macro_rules! delegate {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            AnyStore::Postgres($store) => $call.await,
-            AnyStore::Sqlite($store) => $call.await,
-            AnyStore::Memory($store) => $call.await,
-        }
-    };
-}
-
-impl Store for AnyStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        delegate!(self, s => s.migrate())
-    }
-    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
-        delegate!(self, s => s.enqueue_many(jobs))
-    }
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        delegate!(self, s => s.claim(worker, queues, max, lease, claim_id))
-    }
-    async fn heartbeat(
-        &self,
-        worker: &str,
-        phase: Phase,
-        leases: &[Lease],
-        lease: Duration,
-        recover: &[u64],
-    ) -> Result<HeartbeatAnswer, StoreError> {
-        delegate!(self, s => s.heartbeat(worker, phase, leases, lease, recover))
-    }
-    async fn record(
-        &self,
-        worker: &str,
-        completions: &[Completion],
-    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
-        delegate!(self, s => s.record(worker, completions))
-    }
-    async fn reap_expired(&self) -> Result<u64, StoreError> {
-        delegate!(self, s => s.reap_expired())
-    }
-    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
-        delegate!(self, s => s.cancel(id))
-    }
-    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
-        delegate!(self, s => s.retry(id))
-    }
-    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        delegate!(self, s => s.get(id))
-    }
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
-        delegate!(self, s => s.list(filter))
-    }
-    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
-        delegate!(self, s => s.history(id))
-    }
-    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        delegate!(self, s => s.output(id))
-    }
-    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
-        delegate!(self, s => s.register_worker(info))
-    }
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
-        delegate!(self, s => s.deregister_worker(id))
-    }
-    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
-        delegate!(self, s => s.workers(lease))
-    }
-    async fn instance_id(&self) -> Result<String, StoreError> {
-        delegate!(self, s => s.instance_id())
-    }
-    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
-        delegate!(self, s => s.wakeups())
-    }
-}
-
 /// The outcome as SQL parameters: kind, exit code, error.
 /// Error texts are made storable (no NUL, bounded) here, for every backend.
 pub(crate) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, Option<String>) {
@@ -632,6 +523,27 @@ pub(crate) fn outcome_params(outcome: &Outcome) -> (&'static str, Option<i32>, O
         Outcome::Cancelled => ("cancelled", None, None),
         Outcome::HandBack => ("handed-back", None, None),
     }
+}
+
+/// The migrations a database at schema `current` still needs, in order; a
+/// database migrated by a newer dockhand is refused. Both SQL backends
+/// apply the plan inside their own migration transaction.
+pub(crate) fn migration_plan<'a>(
+    current: Option<i64>,
+    migrations: &'a [(i64, &'a str)],
+) -> Result<Vec<(i64, Vec<&'a str>)>, StoreError> {
+    let current = current.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(migrations
+        .iter()
+        .filter(|(version, _)| *version > current)
+        .map(|(version, sql)| (*version, statements(sql)))
+        .collect())
 }
 
 /// The statements of a migration file: split on `;` at line ends, comments
@@ -700,6 +612,7 @@ where
         attempts: count("attempts")?,
         max_attempts: count("max_attempts")?,
         interruptions: count("interruptions")?,
+        max_interruptions: count("max_interruptions")?,
         exit_code: row.try_get("exit_code")?,
         error: row.try_get("error")?,
         worker_id: row.try_get("lease_owner")?,

@@ -10,12 +10,15 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, outcome_params, redact_url, validate_all, CancelResult, Job,
-    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
-    REAP_BATCH, SCHEMA_VERSION, WAKEUP_CAPACITY,
+    decode_claimed, decode_job, migration_plan, outcome_params, redact_url, validate_all,
+    CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    LOST_AFTER_LEASES, REAP_BATCH, WAKEUP_CAPACITY,
 };
-use crate::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, Outcome, RecordResult};
-use crate::machine::{HeartbeatAnswer, Phase};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, NewJob, Outcome, RecordResult,
+    DEFAULT_MAX_INTERRUPTIONS,
+};
+use crate::job::{HeartbeatAnswer, Phase};
 
 const MIGRATIONS: [(i64, &str); 2] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -32,7 +35,7 @@ const CANCEL_CHANNEL: &str = "dockhand_cancel";
 const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
 
 const JOB_COLUMNS: &str =
-    "id, queue, spec::text AS spec, state, priority, attempts, max_attempts, interruptions,
+    "id, queue, spec::text AS spec, state, priority, attempts, max_attempts, interruptions, max_interruptions,
     exit_code, error, lease_owner, lease_token, cancel_requested,
     (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
     (extract(epoch FROM run_at) * 1000)::bigint AS run_ms,
@@ -95,6 +98,20 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
+
+/// Wake the listeners of `channel` (LISTEN/NOTIFY); inside a transaction
+/// the notification goes out only when it commits.
+async fn notify<'e, E>(executor: E, channel: &str, payload: &str) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(executor)
+        .await?;
+    Ok(())
 }
 
 /// PostgreSQL's words for the shared rules.
@@ -175,23 +192,14 @@ impl Store for PostgresStore {
         let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dockhand_schema")
             .fetch_one(&mut *tx)
             .await?;
-        let current = current.unwrap_or(0);
-        if current > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                known: SCHEMA_VERSION,
-            });
-        }
-        for (version, sql) in MIGRATIONS {
-            if version > current {
-                for statement in super::statements(sql) {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                sqlx::query("INSERT INTO dockhand_schema (version) VALUES ($1)")
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?;
+        for (version, statements) in migration_plan(current, &MIGRATIONS)? {
+            for statement in statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
+            sqlx::query("INSERT INTO dockhand_schema (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -221,8 +229,8 @@ impl Store for PostgresStore {
         // unnest keeps array order, and ids are drawn in that order.
         let ids: Vec<i64> = sqlx::query_scalar(
             "WITH ins AS (
-                INSERT INTO jobs (queue, spec, priority, max_attempts, run_at)
-                SELECT q, s::jsonb, p, m, now() + d * interval '1 millisecond'
+                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at)
+                SELECT q, s::jsonb, p, m, $6, now() + d * interval '1 millisecond'
                 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[]) AS t(q, s, p, m, d)
                 RETURNING id
             ), ev AS (
@@ -235,12 +243,10 @@ impl Store for PostgresStore {
         .bind(&priorities)
         .bind(&max_attempts)
         .bind(&delays)
+        .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        notify(&mut *tx, JOBS_CHANNEL, "").await?;
         tx.commit().await?;
         Ok(ids.into_iter().map(JobId).collect())
     }
@@ -385,10 +391,7 @@ impl Store for PostgresStore {
                 && !matches!(c.outcome, Outcome::Succeeded | Outcome::Cancelled)
         });
         if requeued {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(JOBS_CHANNEL)
-                .execute(&self.pool)
-                .await?;
+            notify(&self.pool, JOBS_CHANNEL, "").await?;
         }
         Ok(completions
             .iter()
@@ -424,10 +427,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         if !reaped.is_empty() {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(JOBS_CHANNEL)
-                .execute(&self.pool)
-                .await?;
+            notify(&self.pool, JOBS_CHANNEL, "").await?;
         }
         Ok(reaped.len() as u64)
     }
@@ -471,11 +471,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         if result == CancelResult::Requested {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CANCEL_CHANNEL)
-                .bind(id.0.to_string())
-                .execute(&mut *tx)
-                .await?;
+            notify(&mut *tx, CANCEL_CHANNEL, &id.0.to_string()).await?;
         }
         tx.commit().await?;
         Ok(result)
@@ -507,10 +503,7 @@ impl Store for PostgresStore {
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        notify(&mut *tx, JOBS_CHANNEL, "").await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -17,12 +17,14 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, outcome_params, redact_url, unix_ms_now, validate_all,
-    CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
-    LOST_AFTER_LEASES, REAP_BATCH, SCHEMA_VERSION,
+    decode_claimed, decode_job, migration_plan, outcome_params, redact_url, unix_ms_now,
+    validate_all, CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo,
+    WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
 };
-use crate::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult};
-use crate::machine::{HeartbeatAnswer, Phase};
+use crate::job::{
+    ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
+};
+use crate::job::{HeartbeatAnswer, Phase};
 
 /// How often a worker looks for cancels of running jobs.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
@@ -35,7 +37,7 @@ const MIGRATIONS: [(i64, &str); 2] = [
     ),
 ];
 
-const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions,
+const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions, max_interruptions,
     exit_code, error, lease_owner, lease_token, cancel_requested,
     created_at AS created_ms, run_at AS run_ms, started_at AS started_ms, finished_at AS finished_ms";
 
@@ -133,24 +135,15 @@ impl Store for SqliteStore {
         let current: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM dockhand_schema")
             .fetch_one(&mut *tx)
             .await?;
-        let current = current.unwrap_or(0);
-        if current > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                known: SCHEMA_VERSION,
-            });
-        }
-        for (version, sql) in MIGRATIONS {
-            if version > current {
-                for statement in super::statements(sql) {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                sqlx::query("INSERT INTO dockhand_schema (version, applied_at) VALUES (?, ?)")
-                    .bind(version)
-                    .bind(unix_ms_now())
-                    .execute(&mut *tx)
-                    .await?;
+        for (version, statements) in migration_plan(current, &MIGRATIONS)? {
+            for statement in statements {
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
+            sqlx::query("INSERT INTO dockhand_schema (version, applied_at) VALUES (?, ?)")
+                .bind(version)
+                .bind(unix_ms_now())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -165,13 +158,14 @@ impl Store for SqliteStore {
             let spec = serde_json::to_string(&job.spec)
                 .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (queue, spec, priority, max_attempts, run_at, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&job.queue)
             .bind(spec)
             .bind(job.priority)
             .bind(job.max_attempts as i64)
+            .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
             .bind(now + job.delay.as_millis() as i64)
             .bind(now)
             .fetch_one(&mut *tx)

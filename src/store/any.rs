@@ -1,0 +1,126 @@
+//! Any backend, chosen by the database URL at run time.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{
+    redact_url, CancelResult, Job, JobEvent, JobFilter, MemoryStore, PostgresStore, SqliteStore,
+    Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+};
+use crate::job::{
+    ClaimedJob, Completion, HeartbeatAnswer, JobId, Lease, NewJob, Phase, RecordResult,
+};
+
+/// Any backend, chosen by URL at run time.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// In memory.
+    Memory(MemoryStore),
+}
+
+impl AnyStore {
+    /// Open `postgres://…`, `sqlite://…` or `memory://`; checks the URL and
+    /// connects, without migrating.
+    pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
+        let bad = |reason: &str| StoreError::BadUrl {
+            url: redact_url(url),
+            reason: reason.to_string(),
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PostgresStore::connect(url).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+        } else if url == "memory://" {
+            Ok(AnyStore::Memory(MemoryStore::new()))
+        } else {
+            Err(bad("expected postgres://…, sqlite://FILE or memory://"))
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Postgres($store) => $call.await,
+            AnyStore::Sqlite($store) => $call.await,
+            AnyStore::Memory($store) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.migrate())
+    }
+    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+        delegate!(self, s => s.enqueue_many(jobs))
+    }
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        max: u32,
+        lease: Duration,
+        claim_id: u64,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        delegate!(self, s => s.claim(worker, queues, max, lease, claim_id))
+    }
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        phase: Phase,
+        leases: &[Lease],
+        lease: Duration,
+        recover: &[u64],
+    ) -> Result<HeartbeatAnswer, StoreError> {
+        delegate!(self, s => s.heartbeat(worker, phase, leases, lease, recover))
+    }
+    async fn record(
+        &self,
+        worker: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
+        delegate!(self, s => s.record(worker, completions))
+    }
+    async fn reap_expired(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.reap_expired())
+    }
+    async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        delegate!(self, s => s.cancel(id))
+    }
+    async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
+        delegate!(self, s => s.retry(id))
+    }
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        delegate!(self, s => s.get(id))
+    }
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        delegate!(self, s => s.list(filter))
+    }
+    async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
+        delegate!(self, s => s.history(id))
+    }
+    async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, s => s.output(id))
+    }
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        delegate!(self, s => s.register_worker(info))
+    }
+    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.deregister_worker(id))
+    }
+    async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        delegate!(self, s => s.workers(lease))
+    }
+    async fn instance_id(&self) -> Result<String, StoreError> {
+        delegate!(self, s => s.instance_id())
+    }
+    async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
+        delegate!(self, s => s.wakeups())
+    }
+}
