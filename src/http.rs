@@ -82,10 +82,7 @@ impl Monitor {
                 return false;
             }
             snapshot.phase = phase;
-            let status = machine.status();
-            let held: Vec<_> = status.jobs.iter().map(|job| job.id).collect();
-            self.metrics.retain_jobs(&held);
-            snapshot.status = Some(status);
+            snapshot.status = Some(machine.status());
             snapshot.updated = now;
             true
         });

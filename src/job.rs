@@ -317,6 +317,13 @@ pub enum Outcome {
     HandBack,
 }
 
+impl RecordResult {
+    /// Whether the outcome was written.
+    pub fn is_recorded(self) -> bool {
+        matches!(self, RecordResult::Recorded { .. })
+    }
+}
+
 impl Outcome {
     /// Short name for traces and events.
     pub fn name(&self) -> &'static str {
@@ -345,8 +352,12 @@ pub struct Completion {
 /// The store's answer for one completion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordResult {
-    /// Written.
-    Recorded,
+    /// Written; the job is now in `state` (a failed attempt that is retried
+    /// leaves it `queued`, the last one `failed`).
+    Recorded {
+        /// The job's state after the outcome.
+        state: JobState,
+    },
     /// Refused: the lease is stale or belongs to another worker; nothing changed.
     Refused,
 }

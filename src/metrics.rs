@@ -1,25 +1,24 @@
-//! Prometheus metrics of one worker, fed by the shell from the events and
-//! actions it already handles (the machine stays pure).
+//! Prometheus metrics of one worker, fed by the shell with what the machine
+//! says: the actions it asks for and the notes it keeps. Nothing here infers
+//! a job's lifecycle or reads a clock of its own.
 //!
 //! `dockhand_jobs_total{queue, outcome}` counts recorded outcomes:
-//! `succeeded`, `failed` (a failed attempt; the store requeues it while
-//! attempts remain), `interrupted` (requeued by a shutdown), `cancelled`,
-//! `handed_back` (claimed after the signal, requeued unstarted).
+//! `succeeded`, `retried` (a failed attempt the store requeued for a retry),
+//! `failed` (the last attempt failed: the job is failed), `interrupted`
+//! (requeued by a shutdown or a lost lease), `cancelled`, `handed_back`
+//! (claimed after the signal, requeued unstarted).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::job::JobState;
+use crate::machine::{Action, Event, Note, Phase, What};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
-
-use crate::job::{JobId, RecordResult};
-use crate::machine::{Action, Event, Phase};
 
 /// Labels of per-queue counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,16 +43,6 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
-/// What the shell must remember between an action and its reply.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Queue and start of every job held (bounded by concurrency).
-    jobs: BTreeMap<JobId, (String, Instant)>,
-    /// Outcome names of the record batch in flight, by request.
-    records: BTreeMap<u64, Vec<(JobId, &'static str)>>,
-    store_errors_seen: u64,
-}
-
 /// One worker's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -67,7 +56,8 @@ pub struct Metrics {
     job_duration: Histogram,
     shutdown_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     store_errors: Counter,
-    pending: Mutex<Pending>,
+    /// The machine's store error count already exported.
+    store_errors_seen: Mutex<u64>,
 }
 
 impl Default for Metrics {
@@ -137,14 +127,10 @@ impl Metrics {
             job_duration,
             shutdown_duration,
             store_errors,
-            pending: Mutex::new(Pending::default()),
+            store_errors_seen: Mutex::new(0),
         };
         metrics.set_phase(Phase::Running);
         metrics
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The exposition text.
@@ -157,62 +143,45 @@ impl Metrics {
 
     /// An action the shell is about to perform.
     pub fn on_action(&self, action: &Action) {
-        match action {
-            Action::Start { job } => {
-                let queue = job.queue.clone();
-                self.claimed
-                    .get_or_create(&QueueLabels {
-                        queue: queue.clone(),
-                    })
-                    .inc();
-                self.pickup_latency.observe(job.waited.as_secs_f64());
-                self.pending()
-                    .jobs
-                    .insert(job.lease.job, (queue, Instant::now()));
-            }
-            Action::Record {
-                request,
-                completions,
-            } => {
-                let names = completions
-                    .iter()
-                    .map(|c| (c.lease.job, outcome_label(c.outcome.name())))
-                    .collect();
-                self.pending().records.insert(*request, names);
-            }
-            _ => {}
+        if let Action::Start { job } = action {
+            let labels = QueueLabels {
+                queue: job.queue.clone(),
+            };
+            self.claimed.get_or_create(&labels).inc();
+            self.pickup_latency.observe(job.waited.as_secs_f64());
         }
     }
 
-    /// An event about to be handed to the machine.
+    /// An event about to be handed to the machine (the store's answers).
     pub fn on_event(&self, event: &Event) {
-        match event {
-            Event::ClaimReply {
-                result: Ok(jobs), ..
-            } => self.claim_batch.observe(jobs.len() as f64),
-            Event::JobExited { lease, .. } => {
-                if let Some((_, started)) = self.pending().jobs.get(&lease.job) {
-                    self.job_duration.observe(started.elapsed().as_secs_f64());
-                }
-            }
-            Event::RecordReply { request, result } => {
-                let mut pending = self.pending();
-                let Some(sent) = pending.records.remove(request) else {
-                    return;
+        if let Event::ClaimReply {
+            result: Ok(jobs), ..
+        } = event
+        {
+            self.claim_batch.observe(jobs.len() as f64);
+        }
+    }
+
+    /// A note the machine made.
+    pub fn on_note(&self, note: &Note) {
+        match &note.what {
+            What::JobEnded { ran_for, .. } => self.job_duration.observe(ran_for.as_secs_f64()),
+            What::Recorded {
+                queue,
+                outcome,
+                state,
+                ..
+            } => {
+                let outcome = match (*outcome, state) {
+                    ("failed", JobState::Queued) => "retried",
+                    ("handed back", _) => "handed_back",
+                    (name, _) => name,
                 };
-                let Ok(results) = result else { return };
-                for (job, result) in results {
-                    let name = sent.iter().find(|(id, _)| id == job).map(|(_, name)| *name);
-                    let queue = pending.jobs.remove(job).map(|(queue, _)| queue);
-                    if let (RecordResult::Recorded, Some(outcome)) = (result, name) {
-                        let queue = queue.unwrap_or_else(|| "unknown".to_string());
-                        let labels = OutcomeLabels {
-                            queue,
-                            outcome: outcome.to_string(),
-                        };
-                        self.outcomes.get_or_create(&labels).inc();
-                    }
-                }
+                let labels = OutcomeLabels {
+                    queue: queue.clone(),
+                    outcome: outcome.to_string(),
+                };
+                self.outcomes.get_or_create(&labels).inc();
             }
             _ => {}
         }
@@ -222,18 +191,14 @@ impl Metrics {
     pub fn on_state(&self, phase: Phase, alive: usize, store_errors: u64) {
         self.running.set(alive as i64);
         self.set_phase(phase);
-        let mut pending = self.pending();
-        if store_errors > pending.store_errors_seen {
-            self.store_errors
-                .inc_by(store_errors - pending.store_errors_seen);
-            pending.store_errors_seen = store_errors;
+        let mut seen = self
+            .store_errors_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if store_errors > *seen {
+            self.store_errors.inc_by(store_errors - *seen);
+            *seen = store_errors;
         }
-    }
-
-    /// Forget jobs the machine no longer holds. A job whose lease was lost is
-    /// never recorded, so without this its entry would stay for good.
-    pub fn retain_jobs(&self, held: &[JobId]) {
-        self.pending().jobs.retain(|id, _| held.contains(id));
     }
 
     /// The worker decided to exit, this long after the first signal.
@@ -261,40 +226,36 @@ impl Metrics {
     }
 }
 
-fn outcome_label(name: &'static str) -> &'static str {
-    if name == "handed back" {
-        "handed_back"
-    } else {
-        name
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn jobs_no_longer_held_are_forgotten() {
-        use crate::job::{ClaimedJob, JobSpec, Lease, LeaseToken};
+    fn outcomes_tell_a_retried_attempt_from_a_final_failure() {
+        use crate::machine::Instant;
         let metrics = Metrics::new();
-        for id in 1..=3 {
-            let job = ClaimedJob {
-                lease: Lease {
-                    job: JobId(id),
-                    token: LeaseToken(1),
-                },
-                queue: "default".into(),
-                spec: JobSpec::default(),
-                attempts: 0,
-                interruptions: 0,
-                waited: Duration::ZERO,
-            };
-            metrics.on_action(&Action::Start { job });
-        }
-        // Job 2's lease was lost: it is never recorded, and the machine lets go of it.
-        metrics.retain_jobs(&[JobId(1), JobId(3)]);
-        let held: Vec<JobId> = metrics.pending().jobs.keys().copied().collect();
-        assert_eq!(held, vec![JobId(1), JobId(3)]);
+        let recorded = |state| Note {
+            at: Instant::ZERO,
+            what: What::Recorded {
+                job: crate::job::JobId(1),
+                queue: "q".into(),
+                outcome: "failed",
+                state,
+                quiet: true,
+            },
+        };
+        metrics.on_note(&recorded(JobState::Queued));
+        metrics.on_note(&recorded(JobState::Queued));
+        metrics.on_note(&recorded(JobState::Failed));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"dockhand_jobs_total{queue="q",outcome="retried"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dockhand_jobs_total{queue="q",outcome="failed"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::time::Instant as TokioInstant;
 use crate::executor::{ExecEvent, Executor};
 use crate::http::Monitor;
 use crate::job::Lease;
-use crate::machine::trace::{StatusText, Trace};
+use crate::machine::trace::{NoteText, StatusText, Trace};
 use crate::machine::{
     Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
 };
@@ -112,7 +112,7 @@ where
     let mut publish_due: Option<TokioInstant> = None;
     let mut signals_open = true;
     let code = loop {
-        take_notes(&mut machine, &worker_id, &mut trace);
+        take_notes(&mut machine, &monitor, &worker_id, &mut trace);
         let mut exit = None;
         while let Some(action) = machine.poll_action() {
             match action {
@@ -133,7 +133,7 @@ where
         }
         if let Some(code) = exit {
             // Notes made by the last event.
-            take_notes(&mut machine, &worker_id, &mut trace);
+            take_notes(&mut machine, &monitor, &worker_id, &mut trace);
             break code;
         }
         let deadline = machine
@@ -352,10 +352,16 @@ fn perform<S: Store + Clone, E: Executor>(
     }
 }
 
-/// Log every pending note; keep those since the first shutdown signal for
-/// the shutdown trace printed at exit.
-fn take_notes(machine: &mut Machine, worker_id: &str, trace: &mut Option<Trace>) {
+/// Hand every pending note to the metrics and the log; keep those since the
+/// first shutdown signal for the shutdown trace printed at exit.
+fn take_notes(
+    machine: &mut Machine,
+    monitor: &Monitor,
+    worker_id: &str,
+    trace: &mut Option<Trace>,
+) {
     while let Some(note) = machine.poll_note() {
+        monitor.metrics.on_note(&note);
         log_note(worker_id, machine.phase(), &note);
         if let Some(signal_at) = machine.first_signal_at() {
             if note.at >= signal_at {
@@ -368,10 +374,14 @@ fn take_notes(machine: &mut Machine, worker_id: &str, trace: &mut Option<Trace>)
 }
 
 fn log_note(worker_id: &str, phase: Phase, note: &Note) {
+    if !note.shown() {
+        return;
+    }
     let phase = phase.as_str();
-    match note.kind {
-        NoteKind::Phase => tracing::info!(worker_id, phase, kind = "phase", "{}", note.text),
-        NoteKind::Job => tracing::info!(worker_id, phase, kind = "job", "{}", note.text),
-        NoteKind::Store => tracing::warn!(worker_id, phase, kind = "store", "{}", note.text),
+    let text = NoteText(note);
+    match note.kind() {
+        NoteKind::Phase => tracing::info!(worker_id, phase, kind = "phase", "{text}"),
+        NoteKind::Job => tracing::info!(worker_id, phase, kind = "job", "{text}"),
+        NoteKind::Store => tracing::warn!(worker_id, phase, kind = "store", "{text}"),
     }
 }

@@ -46,9 +46,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ReapErr),
         2 => (any::<u8>(), 0u8..3).prop_map(|(n, c)| Op::Exit(n, c)),
         1 => any::<u8>().prop_map(Op::Cancel),
-        1 => any::<u8>().prop_map(Op::LeaseLost),
-        1 => Just(Op::StoreDown),
-        1 => Just(Op::StoreUp),
         1 => Just(Op::Wake),
         1 => Just(Op::Duplicate),
     ]

@@ -255,11 +255,10 @@ fn wake_up_while_draining_claims_nothing() {
 fn lost_lease_kills_the_job_at_once() {
     let trace = scenario(|h| {
         h.answer_claim(&[quick(60_000)])?;
-        h.advance(ms(1000))?;
         // The store reaped the lease (or another worker claimed the job):
-        // no grace, another copy may already run.
-        h.step(&Op::LeaseLost(0))?;
-        h.advance(ms(100))?;
+        // the next heartbeat says so. No grace: another copy may already run.
+        h.lose_next_lease();
+        h.advance(ms(5100))?;
         h.signal(Signal::Term)
     });
     insta::assert_snapshot!(trace);

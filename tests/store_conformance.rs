@@ -125,7 +125,7 @@ async fn claims_are_exclusive_under_concurrency(store: AnyStore) {
                     .map(|c| done(c.lease, Outcome::Succeeded))
                     .collect();
                 let results = store.record(&worker, &completions).await.unwrap();
-                assert!(results.iter().all(|(_, r)| *r == RecordResult::Recorded));
+                assert!(results.iter().all(|(_, r)| r.is_recorded()));
                 mine.extend(claimed.into_iter().map(|c| c.lease.job));
             }
         }));
@@ -184,7 +184,15 @@ async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
         .record(W1, &[done(claimed.lease, Outcome::Succeeded)])
         .await
         .unwrap();
-    assert_eq!(ok, vec![(ids[0], RecordResult::Recorded)]);
+    assert_eq!(
+        ok,
+        vec![(
+            ids[0],
+            RecordResult::Recorded {
+                state: JobState::Succeeded
+            }
+        )]
+    );
     let again = store
         .record(W1, &[done(claimed.lease, Outcome::Succeeded)])
         .await
@@ -292,10 +300,20 @@ async fn failures_retry_with_backoff_until_max_attempts(store: AnyStore) {
     new.max_attempts = 2;
     let ids = store.enqueue_many(&[new]).await.unwrap();
     let first = claim_one(&store, W1).await;
-    store
+    let retried = store
         .record(W1, &[done(first.lease, failed(3))])
         .await
         .unwrap();
+    assert_eq!(
+        retried,
+        vec![(
+            ids[0],
+            RecordResult::Recorded {
+                state: JobState::Queued
+            }
+        )],
+        "a failed attempt with attempts left is requeued"
+    );
     let stored = get(&store, ids[0]).await;
     assert_eq!(
         (stored.state, stored.attempts, stored.exit_code),
@@ -317,10 +335,20 @@ async fn failures_retry_with_backoff_until_max_attempts(store: AnyStore) {
     );
     tokio::time::sleep(Duration::from_millis(1400)).await;
     let second = claim_one(&store, W1).await;
-    store
+    let last = store
         .record(W1, &[done(second.lease, failed(4))])
         .await
         .unwrap();
+    assert_eq!(
+        last,
+        vec![(
+            ids[0],
+            RecordResult::Recorded {
+                state: JobState::Failed
+            }
+        )],
+        "the last attempt fails the job"
+    );
     let stored = get(&store, ids[0]).await;
     assert_eq!(
         (stored.state, stored.attempts, stored.exit_code),
@@ -521,7 +549,15 @@ async fn late_outcome_after_a_reap_is_accepted_until_the_job_is_claimed_again(st
         .record(W1, &[done(claimed[0].lease, Outcome::Succeeded)])
         .await
         .unwrap();
-    assert_eq!(late, vec![(ids[0], RecordResult::Recorded)]);
+    assert_eq!(
+        late,
+        vec![(
+            ids[0],
+            RecordResult::Recorded {
+                state: JobState::Succeeded
+            }
+        )]
+    );
     let stored = get(&store, ids[0]).await;
     assert_eq!(
         (stored.state, stored.attempts, stored.interruptions),
@@ -589,9 +625,18 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
             CancelResult::Requested
         );
     }
-    for (c, outcome) in claimed.iter().zip(outcomes) {
+    let expected = [
+        JobState::Cancelled,
+        JobState::Cancelled,
+        JobState::Cancelled,
+        JobState::Succeeded,
+    ];
+    for ((c, outcome), state) in claimed.iter().zip(outcomes).zip(expected) {
         let result = store.record(W1, &[done(c.lease, outcome)]).await.unwrap();
-        assert_eq!(result, vec![(c.lease.job, RecordResult::Recorded)]);
+        assert_eq!(
+            result,
+            vec![(c.lease.job, RecordResult::Recorded { state })]
+        );
     }
     let states: Vec<JobState> = futures_states(&store, &ids[..4]).await;
     assert_eq!(
@@ -662,7 +707,7 @@ async fn output_is_stored_byte_for_byte(store: AnyStore) {
         },
     ];
     let results = store.record(W1, &outcomes).await.unwrap();
-    assert!(results.iter().all(|(_, r)| *r == RecordResult::Recorded));
+    assert!(results.iter().all(|(_, r)| r.is_recorded()));
     assert_eq!(store.output(ids[0]).await.unwrap(), Some(bytes));
     assert_eq!(
         store.output(ids[1]).await.unwrap(),
@@ -725,7 +770,15 @@ async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore)
         .record(W1, &[done(recovered[0], Outcome::Succeeded)])
         .await
         .unwrap();
-    assert_eq!(results, vec![(recovered[0].job, RecordResult::Recorded)]);
+    assert_eq!(
+        results,
+        vec![(
+            recovered[0].job,
+            RecordResult::Recorded {
+                state: JobState::Succeeded
+            }
+        )]
+    );
 }
 
 async fn migrate_twice_is_harmless(store: AnyStore) {

@@ -21,7 +21,8 @@ use super::{
     StoreFailure, EXIT_INTERRUPTED, EXIT_OK,
 };
 use crate::job::{
-    ClaimedJob, Completion, Exit, JobId, JobSpec, Lease, LeaseToken, Outcome, RecordResult,
+    ClaimedJob, Completion, Exit, JobId, JobSpec, JobState, Lease, LeaseToken, Outcome,
+    RecordResult,
 };
 
 /// How a simulated job behaves once started.
@@ -117,15 +118,9 @@ pub enum Op {
     Exit(u8, u8),
     /// A cancel for the n-th live job arrives.
     Cancel(u8),
-    /// The lease of the n-th live job is lost.
-    LeaseLost(u8),
-    /// The store reports itself unreachable.
-    StoreDown,
-    /// The store reports itself reachable.
-    StoreUp,
     /// A new-jobs wake-up.
     Wake,
-    /// The last event is delivered again (duplicates and late replies).
+    /// The last store reply is delivered again (duplicates and late replies).
     Duplicate,
 }
 
@@ -225,7 +220,7 @@ pub struct Harness {
     /// in a successful heartbeat.
     uncertain: BTreeSet<u64>,
     due_exits: VecDeque<(JobId, Lease, Exit)>,
-    last_event: Option<Event>,
+    last_reply: Option<Event>,
     // checker memory
     first_signal: Option<Instant>,
     handed_back_ok: BTreeSet<Lease>,
@@ -249,6 +244,8 @@ pub struct Harness {
     store_healthy: bool,
     /// In auto mode, answer this many record batches with a permanent refusal.
     refuse_records: u32,
+    /// In auto mode, the next heartbeat reports its first lease lost.
+    lose_lease: bool,
 }
 
 /// A broken invariant, with the trace that led to it.
@@ -307,7 +304,7 @@ impl Harness {
             lost_claims: BTreeMap::new(),
             uncertain: BTreeSet::new(),
             due_exits: VecDeque::new(),
-            last_event: None,
+            last_reply: None,
             first_signal: None,
             handed_back_ok: BTreeSet::new(),
             started: BTreeSet::new(),
@@ -323,6 +320,7 @@ impl Harness {
             exit: None,
             store_healthy: true,
             refuse_records: 0,
+            lose_lease: false,
         };
         // The machine's first actions (its claim) come out of `new`.
         if let Err(violation) = harness.drain() {
@@ -454,25 +452,12 @@ impl Harness {
                     self.deliver(Event::CancelRequested { job: id })?;
                 }
             }
-            Op::LeaseLost(n) => {
-                if let Some(id) = self.nth_proc(*n) {
-                    self.deliver(Event::LeaseLost { job: id })?;
-                    self.check_killed(id)?;
-                }
-            }
-            Op::StoreDown => {
-                self.store_healthy = false;
-                self.deliver(Event::StoreUnreachable)?;
-            }
-            Op::StoreUp => {
-                self.store_healthy = true;
-                self.deliver(Event::StoreReachable)?;
-            }
             Op::Wake => self.deliver(Event::Wake)?,
             Op::Duplicate => {
-                if let Some(event) = self.last_event.clone() {
-                    // A repeated exit of a job that is gone, or a repeated
-                    // reply, must change nothing harmful.
+                if let Some(event) = self.last_reply.clone() {
+                    // A repeated or late store reply must change nothing
+                    // harmful. (Executor events come exactly once: that is
+                    // the executor's contract, and a repeat is a violation.)
                     self.deliver(event)?;
                 }
             }
@@ -572,21 +557,24 @@ impl Harness {
         self.check_leases()
     }
 
-    /// In auto mode, make the store fail (or work again) for records and
-    /// heartbeats, as an outage would (scenarios).
+    /// In auto mode, make the store fail (or work again) for records,
+    /// heartbeats and reaps, as an outage would (scenarios). The machine
+    /// finds out at its next call.
     pub fn set_store_healthy(&mut self, healthy: bool) -> Check {
         self.store_healthy = healthy;
-        if healthy {
-            self.deliver(Event::StoreReachable)
-        } else {
-            self.drain()
-        }
+        self.drain()
     }
 
     /// In auto mode, refuse the next `n` record batches as invalid, as a
     /// database refuses a value it cannot store (scenarios).
     pub fn refuse_records(&mut self, n: u32) {
         self.refuse_records = n;
+    }
+
+    /// In auto mode, the next heartbeat reports its first lease lost (the
+    /// store reaped it, or another worker claimed the job) (scenarios).
+    pub fn lose_next_lease(&mut self) {
+        self.lose_lease = true;
     }
 
     /// Answer the claim in flight with these jobs (scenarios). In auto mode,
@@ -611,7 +599,14 @@ impl Harness {
             return Ok(());
         }
         self.trace_event(&event);
-        self.last_event = Some(event.clone());
+        // Claim replies are not repeated: the shell delivers each at most
+        // once (a timed-out call is dropped, never answered late).
+        if matches!(
+            event,
+            Event::RecordReply { .. } | Event::HeartbeatReply { .. } | Event::ReapReply { .. }
+        ) {
+            self.last_reply = Some(event.clone());
+        }
         self.machine.handle(event, self.now);
         self.drain()
     }
@@ -621,9 +616,6 @@ impl Harness {
     pub fn finish(mut self) -> Check {
         self.auto = true;
         self.store_healthy = true;
-        if self.exit.is_none() {
-            self.deliver(Event::StoreReachable)?;
-        }
         if let Some((request, _, _)) = self.claim_pending.take() {
             self.deliver(Event::ClaimReply {
                 request,
@@ -814,7 +806,15 @@ impl Harness {
                 .unwrap_err());
         }
         self.unflushed.remove(&lease);
-        Ok(RecordResult::Recorded)
+        // What a store would make of it (the machine only reports it).
+        let state = match c.outcome {
+            Outcome::Succeeded => JobState::Succeeded,
+            Outcome::Cancelled => JobState::Cancelled,
+            Outcome::Failed { .. } | Outcome::Interrupted { .. } | Outcome::HandBack => {
+                JobState::Queued
+            }
+        };
+        Ok(RecordResult::Recorded { state })
     }
 
     fn answer_record(&mut self, how: RecordAnswer) -> Check {
@@ -1010,7 +1010,6 @@ impl Harness {
                     output: Vec::new(),
                 };
                 self.trace_event(&event);
-                self.last_event = None;
                 self.exits.insert(lease, exit);
                 self.machine.handle(event, self.now);
                 continue;
@@ -1086,7 +1085,12 @@ impl Harness {
         }
         if !self.heartbeats.is_empty() {
             // The same answer as the op, with its checks.
-            self.answer_heartbeat(HbAnswer::Ok)?;
+            let how = if std::mem::take(&mut self.lose_lease) {
+                HbAnswer::LoseFirst
+            } else {
+                HbAnswer::Ok
+            };
+            self.answer_heartbeat(how)?;
             return Ok(true);
         }
         if let Some(request) = self.reap_pending.take() {

@@ -16,6 +16,14 @@
 //!                                     exit 0/75   store unreachable (leases left to expire)
 //! ```
 //!
+//! Each job the machine holds is a slot whose run moves through
+//!
+//! ```text
+//!   claim reply ──> Starting ──JobStarted──> Running ──JobExited──> Done ──recorded──> (released)
+//!                      └──────StartFailed─────────────────────────────^   └─refused / lost / given up─^
+//!   late claim, claim after a signal ──────────────────────────────> Done (hand-back)
+//! ```
+//!
 //! The machine never reads a clock and never does I/O. The driver (the shell,
 //! the simulation, a test) feeds it [`Event`]s with the current [`Instant`],
 //! then drains [`Machine::poll_action`] until it returns `None`, performs each
@@ -24,17 +32,20 @@
 //! ```text
 //! loop {
 //!     while let Some(action) = machine.poll_action() { perform(action) }
+//!     while let Some(note) = machine.poll_note() { log(note) }
 //!     if machine.phase() == Phase::Stopped { break }
 //!     let event = next_event_or(machine.poll_timeout());   // TimerFired on timeout
 //!     machine.handle(event, now());
 //! }
 //! ```
 //!
-//! Every decision about when to claim, stop, kill, requeue, heartbeat and exit
-//! is made here and only here. Invariants that the machine alone can keep are
-//! asserted here, in production builds too.
+//! Every decision about when to claim, stop, kill, requeue, heartbeat, release
+//! and exit is made here and only here; `docs/ARCHITECTURE.md` says where each
+//! invariant is enforced and tested. Invariants that the machine alone can
+//! keep are asserted here, in production builds too.
 
 mod config;
+mod io;
 mod time;
 pub mod trace;
 
@@ -42,14 +53,18 @@ pub mod trace;
 pub mod harness;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::time::Duration;
 
 pub use config::{
     Config, ConfigError, MAX_BATCH, MAX_CONCURRENCY, MAX_SHUTDOWN_TIMEOUT, MAX_TIMING, MIN_LEASE,
     MIN_POLL_INTERVAL,
 };
-pub use time::{Fired, Instant, JobTimer, Timer, TimerTable};
+pub use io::{
+    Action, Counters, Event, JobStatus, Note, NoteKind, RunEnd, Signal, Status, StopCause,
+    StoreCall, StoreFailure, TimeoutCause, What,
+};
+pub use time::Instant;
+pub(crate) use time::{Fired, JobTimer, Timer, TimerTable};
 
 use crate::job::{
     tail, ClaimedJob, Completion, Exit, JobId, Lease, Outcome, RecordResult, OUTPUT_LIMIT,
@@ -60,286 +75,17 @@ use crate::planted::{self, Bug};
 /// Most abandoned leases remembered.
 pub const MAX_ABANDONED: usize = 1024;
 
-/// Most trace notes kept undrained before the oldest are dropped.
+/// Most notes kept undrained before the oldest are dropped.
 pub const MAX_NOTES: usize = 10_000;
+
+/// Most claims whose reply was lost that the machine tries to recover;
+/// beyond that, their jobs return to the queue when their lease expires.
+pub const MAX_UNCERTAIN_CLAIMS: usize = 16;
 
 /// Exit code when every job running at the signal finished on its own.
 pub const EXIT_OK: i32 = 0;
 /// Exit code (EX_TEMPFAIL) when any job was interrupted or left to its lease.
 pub const EXIT_INTERRUPTED: i32 = 75;
-
-/// A signal delivered to the worker process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
-    /// SIGTERM: first drains, second forces, third kills.
-    Term,
-    /// SIGINT (Ctrl-C): the same as TERM.
-    Int,
-    /// SIGUSR1: one status report, nothing else changes.
-    Usr1,
-}
-
-impl fmt::Display for Signal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Signal::Term => "SIGTERM",
-            Signal::Int => "SIGINT",
-            Signal::Usr1 => "SIGUSR1",
-        })
-    }
-}
-
-/// A store call that failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreFailure {
-    /// Why, in words.
-    pub message: String,
-    /// An outage or a busy database: the same call may succeed later. A
-    /// permanent failure means the store refused this request as it is, so
-    /// repeating it unchanged would fail again.
-    pub transient: bool,
-}
-
-impl StoreFailure {
-    /// A failure that may pass (unreachable, timed out, busy).
-    pub fn transient(message: impl Into<String>) -> Self {
-        StoreFailure {
-            message: message.into(),
-            transient: true,
-        }
-    }
-
-    /// The store refused the request itself (invalid data, a constraint).
-    pub fn permanent(message: impl Into<String>) -> Self {
-        StoreFailure {
-            message: message.into(),
-            transient: false,
-        }
-    }
-}
-
-impl fmt::Display for StoreFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Something that happened, fed to [`Machine::handle`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A signal reached the worker.
-    Signal(Signal),
-    /// The deadline from [`Machine::poll_timeout`] was reached.
-    TimerFired,
-    /// The answer to [`Action::Claim`].
-    ClaimReply {
-        /// The `request` of the claim answered.
-        request: u64,
-        /// The jobs, or why not.
-        result: Result<Vec<ClaimedJob>, StoreFailure>,
-    },
-    /// The executor started the job.
-    JobStarted {
-        /// The run: the job and the lease it was started under.
-        lease: Lease,
-    },
-    /// The executor could not start the job.
-    StartFailed {
-        /// The run: the job and the lease it was started under.
-        lease: Lease,
-        /// Why, in words.
-        error: String,
-    },
-    /// The job's process or container ended.
-    JobExited {
-        /// The run: the job and the lease it was started under.
-        lease: Lease,
-        /// How it ended.
-        exit: Exit,
-        /// Tail of its captured output, as bytes.
-        output: Vec<u8>,
-    },
-    /// The answer to [`Action::Record`].
-    RecordReply {
-        /// The `request` of the record answered.
-        request: u64,
-        /// Per job, or why none.
-        result: Result<Vec<(JobId, RecordResult)>, StoreFailure>,
-    },
-    /// The answer to [`Action::Reap`].
-    ReapReply {
-        /// The `request` of the reap answered.
-        request: u64,
-        /// How many expired leases were requeued, or why not.
-        result: Result<u64, StoreFailure>,
-    },
-    /// The answer to [`Action::Heartbeat`].
-    HeartbeatReply {
-        /// The `request` of the heartbeat answered.
-        request: u64,
-        /// Lost leases and cancels, or why not.
-        result: Result<HeartbeatAnswer, StoreFailure>,
-    },
-    /// We no longer hold this job's lease.
-    LeaseLost {
-        /// The job.
-        job: JobId,
-    },
-    /// A user asked to cancel this running job.
-    CancelRequested {
-        /// The job.
-        job: JobId,
-    },
-    /// The store cannot be reached (e.g. the notification connection broke).
-    StoreUnreachable,
-    /// The store can be reached again.
-    StoreReachable,
-    /// New jobs may be ready (a notification): look now rather than at the next poll.
-    Wake,
-}
-
-/// Something the driver must do, pulled with [`Machine::poll_action`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Claim up to `max` ready jobs; answer with [`Event::ClaimReply`].
-    Claim {
-        /// Echoed in the reply, so a late or repeated reply is recognised;
-        /// also the claim's id in the store, so that a claim whose reply is
-        /// lost can be recovered by a later heartbeat.
-        request: u64,
-        /// Never more than the free slots nor the batch limit.
-        max: u32,
-    },
-    /// Start the job; answer with [`Event::JobStarted`] or [`Event::StartFailed`],
-    /// then [`Event::JobExited`] when it ends.
-    Start {
-        /// The claimed job.
-        job: ClaimedJob,
-    },
-    /// Send a signal to the job.
-    Signal {
-        /// The job.
-        job: JobId,
-        /// TERM or KILL.
-        signal: JobSignal,
-    },
-    /// Write these outcomes, fenced by their leases; answer with [`Event::RecordReply`].
-    Record {
-        /// Echoed in the reply.
-        request: u64,
-        /// At most `batch_max` of them.
-        completions: Vec<Completion>,
-    },
-    /// Extend these leases and report the phase; answer with [`Event::HeartbeatReply`].
-    Heartbeat {
-        /// Echoed in the reply.
-        request: u64,
-        /// The phase to report.
-        phase: Phase,
-        /// Every lease the worker holds.
-        leases: Vec<Lease>,
-        /// Ids of claims whose reply never arrived (they may have committed):
-        /// the store hands over the jobs they took.
-        recover: Vec<u64>,
-    },
-    /// The run under this lease is over for this worker (recorded, refused,
-    /// superseded, lost or given up): the executor may let go of what it
-    /// keeps for it (e.g. remove its container). Never answered.
-    Release {
-        /// The run.
-        lease: Lease,
-    },
-    /// Requeue jobs whose lease expired (any worker's); answer with
-    /// [`Event::ReapReply`]. At most one is in flight.
-    Reap {
-        /// Echoed in the reply.
-        request: u64,
-    },
-    /// Write this status report (SIGUSR1).
-    ReportStatus(Status),
-    /// Exit the process with this code.
-    Exit {
-        /// 0 or 75.
-        code: i32,
-    },
-}
-
-/// What kind of thing a trace note tells.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoteKind {
-    /// A phase transition.
-    Phase,
-    /// Something that happened to one job.
-    Job,
-    /// The store went away or came back, or outcomes were given up.
-    Store,
-}
-
-/// One line of the worker's own story: transitions and job outcomes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    /// When.
-    pub at: Instant,
-    /// About what.
-    pub kind: NoteKind,
-    /// What, in words an operator can follow.
-    pub text: String,
-}
-
-/// Running totals, reported by SIGUSR1 and at exit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Jobs accepted from claims.
-    pub claimed: u64,
-    /// Outcomes recorded as succeeded.
-    pub succeeded: u64,
-    /// Outcomes recorded as failed attempts.
-    pub failed: u64,
-    /// Outcomes recorded as interrupted (requeued).
-    pub interrupted: u64,
-    /// Outcomes recorded as cancelled.
-    pub cancelled: u64,
-    /// Jobs claimed after the signal and handed back unstarted.
-    pub handed_back: u64,
-    /// Jobs stopped because their lease was lost; nothing recorded.
-    pub lost: u64,
-    /// Outcomes the store refused (stale lease).
-    pub refused: u64,
-    /// Outcomes the store refused as invalid, recorded as failed instead,
-    /// or (if even that was refused) left to their lease.
-    pub invalid: u64,
-    /// Outcomes dropped because a newer claim of the same job arrived (our
-    /// lease had been reaped and the job claimed again).
-    pub superseded: u64,
-    /// Store calls that failed.
-    pub store_errors: u64,
-}
-
-/// One job in a status report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobStatus {
-    /// The job.
-    pub id: JobId,
-    /// Its queue.
-    pub queue: String,
-    /// starting, running, stopping or recording.
-    pub state: &'static str,
-    /// Time since it was claimed.
-    pub elapsed: Duration,
-}
-
-/// The SIGUSR1 report: phase, every job held, counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    /// Current phase.
-    pub phase: Phase,
-    /// Shutdown signals received so far.
-    pub signals: u32,
-    /// Jobs held, by id.
-    pub jobs: Vec<JobStatus>,
-    /// Totals.
-    pub counters: Counters,
-}
 
 /// Why the machine is stopping a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,94 +100,142 @@ enum StopReason {
     LeaseLost,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
-    /// Start sent, not yet confirmed.
-    Starting,
-    /// Its process or container is alive.
-    Running,
-    /// Ended (or never started); its outcome waits to be recorded.
-    Done,
-}
-
-/// One claimed job, from the claim reply until its outcome is recorded.
+/// What the machine knows and wants of a run that may be alive.
 #[derive(Clone, Debug)]
-struct Slot {
-    job: ClaimedJob,
-    state: SlotState,
-    claimed_at: Instant,
+struct Live {
+    /// When the store may consider our lease expired (by the time we sent
+    /// the call that set it; the store applied it later).
+    lease_deadline: Instant,
+    /// Why it is being stopped, if it is.
     stop: Option<StopReason>,
     /// Strongest signal we want it to have had (applied once it runs).
     want: Option<JobSignal>,
     /// Strongest signal actually sent.
     sent: Option<JobSignal>,
-    outcome: Option<Completion>,
-    /// Part of the record batch in flight.
-    sending: bool,
-    /// A write of its outcome failed transiently: it is flushed before any
-    /// new claim or reap, so that our own reap or claim cannot supersede an
-    /// outcome the store would still accept.
-    record_failed: bool,
-    /// The store refused a batch holding this outcome as invalid: it is
-    /// written on its own, to find which one the store refuses.
-    solo: bool,
-    /// The store refused this outcome as invalid: it was replaced by a
-    /// failure without output. Refused again, it is left to its lease.
-    degraded: bool,
-    /// When the store may consider our lease expired (by the time we sent
-    /// the call that set it; the store applied it later).
-    lease_deadline: Instant,
     /// A newer claim of this job (and when it was sent) that arrived while
-    /// this superseded run was still alive: it starts once the old process
-    /// is gone.
+    /// this superseded run was still alive: it starts once this one is gone.
     next: Option<(ClaimedJob, Instant)>,
 }
 
+/// An outcome waiting to be written.
+#[derive(Clone, Debug)]
+struct Pending {
+    completion: Completion,
+    /// Part of the record batch in flight.
+    sending: bool,
+    /// Met a store known to be down (or waited behind a failed write): it
+    /// is written before any new claim or reap, so that our own reap or
+    /// claim cannot supersede an outcome the store would still accept.
+    must_flush: bool,
+    /// The store refused a batch holding it as invalid: written alone.
+    solo: bool,
+    /// The store refused it as invalid: it was replaced by a failure
+    /// without output. Refused again, it is left to its lease.
+    degraded: bool,
+}
+
+/// Where a held job's run is.
+#[derive(Clone, Debug)]
+enum Run {
+    /// Start sent, not yet confirmed; signals wait until it runs.
+    Starting(Live),
+    /// Its process or container is alive.
+    Running(Live),
+    /// Ended, or never started (a hand-back): its outcome waits to be written.
+    Done(Pending),
+}
+
+/// One claimed job, from the claim reply until the machine lets it go.
+#[derive(Clone, Debug)]
+struct Slot {
+    job: ClaimedJob,
+    claimed_at: Instant,
+    run: Run,
+}
+
 impl Slot {
-    fn new(
-        job: ClaimedJob,
-        state: SlotState,
-        claimed_at: Instant,
-        lease_deadline: Instant,
-    ) -> Slot {
-        Slot {
-            job,
-            state,
-            claimed_at,
-            stop: None,
-            want: None,
-            sent: None,
-            outcome: None,
-            sending: false,
-            record_failed: false,
-            solo: false,
-            degraded: false,
-            lease_deadline,
-            next: None,
+    fn live(&self) -> Option<&Live> {
+        match &self.run {
+            Run::Starting(live) | Run::Running(live) => Some(live),
+            Run::Done(_) => None,
+        }
+    }
+
+    fn live_mut(&mut self) -> Option<&mut Live> {
+        match &mut self.run {
+            Run::Starting(live) | Run::Running(live) => Some(live),
+            Run::Done(_) => None,
+        }
+    }
+
+    fn pending(&self) -> Option<&Pending> {
+        match &self.run {
+            Run::Done(pending) => Some(pending),
+            _ => None,
+        }
+    }
+
+    fn pending_mut(&mut self) -> Option<&mut Pending> {
+        match &mut self.run {
+            Run::Done(pending) => Some(pending),
+            _ => None,
         }
     }
 
     fn alive(&self) -> bool {
-        matches!(self.state, SlotState::Starting | SlotState::Running)
+        self.live().is_some()
     }
 
     fn waiting_to_record(&self) -> bool {
-        self.outcome.is_some() && !self.sending
+        self.pending().is_some_and(|p| !p.sending)
     }
 }
 
-/// The private phase, with the data each phase needs.
+/// The phase, with the data each phase needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Inner {
     Running,
-    Draining,
-    TimedOut,
-    Stopped { code: i32 },
+    Draining { signal_at: Instant },
+    TimedOut { signal_at: Instant },
+    Stopped { signal_at: Instant, code: i32 },
 }
 
-/// Most claims whose reply was lost that the machine tries to recover;
-/// beyond that, their jobs return to the queue when their lease expires.
-pub const MAX_UNCERTAIN_CLAIMS: usize = 16;
+/// The claim side: at most one claim in flight.
+#[derive(Clone, Debug, Default)]
+struct Claims {
+    /// Request id, `max` and send time of the claim in flight.
+    in_flight: Option<(u64, u32, Instant)>,
+    /// Look for jobs at the next chance (poll, wake-up, a full batch).
+    wanted: bool,
+    /// The last claim came back full: more jobs are probably waiting.
+    backlog: bool,
+    /// Claims whose reply never arrived (timed out, connection lost): they
+    /// may have committed, so the next heartbeat asks for their jobs.
+    uncertain: VecDeque<u64>,
+}
+
+/// The outcome writes: at most one batch in flight.
+#[derive(Clone, Debug, Default)]
+struct Records {
+    /// The batch in flight, by lease (a newer claim of the same job must not
+    /// be mistaken for the one written).
+    in_flight: Option<(u64, Vec<Lease>)>,
+    /// Consecutive transient failures (sets the backoff).
+    failures: u32,
+    /// Writes wait for the retry timer (or any store success).
+    blocked: bool,
+}
+
+/// The heartbeat: at most one in flight.
+#[derive(Clone, Debug, Default)]
+struct Heartbeats {
+    /// Request id, send time, jobs and recovered claim ids in flight.
+    in_flight: Option<(u64, Instant, Vec<JobId>, Vec<u64>)>,
+    /// One fell due while another was in flight: it goes as soon as that
+    /// one is answered, not a whole interval later (slow round trips would
+    /// otherwise let leases run short).
+    due: bool,
+}
 
 /// The worker's state machine. See the module docs for the driving loop.
 #[derive(Debug)]
@@ -454,35 +248,18 @@ pub struct Machine {
     actions: VecDeque<Action>,
     notes: VecDeque<Note>,
     notes_dropped: u64,
-    /// Request id, `max` and send time of the claim in flight.
-    claim_in_flight: Option<(u64, u32, Instant)>,
     next_request: u64,
-    claim_wanted: bool,
-    /// The last claim came back full: more jobs are probably waiting.
-    backlog: bool,
-    /// The record batch in flight, by lease (a newer claim of the same job
-    /// must not be mistaken for the one recorded).
-    records_in_flight: Option<(u64, Vec<Lease>)>,
-    /// Consecutive transient failures of outcome writes (sets the backoff).
-    record_failures: u32,
-    /// Outcome writes wait for the retry timer (or any store success).
-    record_blocked: bool,
-    /// A reap is due (poll timer) but not yet sent.
+    claims: Claims,
+    records: Records,
+    heartbeats: Heartbeats,
+    /// A reap is due (poll timer) but not yet sent; one in flight at most.
     reap_wanted: bool,
     reap_in_flight: Option<u64>,
-    /// Request id, send time, leases and recovered claim ids of the heartbeat in flight.
-    heartbeat_in_flight: Option<(u64, Instant, Vec<JobId>, Vec<u64>)>,
-    /// A heartbeat fell due while one was in flight: it goes as soon as that
-    /// one is answered, not a whole interval later (slow round trips would
-    /// otherwise let leases run short).
-    heartbeat_due: bool,
-    /// Claims whose reply never arrived (timed out or connection lost):
-    /// they may have committed, so the next heartbeat asks for their jobs.
-    uncertain: VecDeque<u64>,
     store_up: bool,
     signals: u32,
-    first_signal_at: Option<Instant>,
+    /// A job running at the signal was stopped (exit code 75).
     interrupted: bool,
+    /// Jobs left to their lease (exit code 75).
     gave_up: usize,
     abandoned: VecDeque<Lease>,
     counters: Counters,
@@ -500,21 +277,17 @@ impl Machine {
             actions: VecDeque::new(),
             notes: VecDeque::new(),
             notes_dropped: 0,
-            claim_in_flight: None,
             next_request: 1,
-            claim_wanted: true,
-            backlog: false,
-            records_in_flight: None,
-            record_failures: 0,
-            record_blocked: false,
+            claims: Claims {
+                wanted: true,
+                ..Claims::default()
+            },
+            records: Records::default(),
+            heartbeats: Heartbeats::default(),
             reap_wanted: false,
             reap_in_flight: None,
-            heartbeat_in_flight: None,
-            heartbeat_due: false,
-            uncertain: VecDeque::new(),
             store_up: true,
             signals: 0,
-            first_signal_at: None,
             interrupted: false,
             gave_up: 0,
             abandoned: VecDeque::new(),
@@ -527,14 +300,13 @@ impl Machine {
         machine
             .timers
             .set(Timer::Heartbeat, now + machine.config.heartbeat_interval());
-        let text = format!(
-            "running (concurrency {}, shutdown timeout {}, kill grace {}, lease {})",
-            machine.config.concurrency,
-            fmt_duration(machine.config.shutdown_timeout),
-            fmt_duration(machine.config.kill_grace),
-            fmt_duration(machine.config.lease),
-        );
-        machine.note(NoteKind::Phase, text);
+        let what = What::Started {
+            concurrency: machine.config.concurrency,
+            shutdown_timeout: machine.config.shutdown_timeout,
+            kill_grace: machine.config.kill_grace,
+            lease: machine.config.lease,
+        };
+        machine.note(what);
         machine.drive();
         Ok(machine)
     }
@@ -548,8 +320,8 @@ impl Machine {
     pub fn phase(&self) -> Phase {
         match self.inner {
             Inner::Running => Phase::Running,
-            Inner::Draining => Phase::Draining,
-            Inner::TimedOut => Phase::TimedOut,
+            Inner::Draining { .. } => Phase::Draining,
+            Inner::TimedOut { .. } => Phase::TimedOut,
             Inner::Stopped { .. } => Phase::Stopped,
         }
     }
@@ -557,14 +329,19 @@ impl Machine {
     /// The exit code, once `Stopped`.
     pub fn exit_code(&self) -> Option<i32> {
         match self.inner {
-            Inner::Stopped { code } => Some(code),
+            Inner::Stopped { code, .. } => Some(code),
             _ => None,
         }
     }
 
     /// When the first TERM/INT arrived.
     pub fn first_signal_at(&self) -> Option<Instant> {
-        self.first_signal_at
+        match self.inner {
+            Inner::Running => None,
+            Inner::Draining { signal_at }
+            | Inner::TimedOut { signal_at }
+            | Inner::Stopped { signal_at, .. } => Some(signal_at),
+        }
     }
 
     /// Leases given up without recording an outcome (lost, expired, or left
@@ -574,19 +351,12 @@ impl Machine {
         self.abandoned.iter()
     }
 
-    fn abandon(&mut self, lease: Lease) {
-        if self.abandoned.len() >= MAX_ABANDONED {
-            self.abandoned.pop_front();
-        }
-        self.abandoned.push_back(lease);
-    }
-
     /// Totals so far.
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    /// Jobs held: claimed and not yet recorded (at most twice the concurrency).
+    /// Jobs held: claimed and not yet let go of (bounded by [`Machine::max_held`]).
     pub fn held(&self) -> usize {
         self.slots.len()
     }
@@ -601,7 +371,7 @@ impl Machine {
         self.actions.pop_front()
     }
 
-    /// The next trace note, until `None`.
+    /// The next note, until `None`.
     pub fn poll_note(&mut self) -> Option<Note> {
         self.notes.pop_front()
     }
@@ -624,11 +394,11 @@ impl Machine {
             .map(|slot| JobStatus {
                 id: slot.job.lease.job,
                 queue: slot.job.queue.clone(),
-                state: match (slot.state, slot.sent.is_some()) {
-                    (SlotState::Starting, _) => "starting",
-                    (SlotState::Running, false) => "running",
-                    (SlotState::Running, true) => "stopping",
-                    (SlotState::Done, _) => "recording",
+                state: match &slot.run {
+                    Run::Starting(_) => "starting",
+                    Run::Running(live) if live.sent.is_none() => "running",
+                    Run::Running(_) => "stopping",
+                    Run::Done(_) => "recording",
                 },
                 elapsed: self.now.saturating_since(slot.claimed_at),
             })
@@ -639,6 +409,13 @@ impl Machine {
             jobs,
             counters: self.counters.clone(),
         }
+    }
+
+    /// Most jobs held at once: running, finished and waiting for their
+    /// write, or being handed back. Claims are sized to stay within twice the
+    /// concurrency; recovered and late claims may add a batch or two.
+    pub fn max_held(&self) -> usize {
+        (2 * (self.config.concurrency + self.config.batch_max)) as usize
     }
 
     /// Feed one event that happened at `now`.
@@ -658,23 +435,20 @@ impl Machine {
             Event::ClaimReply { request, result } => self.recv_claim_reply(request, result),
             Event::JobStarted { lease } => self.recv_job_started(lease),
             Event::StartFailed { lease, error } => {
-                self.recv_job_ended(lease, Ended::StartFailed(error))
+                self.recv_run_end(lease, RunEnd::StartFailed(error), Vec::new())
             }
             Event::JobExited {
                 lease,
                 exit,
                 output,
-            } => self.recv_job_ended(lease, Ended::Exited(exit, output)),
+            } => self.recv_run_end(lease, RunEnd::Exited(exit), output),
             Event::RecordReply { request, result } => self.recv_record_reply(request, result),
             Event::ReapReply { request, result } => self.recv_reap_reply(request, result),
             Event::HeartbeatReply { request, result } => self.recv_heartbeat_reply(request, result),
-            Event::LeaseLost { job } => self.lose_lease(job),
             Event::CancelRequested { job } => self.cancel(job),
-            Event::StoreUnreachable => self.store_down("store unreachable"),
-            Event::StoreReachable => self.store_reachable(),
             Event::Wake => {
                 if self.inner == Inner::Running {
-                    self.claim_wanted = true;
+                    self.claims.wanted = true;
                 }
             }
         }
@@ -688,19 +462,18 @@ impl Machine {
         self.signals += 1;
         match self.inner {
             Inner::Running => self.begin_drain(signal),
-            Inner::Draining => {
-                self.force_timeout(format!("{signal} #{}: forcing the stop", self.signals))
+            Inner::Draining { signal_at } => {
+                self.force_timeout(signal_at, TimeoutCause::Signal(signal, self.signals))
             }
-            Inner::TimedOut => self.kill_now(signal),
+            Inner::TimedOut { .. } => self.kill_now(signal),
             Inner::Stopped { .. } => {}
         }
     }
 
     fn begin_drain(&mut self, signal: Signal) {
         let now = self.now;
-        self.inner = Inner::Draining;
-        self.first_signal_at = Some(now);
-        self.claim_wanted = false;
+        self.inner = Inner::Draining { signal_at: now };
+        self.claims.wanted = false;
         self.reap_wanted = false;
         if !planted::active(Bug::ClaimWhileDraining) {
             self.timers.stop(Timer::Poll);
@@ -717,75 +490,64 @@ impl Machine {
             .position(|a| matches!(a, Action::Claim { .. }))
         {
             self.actions.remove(pos);
-            self.claim_in_flight = None;
+            self.claims.in_flight = None;
         }
-        let alive = self.alive();
-        let mut text = format!(
-            "running -> draining: {signal} received; {alive} job{} running, no new claims, drain deadline in {}",
-            plural(alive),
-            fmt_duration(self.config.shutdown_timeout)
-        );
-        if self.claim_in_flight.is_some() {
-            text.push_str("; the claim in flight will be handed back");
-        }
-        if !self.uncertain.is_empty() {
-            text.push_str("; claims whose reply was lost will be recovered and handed back");
-        }
-        text.push_str(" (a second signal stops jobs now)");
-        self.note(NoteKind::Phase, text);
+        let what = What::Draining {
+            signal,
+            alive: self.alive(),
+            shutdown_timeout: self.config.shutdown_timeout,
+            claim_in_flight: self.claims.in_flight.is_some(),
+            uncertain_claims: !self.claims.uncertain.is_empty(),
+        };
+        self.note(what);
     }
 
-    fn force_timeout(&mut self, cause: String) {
+    fn force_timeout(&mut self, signal_at: Instant, cause: TimeoutCause) {
         let now = self.now;
-        self.inner = Inner::TimedOut;
+        self.inner = Inner::TimedOut { signal_at };
         self.timers.stop(Timer::ShutdownDeadline);
         self.timers
             .set(Timer::KillGrace, now + self.config.kill_grace);
-        let alive = self.alive();
-        self.note(
-            NoteKind::Phase,
-            format!(
-                "draining -> timed-out: {cause}; sending SIGTERM to {alive} job{}, SIGKILL in {}",
-                plural(alive),
-                fmt_duration(self.config.kill_grace)
-            ),
-        );
-        let ids: Vec<JobId> = self.slots.keys().copied().collect();
-        for id in ids {
-            self.stop_job(id, StopReason::Shutdown, JobSignal::Term);
-        }
+        let what = What::TimedOut {
+            cause,
+            alive: self.alive(),
+            kill_grace: self.config.kill_grace,
+        };
+        self.note(what);
+        self.stop_all(JobSignal::Term);
     }
 
     fn kill_now(&mut self, signal: Signal) {
-        let alive = self.alive();
-        self.note(
-            NoteKind::Phase,
-            format!(
-                "timed-out: {signal} #{}: sending SIGKILL to {alive} job{} now",
-                self.signals,
-                plural(alive)
-            ),
-        );
+        let what = What::KillNow {
+            signal,
+            count: self.signals,
+            alive: self.alive(),
+        };
+        self.note(what);
+        self.stop_all(JobSignal::Kill);
+    }
+
+    fn stop_all(&mut self, signal: JobSignal) {
         let ids: Vec<JobId> = self.slots.keys().copied().collect();
         for id in ids {
-            self.stop_job(id, StopReason::Shutdown, JobSignal::Kill);
+            self.stop_job(id, StopReason::Shutdown, signal);
         }
     }
 
-    fn stop(&mut self, cause: String) {
+    fn stop(&mut self, cause: StopCause) {
+        let Some(signal_at) = self.first_signal_at() else {
+            return;
+        };
         let code = if self.interrupted || self.gave_up > 0 {
             EXIT_INTERRUPTED
         } else {
             EXIT_OK
         };
         let from = self.phase();
-        self.inner = Inner::Stopped { code };
+        self.inner = Inner::Stopped { signal_at, code };
         self.timers = TimerTable::default();
-        self.claim_wanted = false;
-        self.note(
-            NoteKind::Phase,
-            format!("{from} -> stopped: {cause}; exit {code}"),
-        );
+        self.claims.wanted = false;
+        self.note(What::Stopped { from, cause, code });
         self.actions.push_back(Action::Exit { code });
     }
 
@@ -798,7 +560,7 @@ impl Machine {
                 Fired::Worker(Timer::Poll) => {
                     if self.inner == Inner::Running || self.planted_claims() {
                         self.reap_wanted = true;
-                        self.claim_wanted = true;
+                        self.claims.wanted = true;
                         self.timers
                             .set(Timer::Poll, now + self.config.poll_interval);
                     }
@@ -813,21 +575,13 @@ impl Machine {
                         .set(Timer::Heartbeat, now + self.config.heartbeat_interval());
                 }
                 Fired::Worker(Timer::ShutdownDeadline) => {
-                    if self.inner == Inner::Draining {
-                        let cause = format!(
-                            "shutdown timeout ({}) passed",
-                            fmt_duration(self.config.shutdown_timeout)
-                        );
-                        self.force_timeout(cause);
+                    if let Inner::Draining { signal_at } = self.inner {
+                        let cause = TimeoutCause::Deadline(self.config.shutdown_timeout);
+                        self.force_timeout(signal_at, cause);
                     }
                 }
-                Fired::Worker(Timer::KillGrace) => {
-                    let ids: Vec<JobId> = self.slots.keys().copied().collect();
-                    for id in ids {
-                        self.stop_job(id, StopReason::Shutdown, JobSignal::Kill);
-                    }
-                }
-                Fired::Worker(Timer::StoreRetry) => self.record_blocked = false,
+                Fired::Worker(Timer::KillGrace) => self.stop_all(JobSignal::Kill),
+                Fired::Worker(Timer::StoreRetry) => self.records.blocked = false,
                 Fired::Worker(Timer::ExitDeadline) => self.give_up(),
                 Fired::Job(id, JobTimer::Timeout) => {
                     if let Some(timeout) = self.slots.get(&id).and_then(|s| s.job.spec.timeout()) {
@@ -835,32 +589,32 @@ impl Machine {
                     }
                 }
                 Fired::Job(id, JobTimer::Kill) => {
-                    if let Some(reason) = self.slots.get(&id).and_then(|s| s.stop) {
+                    if let Some(reason) = self.slots.get(&id).and_then(|s| s.live()?.stop) {
                         self.stop_job(id, reason, JobSignal::Kill);
                     }
                 }
-                Fired::Job(id, JobTimer::LeaseExpiry) => {
-                    let Some(deadline) = self
-                        .slots
-                        .get(&id)
-                        .filter(|slot| slot.alive())
-                        .map(|slot| slot.lease_deadline)
-                    else {
-                        continue;
-                    };
-                    self.note_job(
-                        id,
-                        format!(
-                            "no heartbeat has extended its lease, which may expire in {}; stopping it (SIGKILL then) before another worker can run it",
-                            fmt_duration(deadline.saturating_since(now))
-                        ),
-                    );
-                    self.stop_job(id, StopReason::LeaseLost, JobSignal::Term);
-                    // Dead before the store can hand the job to anyone else.
-                    self.timers.set_job_earliest(id, JobTimer::Kill, deadline);
-                }
+                Fired::Job(id, JobTimer::LeaseExpiry) => self.lease_running_out(id),
             }
         }
+    }
+
+    /// No heartbeat extended a running job's lease: stop it so that it is
+    /// dead (KILL at the deadline) before the store can hand it to another.
+    fn lease_running_out(&mut self, id: JobId) {
+        let Some(deadline) = self
+            .slots
+            .get(&id)
+            .and_then(|slot| Some(slot.live()?.lease_deadline))
+        else {
+            return;
+        };
+        let expires_in = deadline.saturating_since(self.now);
+        self.note(What::LeaseRunningOut {
+            job: id,
+            expires_in,
+        });
+        self.stop_job(id, StopReason::LeaseLost, JobSignal::Term);
+        self.timers.set_job_earliest(id, JobTimer::Kill, deadline);
     }
 
     /// The store stayed unreachable past the exit bound: leave what is not
@@ -871,25 +625,27 @@ impl Machine {
         }
         let ids: Vec<JobId> = self.slots.keys().copied().collect();
         self.gave_up += ids.len();
-        let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
-        for lease in leases {
-            self.abandon(lease);
-        }
-        for id in &ids {
-            let alive = self.slots.get(id).is_some_and(Slot::alive);
-            let text = if alive {
-                "still alive at the exit deadline; left to its lease".to_string()
-            } else {
-                "outcome not recorded by the exit deadline; left to its lease".to_string()
-            };
-            self.note_job(*id, text);
-        }
         for id in ids.iter().copied() {
-            match self.slots.get(&id).map(|slot| (slot.state, slot.sent)) {
-                // Still alive: it must not run on beside the copy another
-                // worker will start once the lease expires.
-                Some((SlotState::Running, sent)) => {
-                    if sent != Some(JobSignal::Kill) {
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let lease = slot.job.lease;
+            // Still alive: it must not run on beside the copy another worker
+            // will start once the lease expires. Not yet started: the
+            // executor's exit clean-up stops it. Done: released.
+            let kill = match &slot.run {
+                Run::Running(live) => Some(live.sent != Some(JobSignal::Kill)),
+                Run::Starting(_) => Some(false),
+                Run::Done(_) => None,
+            };
+            self.abandon(lease);
+            self.note(What::LeftToLease {
+                job: id,
+                alive: kill.is_some(),
+            });
+            match kill {
+                Some(send) => {
+                    if send {
                         self.actions.push_back(Action::Signal {
                             job: id,
                             signal: JobSignal::Kill,
@@ -897,33 +653,27 @@ impl Machine {
                     }
                     self.slots.remove(&id);
                 }
-                // Not yet started: the executor's exit clean-up stops it.
-                Some((SlotState::Starting, _)) => {
-                    self.slots.remove(&id);
-                }
-                _ => {
+                None => {
                     self.release(id);
                 }
             }
         }
-        self.claim_in_flight = None;
-        self.uncertain.clear();
-        let cause = format!(
-            "exit deadline ({}) passed with {} job{} unrecorded",
-            fmt_duration(self.config.exit_bound()),
-            ids.len(),
-            plural(ids.len())
-        );
-        self.stop(cause);
+        self.claims.in_flight = None;
+        self.claims.uncertain.clear();
+        self.stop(StopCause::ExitDeadline {
+            bound: self.config.exit_bound(),
+            unrecorded: ids.len(),
+        });
     }
 
     // ----- claims and starts -------------------------------------------------
 
     fn recv_claim_reply(&mut self, request: u64, reply: Result<Vec<ClaimedJob>, StoreFailure>) {
-        let in_flight = self.claim_in_flight.filter(|(id, _, _)| *id == request);
+        let in_flight = self.claims.in_flight.filter(|(id, _, _)| *id == request);
         let Some((_, max, sent_at)) = in_flight else {
             // A late or duplicate reply: jobs in it that we do not hold are
             // handed back so they do not wait for lease expiry.
+            self.counters.late_replies += 1;
             if let Ok(jobs) = reply {
                 for job in jobs.into_iter().take(self.config.batch_max as usize) {
                     if !self.slots.contains_key(&job.lease.job) {
@@ -933,37 +683,32 @@ impl Machine {
             }
             return;
         };
-        self.claim_in_flight = None;
+        self.claims.in_flight = None;
         let jobs = match reply {
             Ok(jobs) => jobs,
             Err(failure) => {
-                self.counters.store_errors += 1;
                 if failure.transient {
                     // It may have committed before the reply was lost.
-                    self.remember_uncertain(request);
+                    if self.claims.uncertain.len() >= MAX_UNCERTAIN_CLAIMS {
+                        self.claims.uncertain.pop_front();
+                    }
+                    self.claims.uncertain.push_back(request);
                 }
-                self.store_down(&format!("claim failed: {failure}"));
+                self.store_failed(StoreCall::Claim, failure);
                 return;
             }
         };
-        self.store_up();
-        self.backlog = jobs.len() >= max as usize;
+        self.store_ok();
+        self.claims.backlog = jobs.len() >= max as usize;
         let mut accepted = 0u32;
         for job in jobs.into_iter().take(max as usize) {
             if self.take_claimed(job, sent_at) {
                 accepted += 1;
             }
         }
-        if self.backlog && accepted > 0 {
-            self.claim_wanted = true;
+        if self.claims.backlog && accepted > 0 {
+            self.claims.wanted = true;
         }
-    }
-
-    fn remember_uncertain(&mut self, claim: u64) {
-        if self.uncertain.len() >= MAX_UNCERTAIN_CLAIMS {
-            self.uncertain.pop_front();
-        }
-        self.uncertain.push_back(claim);
     }
 
     /// A job handed to us (by a claim sent at `sent_at`, or recovered):
@@ -981,23 +726,26 @@ impl Machine {
             // lease and the job was claimed again (by us). The old run's
             // outcome can never be recorded; the new claim must run.
             let old = slot.job.lease.token;
-            if slot.alive() {
-                if let Some((previous, previous_at)) = slot.next.replace((job, sent_at)) {
-                    self.hand_back(previous, previous_at);
+            if let Some(live) = slot.live_mut() {
+                let previous = live.next.replace((job, sent_at));
+                self.note(What::ClaimedAgain {
+                    job: id,
+                    old,
+                    alive: true,
+                });
+                if let Some((previous, at)) = previous {
+                    self.hand_back_quietly(previous, at);
                 }
-                self.note_job(
-                    id,
-                    format!("claimed again while its run under lease {old} is still alive: that run is killed, the new one starts after it"),
-                );
                 self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
                 return true;
             }
             self.release(id);
             self.counters.superseded += 1;
-            self.note_job(
-                id,
-                format!("claimed again: the unrecorded outcome of lease {old} is superseded and dropped"),
-            );
+            self.note(What::ClaimedAgain {
+                job: id,
+                old,
+                alive: false,
+            });
         }
         // A recovered claim may have taken a slot since this claim was sized.
         let room =
@@ -1010,17 +758,25 @@ impl Machine {
             // The reply came so late that the lease is about to expire: the
             // job would have to be stopped at once, and may already be
             // another worker's. Give it back instead.
-            self.note_job(
-                id,
-                "its claim was answered too late to run within the lease; handing it back".into(),
-            );
+            self.note(What::ClaimTooLate { job: id });
             self.hand_back_quietly(job, sent_at);
             return false;
         }
         self.counters.claimed += 1;
+        let live = Live {
+            lease_deadline,
+            stop: None,
+            want: None,
+            sent: None,
+            next: None,
+        };
         self.slots.insert(
             id,
-            Slot::new(job.clone(), SlotState::Starting, self.now, lease_deadline),
+            Slot {
+                job: job.clone(),
+                claimed_at: self.now,
+                run: Run::Starting(live),
+            },
         );
         self.arm_lease_timer(id, lease_deadline);
         self.actions.push_back(Action::Start { job });
@@ -1041,10 +797,7 @@ impl Machine {
     }
 
     fn hand_back(&mut self, job: ClaimedJob, claimed_at: Instant) {
-        self.note_job(
-            job.lease.job,
-            "claimed after the shutdown signal; handing it back unstarted".into(),
-        );
+        self.note(What::HandedBack { job: job.lease.job });
         self.hand_back_quietly(job, claimed_at);
     }
 
@@ -1058,30 +811,39 @@ impl Machine {
             self.abandon(job.lease);
             return;
         }
-        let mut slot = Slot::new(
-            job,
-            SlotState::Done,
-            claimed_at,
-            claimed_at + self.config.lease,
+        let pending = Pending {
+            completion: Completion {
+                lease: job.lease,
+                outcome: Outcome::HandBack,
+                output: Vec::new(),
+            },
+            sending: false,
+            must_flush: false,
+            solo: false,
+            degraded: false,
+        };
+        self.slots.insert(
+            id,
+            Slot {
+                job,
+                claimed_at,
+                run: Run::Done(pending),
+            },
         );
-        slot.outcome = Some(Completion {
-            lease: slot.job.lease,
-            outcome: Outcome::HandBack,
-            output: Vec::new(),
-        });
-        self.slots.insert(id, slot);
     }
 
     fn recv_job_started(&mut self, lease: Lease) {
         let now = self.now;
         let id = lease.job;
         let Some(slot) = self.slot_of(lease) else {
+            self.violation();
             return;
         };
-        if slot.state != SlotState::Starting {
+        let Run::Starting(live) = &slot.run else {
+            self.violation();
             return;
-        }
-        slot.state = SlotState::Running;
+        };
+        slot.run = Run::Running(live.clone());
         if let Some(timeout) = slot.job.spec.timeout() {
             self.timers.set_job(id, JobTimer::Timeout, now + timeout);
         }
@@ -1097,20 +859,17 @@ impl Machine {
     fn stop_job(&mut self, id: JobId, reason: StopReason, signal: JobSignal) {
         let now = self.now;
         let kill_grace = self.config.kill_grace;
-        let Some(slot) = self.slots.get_mut(&id) else {
+        let Some(live) = self.slots.get_mut(&id).and_then(Slot::live_mut) else {
             return;
         };
-        if !slot.alive() {
-            return;
-        }
-        slot.stop = match (slot.stop, reason) {
+        live.stop = match (live.stop, reason) {
             (None, reason) => Some(reason),
             (_, StopReason::LeaseLost) => Some(StopReason::LeaseLost),
             (Some(StopReason::Shutdown), StopReason::Cancel) => Some(StopReason::Cancel),
             (existing, _) => existing,
         };
-        if slot.want.is_none_or(|want| want < signal) {
-            slot.want = Some(signal);
+        if live.want.is_none_or(|want| want < signal) {
+            live.want = Some(signal);
         }
         if signal == JobSignal::Term {
             self.timers
@@ -1122,29 +881,27 @@ impl Machine {
 
     /// Send what a running job should have had and has not.
     fn apply_signals(&mut self, id: JobId) {
-        let Some(slot) = self.slots.get_mut(&id) else {
+        let Some(Run::Running(live)) = self.slots.get_mut(&id).map(|slot| &mut slot.run) else {
             return;
         };
-        if slot.state != SlotState::Running {
+        let Some(want) = live.want else {
             return;
-        }
-        if let Some(want) = slot.want {
-            if slot.sent.is_none_or(|sent| sent < want) {
-                slot.sent = Some(want);
-                self.actions.push_back(Action::Signal {
-                    job: id,
-                    signal: want,
-                });
-                if want == JobSignal::Kill {
-                    self.timers.stop_job(id, JobTimer::Kill);
-                }
+        };
+        if live.sent.is_none_or(|sent| sent < want) {
+            live.sent = Some(want);
+            self.actions.push_back(Action::Signal {
+                job: id,
+                signal: want,
+            });
+            if want == JobSignal::Kill {
+                self.timers.stop_job(id, JobTimer::Kill);
             }
         }
     }
 
     fn cancel(&mut self, id: JobId) {
         if self.slots.get(&id).is_some_and(Slot::alive) {
-            self.note_job(id, "cancel requested; stopping it".into());
+            self.note(What::CancelRequested { job: id });
             self.stop_job(id, StopReason::Cancel, JobSignal::Term);
         }
     }
@@ -1153,115 +910,94 @@ impl Machine {
     /// job, so it is killed at once rather than given a grace period.
     fn lose_lease(&mut self, id: JobId) {
         if self.slots.get(&id).is_some_and(Slot::alive) {
-            self.note_job(
-                id,
-                "lease lost; killing it now, another worker may run it".into(),
-            );
+            self.note(What::LeaseLost { job: id });
             self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
         }
     }
 
-    fn recv_job_ended(&mut self, lease: Lease, ended: Ended) {
+    /// A run ended (or never started): decide its outcome.
+    fn recv_run_end(&mut self, lease: Lease, end: RunEnd, output: Vec<u8>) {
         let now = self.now;
-        let phase = self.phase();
+        let running = self.inner == Inner::Running;
         let id = lease.job;
         let Some(slot) = self.slot_of(lease) else {
+            self.violation();
             return;
         };
-        if !slot.alive() {
+        let Some(live) = slot.live().cloned() else {
+            self.violation();
             return;
-        }
-        let elapsed = now.saturating_since(slot.claimed_at);
+        };
+        let ran_for = now.saturating_since(slot.claimed_at);
+        let queue = slot.job.queue.clone();
         // A stop reason only applies if a signal actually reached the job;
         // otherwise it finished on its own.
-        let reason = if slot.sent.is_some() || slot.stop == Some(StopReason::LeaseLost) {
-            slot.stop
+        let reason = if live.sent.is_some() || live.stop == Some(StopReason::LeaseLost) {
+            live.stop
         } else {
             None
         };
-        let (outcome, output, how) = match ended {
-            Ended::StartFailed(error) => {
-                let outcome = match reason {
-                    Some(StopReason::Cancel) => Outcome::Cancelled,
-                    _ => Outcome::Failed {
-                        exit_code: None,
-                        error: format!("could not start: {error}"),
-                    },
-                };
-                (outcome, Vec::new(), format!("could not start: {error}"))
-            }
-            Ended::Exited(exit, output) => {
-                let outcome = match reason {
-                    // Exit 0 is the job saying its work is done, even after a
-                    // TERM (a job that ignored it and finished in the grace
-                    // period): requeueing it would run a finished job's side
-                    // effects again. A job that stops early on TERM and wants
-                    // to run again exits non-zero (143 by convention). (With
-                    // the lease lost nothing is recorded at all, below.)
-                    _ if exit.success() => Outcome::Succeeded,
-                    None => Outcome::Failed {
-                        exit_code: exit.code(),
-                        error: exit.to_string(),
-                    },
-                    Some(StopReason::Timeout(limit)) => Outcome::Failed {
-                        exit_code: exit.code(),
-                        error: format!("timed out after {}", fmt_duration(limit)),
-                    },
-                    Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => {
-                        Outcome::Interrupted {
-                            reason: "worker shutdown".to_string(),
-                        }
-                    }
-                    Some(StopReason::Cancel) => Outcome::Cancelled,
-                };
-                let mut output = output;
-                if output.len() > OUTPUT_LIMIT {
-                    output = tail(&output, OUTPUT_LIMIT).to_vec();
-                }
-                (outcome, output, exit.to_string())
-            }
+        let outcome = match &end {
+            RunEnd::StartFailed(error) => match reason {
+                Some(StopReason::Cancel) => Outcome::Cancelled,
+                _ => Outcome::Failed {
+                    exit_code: None,
+                    error: format!("could not start: {error}"),
+                },
+            },
+            RunEnd::Exited(exit) => decide(*exit, reason),
         };
-        slot.state = SlotState::Done;
         self.timers.forget_job(id);
         if (matches!(outcome, Outcome::Interrupted { .. }) || reason == Some(StopReason::LeaseLost))
-            && phase != Phase::Running
+            && !running
         {
             self.interrupted = true;
         }
         if reason == Some(StopReason::LeaseLost) {
-            let next = self.release(id).and_then(|slot| slot.next);
+            self.release(id);
             self.counters.lost += 1;
             self.abandon(lease);
-            self.note_job(
-                id,
-                format!(
-                    "{how} after {}; lease lost, nothing recorded",
-                    fmt_duration(elapsed)
-                ),
-            );
-            if let Some((next, sent_at)) = next {
+            self.note(What::JobEnded {
+                job: id,
+                queue,
+                end,
+                ran_for,
+                outcome: None,
+            });
+            if let Some((next, sent_at)) = live.next {
                 // The newer claim waited for this run to be gone.
                 self.take_claimed(next, sent_at);
             }
             return;
         }
-        let text = format!(
-            "{how} after {} -> {}",
-            fmt_duration(elapsed),
-            outcome.name()
-        );
-        let store_down = !self.store_up || self.record_blocked;
+        let name = outcome.name();
+        let must_flush = !self.store_up || self.records.blocked;
         if let Some(slot) = self.slots.get_mut(&id) {
-            slot.outcome = Some(Completion {
-                lease,
-                outcome,
-                output,
+            slot.run = Run::Done(Pending {
+                completion: Completion {
+                    lease,
+                    outcome,
+                    output: if output.len() > OUTPUT_LIMIT {
+                        tail(&output, OUTPUT_LIMIT).to_vec()
+                    } else {
+                        output
+                    },
+                },
+                sending: false,
+                // An outcome that meets a store we know to be down is
+                // flushed before any claim or reap once it is back.
+                must_flush,
+                solo: false,
+                degraded: false,
             });
-            // An outcome that meets a store we know to be down is flushed
-            // before any claim or reap once it is back.
-            slot.record_failed = store_down;
         }
-        self.note_job(id, text);
+        self.note(What::JobEnded {
+            job: id,
+            queue,
+            end,
+            ran_for,
+            outcome: Some(name),
+        });
     }
 
     // ----- store replies -------------------------------------------------------
@@ -1287,74 +1023,74 @@ impl Machine {
         request: u64,
         reply: Result<Vec<(JobId, RecordResult)>, StoreFailure>,
     ) {
-        if !matches!(self.records_in_flight, Some((id, _)) if id == request) {
-            return;
-        }
-        let Some((_, sent)) = self.records_in_flight.take() else {
-            return;
+        let sent = match self.records.in_flight.take() {
+            Some((id, sent)) if id == request => sent,
+            other => {
+                self.records.in_flight = other;
+                self.counters.late_replies += 1;
+                return;
+            }
         };
         match reply {
             Ok(results) => {
-                self.store_up();
-                self.record_failures = 0;
+                self.store_ok();
+                self.records.failures = 0;
                 let results: BTreeMap<JobId, RecordResult> = results.into_iter().collect();
                 for lease in sent {
-                    let Some(slot) = self.slot_of(lease) else {
-                        continue;
-                    };
                     match results.get(&lease.job) {
-                        Some(RecordResult::Recorded) => self.recorded(lease.job),
+                        Some(RecordResult::Recorded { state }) => self.recorded(lease, *state),
                         Some(RecordResult::Refused) => {
-                            self.release(lease.job);
-                            self.counters.refused += 1;
-                            self.note_job(lease.job, "outcome refused by the store: stale lease, another worker owns the job".into());
+                            if self.slot_of(lease).is_some() {
+                                self.release(lease.job);
+                                self.counters.refused += 1;
+                                self.note(What::OutcomeRefused { job: lease.job });
+                            }
                         }
-                        None => slot.sending = false,
+                        None => {
+                            if let Some(pending) = self.slot_of(lease).and_then(Slot::pending_mut) {
+                                pending.sending = false;
+                            }
+                        }
                     }
                 }
-                if self.backlog && self.inner == Inner::Running {
-                    self.claim_wanted = true;
+                if self.claims.backlog && self.inner == Inner::Running {
+                    self.claims.wanted = true;
                 }
             }
             Err(failure) if failure.transient => {
-                self.counters.store_errors += 1;
-                for lease in &sent {
-                    if let Some(slot) = self.slot_of(*lease) {
-                        slot.sending = false;
-                    }
-                }
                 // Every outcome now waiting is flushed before any claim or
                 // reap, not only this batch.
                 for slot in self.slots.values_mut() {
-                    if slot.outcome.is_some() {
-                        slot.record_failed = true;
+                    if let Some(pending) = slot.pending_mut() {
+                        if sent.contains(&pending.completion.lease) {
+                            pending.sending = false;
+                        }
+                        pending.must_flush = true;
                     }
                 }
-                self.record_failures = self.record_failures.saturating_add(1);
-                self.record_blocked = true;
-                let backoff = store_backoff(self.record_failures, self.config.max_store_backoff);
+                self.records.failures = self.records.failures.saturating_add(1);
+                self.records.blocked = true;
+                let backoff = store_backoff(self.records.failures, self.config.max_store_backoff);
                 self.timers.set(Timer::StoreRetry, self.now + backoff);
-                self.store_down(&format!("recording outcomes failed: {failure}"));
+                self.store_failed(StoreCall::Record, failure);
             }
             Err(failure) => {
                 // The store is up but refused the batch as invalid: repeating
                 // it would fail forever. Find the bad outcome by writing them
                 // one by one, then record it as failed without its output.
+                self.store_ok();
                 self.counters.store_errors += 1;
                 if sent.len() > 1 {
                     for lease in &sent {
-                        if let Some(slot) = self.slot_of(*lease) {
-                            slot.sending = false;
-                            slot.solo = true;
+                        if let Some(pending) = self.slot_of(*lease).and_then(Slot::pending_mut) {
+                            pending.sending = false;
+                            pending.solo = true;
                         }
                     }
-                    self.note(
-                        NoteKind::Store,
-                        format!(
-                            "the store refused a batch of {} outcomes ({failure}); writing them one by one",
-                            sent.len()
-                        ),
-                    );
+                    self.note(What::BatchRefused {
+                        size: sent.len(),
+                        failure,
+                    });
                     return;
                 }
                 for lease in sent {
@@ -1366,23 +1102,20 @@ impl Machine {
 
     /// The store refused this one outcome as invalid.
     fn refused_as_invalid(&mut self, lease: Lease, failure: &StoreFailure) {
-        let Some(slot) = self.slot_of(lease) else {
+        let Some(pending) = self.slot_of(lease).and_then(Slot::pending_mut) else {
             return;
         };
-        slot.sending = false;
-        slot.solo = true;
-        let degradable = matches!(
-            slot.outcome.as_ref().map(|c| &c.outcome),
-            Some(Outcome::Succeeded | Outcome::Failed { .. } | Outcome::Cancelled)
-        );
-        if degradable && !slot.degraded {
-            let exit_code = match slot.outcome.as_ref().map(|c| &c.outcome) {
-                Some(Outcome::Failed { exit_code, .. }) => *exit_code,
-                Some(Outcome::Succeeded) => Some(0),
-                _ => None,
-            };
-            slot.degraded = true;
-            slot.outcome = Some(Completion {
+        pending.sending = false;
+        pending.solo = true;
+        let exit_code = match &pending.completion.outcome {
+            Outcome::Succeeded => Some(Some(0)),
+            Outcome::Failed { exit_code, .. } => Some(*exit_code),
+            Outcome::Cancelled => Some(None),
+            Outcome::Interrupted { .. } | Outcome::HandBack => None,
+        };
+        if let (Some(exit_code), false) = (exit_code, pending.degraded) {
+            pending.degraded = true;
+            pending.completion = Completion {
                 lease,
                 outcome: Outcome::Failed {
                     exit_code,
@@ -1392,14 +1125,13 @@ impl Machine {
                     ),
                 },
                 output: Vec::new(),
-            });
+            };
             self.counters.invalid += 1;
-            self.note_job(
-                lease.job,
-                format!(
-                    "the store refused its outcome ({failure}); recording it as failed instead"
-                ),
-            );
+            self.note(What::OutcomeInvalid {
+                job: lease.job,
+                failure: failure.clone(),
+                left_to_lease: false,
+            });
             return;
         }
         // Even the plainest outcome is refused: leave the job to its lease,
@@ -1407,57 +1139,64 @@ impl Machine {
         self.release(lease.job);
         self.gave_up += 1;
         self.abandon(lease);
-        self.note_job(
-            lease.job,
-            format!("the store refused its outcome ({failure}); left to its lease"),
-        );
+        self.note(What::OutcomeInvalid {
+            job: lease.job,
+            failure: failure.clone(),
+            left_to_lease: true,
+        });
     }
 
-    fn recorded(&mut self, id: JobId) {
-        let Some(slot) = self.release(id) else {
+    fn recorded(&mut self, lease: Lease, state: crate::job::JobState) {
+        if self.slot_of(lease).is_none() {
+            return;
+        }
+        let Some(slot) = self.release(lease.job) else {
             return;
         };
-        let Some(completion) = slot.outcome else {
+        let Run::Done(pending) = slot.run else {
             return;
         };
-        match completion.outcome {
+        let outcome = pending.completion.outcome;
+        match outcome {
             Outcome::Succeeded => self.counters.succeeded += 1,
             Outcome::Failed { .. } => self.counters.failed += 1,
             Outcome::Interrupted { .. } => self.counters.interrupted += 1,
             Outcome::Cancelled => self.counters.cancelled += 1,
             Outcome::HandBack => self.counters.handed_back += 1,
         }
-        if self.inner != Inner::Running {
-            self.note_job(id, format!("recorded: {}", completion.outcome.name()));
-        }
+        self.note(What::Recorded {
+            job: lease.job,
+            queue: slot.job.queue,
+            outcome: outcome.name(),
+            state,
+            quiet: self.inner == Inner::Running,
+        });
     }
 
     fn recv_reap_reply(&mut self, request: u64, reply: Result<u64, StoreFailure>) {
         if self.reap_in_flight != Some(request) {
+            self.counters.late_replies += 1;
             return;
         }
         self.reap_in_flight = None;
         match reply {
-            Ok(_) => self.store_up(),
-            Err(failure) => {
-                self.counters.store_errors += 1;
-                self.store_down(&format!("reaping expired leases failed: {failure}"));
-            }
+            Ok(_) => self.store_ok(),
+            Err(failure) => self.store_failed(StoreCall::Reap, failure),
         }
     }
 
     fn send_heartbeat(&mut self) {
-        if self.heartbeat_in_flight.is_some() {
-            self.heartbeat_due = true;
+        if self.heartbeats.in_flight.is_some() {
+            self.heartbeats.due = true;
             return;
         }
-        self.heartbeat_due = false;
+        self.heartbeats.due = false;
         // Finished jobs waiting for their outcome write keep their lease too.
         let leases: Vec<Lease> = self.slots.values().map(|slot| slot.job.lease).collect();
         let ids = leases.iter().map(|lease| lease.job).collect();
-        let recover: Vec<u64> = self.uncertain.iter().copied().collect();
+        let recover: Vec<u64> = self.claims.uncertain.iter().copied().collect();
         let request = self.request_id();
-        self.heartbeat_in_flight = Some((request, self.now, ids, recover.clone()));
+        self.heartbeats.in_flight = Some((request, self.now, ids, recover.clone()));
         self.actions.push_back(Action::Heartbeat {
             request,
             phase: self.phase(),
@@ -1467,25 +1206,29 @@ impl Machine {
     }
 
     fn recv_heartbeat_reply(&mut self, request: u64, reply: Result<HeartbeatAnswer, StoreFailure>) {
-        if !matches!(self.heartbeat_in_flight, Some((id, _, _, _)) if id == request) {
-            return;
-        }
-        let Some((_, sent_at, ids, recover)) = self.heartbeat_in_flight.take() else {
-            return;
+        let (sent_at, ids, recover) = match self.heartbeats.in_flight.take() {
+            Some((id, sent_at, ids, recover)) if id == request => (sent_at, ids, recover),
+            other => {
+                self.heartbeats.in_flight = other;
+                self.counters.late_replies += 1;
+                return;
+            }
         };
         match reply {
             Ok(answer) => {
-                self.store_up();
+                self.store_ok();
                 let deadline = sent_at + self.config.lease;
                 for id in ids {
                     if answer.lost.contains(&id) {
                         continue;
                     }
-                    let Some(slot) = self.slots.get_mut(&id) else {
-                        continue;
-                    };
-                    if slot.alive() && slot.stop != Some(StopReason::LeaseLost) {
-                        slot.lease_deadline = deadline;
+                    let extend = self
+                        .slots
+                        .get_mut(&id)
+                        .and_then(Slot::live_mut)
+                        .filter(|live| live.stop != Some(StopReason::LeaseLost));
+                    if let Some(live) = extend {
+                        live.lease_deadline = deadline;
                         self.arm_lease_timer(id, deadline);
                     }
                 }
@@ -1496,77 +1239,84 @@ impl Machine {
                     self.cancel(id);
                 }
                 // Every claim asked about is answered, found or not.
-                self.uncertain.retain(|claim| !recover.contains(claim));
+                self.claims
+                    .uncertain
+                    .retain(|claim| !recover.contains(claim));
                 for job in answer.recovered {
-                    let id = job.lease.job;
-                    self.note_job(id, "recovered from a claim whose reply was lost".into());
+                    self.note(What::Recovered { job: job.lease.job });
                     self.take_claimed(job, sent_at);
                 }
             }
             Err(failure) => {
-                self.counters.store_errors += 1;
                 if self.inner != Inner::Running && !recover.is_empty() {
                     // Shutting down: do not wait for the store to recover
                     // these; their jobs return when their lease expires.
-                    self.uncertain.retain(|claim| !recover.contains(claim));
-                    self.note(
-                        NoteKind::Store,
-                        format!(
-                            "could not recover {} claim{} whose reply was lost; their jobs return to the queue when their lease expires",
-                            recover.len(),
-                            plural(recover.len())
-                        ),
-                    );
+                    self.claims
+                        .uncertain
+                        .retain(|claim| !recover.contains(claim));
+                    self.note(What::RecoveryGivenUp {
+                        claims: recover.len(),
+                    });
                 }
-                self.store_down(&format!("heartbeat failed: {failure}"));
+                self.store_failed(StoreCall::Heartbeat, failure);
             }
         }
-        if self.heartbeat_due {
+        if self.heartbeats.due {
             self.send_heartbeat();
         }
     }
 
-    fn store_down(&mut self, why: &str) {
+    fn store_failed(&mut self, call: StoreCall, failure: StoreFailure) {
+        self.counters.store_errors += 1;
         if self.store_up {
             self.store_up = false;
-            self.note(NoteKind::Store, why.to_string());
+            self.note(What::StoreDown { call, failure });
         }
     }
 
     /// A store call succeeded: outcome writes waiting for their retry timer
     /// go now (the store is back, and they are flushed before any claim).
-    fn store_up(&mut self) {
+    fn store_ok(&mut self) {
         if !self.store_up {
             self.store_up = true;
-            self.note(NoteKind::Store, "store reachable again".into());
+            self.note(What::StoreUp);
         }
-        if self.record_blocked {
-            self.record_blocked = false;
+        if self.records.blocked {
+            self.records.blocked = false;
             self.timers.stop(Timer::StoreRetry);
         }
     }
 
-    fn store_reachable(&mut self) {
-        self.store_up();
-    }
-
     // ----- after every event ------------------------------------------------------
 
-    /// Outcomes whose write failed are waiting: until they are written, no
-    /// claim and no reap goes out (either could supersede them).
-    fn flushing(&self) -> bool {
-        self.slots
-            .values()
-            .any(|slot| slot.record_failed && slot.outcome.is_some())
-    }
-
-    /// Issue whatever the state now calls for: a claim, an outcome batch, a
-    /// reap, a recovery, the exit.
+    /// Issue whatever the state now calls for: a claim, a reap, an outcome
+    /// batch, a recovery, the exit.
     fn drive(&mut self) {
         if matches!(self.inner, Inner::Stopped { .. }) {
             return;
         }
-        let flushing = self.flushing();
+        // Outcomes whose write failed are waiting: until they are written, no
+        // claim and no reap goes out (either could supersede them).
+        let flushing = self
+            .slots
+            .values()
+            .any(|slot| slot.pending().is_some_and(|p| p.must_flush));
+        if !flushing {
+            self.claim_step();
+            self.reap_step();
+        }
+        self.record_step();
+        self.recover_step();
+        self.stop_step();
+    }
+
+    fn claim_step(&mut self) {
+        if !(self.inner == Inner::Running || self.planted_claims())
+            || !self.claims.wanted
+            || self.claims.in_flight.is_some()
+        {
+            return;
+        }
         // Slots count live jobs: a finished job waiting for its outcome write
         // does not hold one, so claims overlap with writes. Held jobs stay
         // bounded at twice the concurrency.
@@ -1578,67 +1328,40 @@ impl Machine {
         // Claim in worthwhile batches: when a quarter of the slots (up to the
         // batch limit) are free, or when nothing runs at all.
         let low_water = (concurrency / 4).clamp(1, self.config.batch_max as usize);
-        let free = if free >= low_water || alive == 0 {
-            free
-        } else {
-            0
-        };
-        if (self.inner == Inner::Running || self.planted_claims())
-            && self.claim_wanted
-            && self.claim_in_flight.is_none()
-            && !flushing
-            && free > 0
-        {
-            let max = (free as u32).min(self.config.batch_max);
-            // Invariant 1: no claim after the first shutdown signal.
-            assert!(
-                self.first_signal_at.is_none() || self.planted_claims(),
-                "claim after a shutdown signal"
-            );
-            let request = self.request_id();
-            self.claim_in_flight = Some((request, max, self.now));
-            self.claim_wanted = false;
-            self.actions.push_back(Action::Claim { request, max });
+        if free == 0 || (free < low_water && alive > 0) {
+            return;
         }
-        if self.inner == Inner::Running
-            && self.reap_wanted
-            && self.reap_in_flight.is_none()
-            && !flushing
-        {
+        // Invariant 1: no claim after the first shutdown signal.
+        assert!(
+            self.first_signal_at().is_none() || self.planted_claims(),
+            "claim after a shutdown signal"
+        );
+        let max = (free as u32).min(self.config.batch_max);
+        let request = self.request_id();
+        self.claims.in_flight = Some((request, max, self.now));
+        self.claims.wanted = false;
+        self.actions.push_back(Action::Claim { request, max });
+    }
+
+    fn reap_step(&mut self) {
+        if self.inner == Inner::Running && self.reap_wanted && self.reap_in_flight.is_none() {
             let request = self.request_id();
             self.reap_wanted = false;
             self.reap_in_flight = Some(request);
             self.actions.push_back(Action::Reap { request });
         }
-        if self.records_in_flight.is_none() && !self.record_blocked {
-            self.send_record_batch();
-        }
-        // Shutting down with claims whose reply was lost: ask the store now
-        // for their jobs, to hand them back before exiting.
-        if self.inner != Inner::Running && !self.uncertain.is_empty() {
-            self.send_heartbeat();
-        }
-        if matches!(self.inner, Inner::Draining | Inner::TimedOut)
-            && self.slots.is_empty()
-            && self.claim_in_flight.is_none()
-            && self.uncertain.is_empty()
-        {
-            let cause = if self.counters.claimed == 0 && self.counters.handed_back == 0 {
-                "idle".to_string()
-            } else {
-                "every job finished or stopped, every outcome recorded".to_string()
-            };
-            self.stop(cause);
-        }
     }
 
     /// One record action: an outcome the store refused in a batch goes
     /// alone; otherwise up to `batch_max` outcomes at once.
-    fn send_record_batch(&mut self) {
+    fn record_step(&mut self) {
+        if self.records.in_flight.is_some() || self.records.blocked {
+            return;
+        }
         let solo = self
             .slots
             .values()
-            .find(|slot| slot.solo && slot.waiting_to_record())
+            .find(|slot| slot.pending().is_some_and(|p| p.solo) && slot.waiting_to_record())
             .map(|slot| slot.job.lease.job);
         let mut completions = Vec::new();
         let mut leases = Vec::new();
@@ -1646,18 +1369,22 @@ impl Machine {
             if completions.len() >= self.config.batch_max as usize {
                 break;
             }
-            if solo.is_some_and(|only| only != *id) || (solo.is_none() && slot.solo) {
+            let Some(pending) = slot.pending_mut() else {
+                continue;
+            };
+            if pending.sending
+                || solo.is_some_and(|only| only != *id)
+                || (solo.is_none() && pending.solo)
+            {
                 continue;
             }
-            if let (Some(completion), false) = (&slot.outcome, slot.sending) {
-                slot.sending = true;
-                completions.push(completion.clone());
-                leases.push(slot.job.lease);
-            }
+            pending.sending = true;
+            completions.push(pending.completion.clone());
+            leases.push(pending.completion.lease);
         }
         if !completions.is_empty() {
             let request = self.request_id();
-            self.records_in_flight = Some((request, leases));
+            self.records.in_flight = Some((request, leases));
             self.actions.push_back(Action::Record {
                 request,
                 completions,
@@ -1665,16 +1392,32 @@ impl Machine {
         }
     }
 
-    /// A planted bug (tests only, see [`crate::planted`]): claims go on while Draining.
-    fn planted_claims(&self) -> bool {
-        self.inner == Inner::Draining && planted::active(Bug::ClaimWhileDraining)
+    /// Shutting down with claims whose reply was lost: ask the store now for
+    /// their jobs, to hand them back before exiting.
+    fn recover_step(&mut self) {
+        if self.inner != Inner::Running && !self.claims.uncertain.is_empty() {
+            self.send_heartbeat();
+        }
     }
 
-    /// Most jobs held at once: running, finished and waiting for their
-    /// write, or being handed back. Claims are sized to stay within twice the
-    /// concurrency; recovered and late claims may add a batch or two.
-    fn max_held(&self) -> usize {
-        (2 * (self.config.concurrency + self.config.batch_max)) as usize
+    fn stop_step(&mut self) {
+        if matches!(self.inner, Inner::Draining { .. } | Inner::TimedOut { .. })
+            && self.slots.is_empty()
+            && self.claims.in_flight.is_none()
+            && self.claims.uncertain.is_empty()
+        {
+            let cause = if self.counters.claimed == 0 && self.counters.handed_back == 0 {
+                StopCause::Idle
+            } else {
+                StopCause::AllDone
+            };
+            self.stop(cause);
+        }
+    }
+
+    /// A planted bug (tests only, see [`crate::planted`]): claims go on while Draining.
+    fn planted_claims(&self) -> bool {
+        matches!(self.inner, Inner::Draining { .. }) && planted::active(Bug::ClaimWhileDraining)
     }
 
     fn request_id(&mut self) -> u64 {
@@ -1683,15 +1426,28 @@ impl Machine {
         id
     }
 
+    /// An event that breaks the driver's contract: counted, ignored, and a
+    /// failed assertion in debug builds (a bug in the driver, not in the world).
+    fn violation(&mut self) {
+        self.counters.violations += 1;
+        debug_assert!(false, "an event that breaks the driver's contract");
+    }
+
+    fn abandon(&mut self, lease: Lease) {
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(lease);
+    }
+
     fn check_invariants(&self) {
         // Invariant 2: running jobs never exceed concurrency.
         assert!(
-            self.slots.values().filter(|slot| slot.alive()).count()
-                <= self.config.concurrency as usize,
+            self.alive() <= self.config.concurrency as usize,
             "more jobs alive than concurrency allows"
         );
-        assert!(self.slots.len() <= self.max_held());
-        if let Inner::Stopped { code } = self.inner {
+        assert!(self.slots.len() <= self.max_held(), "too many jobs held");
+        if let Inner::Stopped { code, .. } = self.inner {
             // Invariant 5: exit only once every job is done and recorded (or given up).
             assert!(self.slots.is_empty(), "stopped while holding jobs");
             // Invariant 8: 0 only if nothing was interrupted.
@@ -1700,50 +1456,48 @@ impl Machine {
                 "exit 0 after an interruption"
             );
         }
-        if self.first_signal_at.is_some() {
-            assert!(
-                self.inner != Inner::Running,
-                "running after a shutdown signal"
-            );
-        }
     }
 
     // ----- notes ------------------------------------------------------------------
 
-    fn note(&mut self, kind: NoteKind, text: String) {
+    fn note(&mut self, what: What) {
         if self.notes.len() >= MAX_NOTES {
             self.notes.pop_front();
             self.notes_dropped += 1;
         }
-        self.notes.push_back(Note {
-            at: self.now,
-            kind,
-            text,
-        });
-    }
-
-    fn note_job(&mut self, id: JobId, text: String) {
-        self.note(NoteKind::Job, format!("job {id}: {text}"));
+        self.notes.push_back(Note { at: self.now, what });
     }
 }
 
-enum Ended {
-    StartFailed(String),
-    Exited(Exit, Vec<u8>),
+/// The outcome of a run that exited, given why it was stopped (if a signal
+/// reached it).
+fn decide(exit: Exit, reason: Option<StopReason>) -> Outcome {
+    match reason {
+        // Exit 0 is the job saying its work is done, even after a TERM (a job
+        // that ignored it and finished in the grace period): requeueing it
+        // would run a finished job's side effects again. A job that stops
+        // early on TERM and wants to run again exits non-zero (143 by
+        // convention). (With the lease lost nothing is recorded at all.)
+        _ if exit.success() => Outcome::Succeeded,
+        None => Outcome::Failed {
+            exit_code: exit.code(),
+            error: exit.to_string(),
+        },
+        Some(StopReason::Timeout(limit)) => Outcome::Failed {
+            exit_code: exit.code(),
+            error: format!("timed out after {}", fmt_duration(limit)),
+        },
+        Some(StopReason::Shutdown) | Some(StopReason::LeaseLost) => Outcome::Interrupted {
+            reason: "worker shutdown".to_string(),
+        },
+        Some(StopReason::Cancel) => Outcome::Cancelled,
+    }
 }
 
 /// Wait before retrying a failed outcome write: 100ms, doubling, capped.
 fn store_backoff(failures: u32, cap: Duration) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     Duration::from_millis(100u64 << exp).min(cap)
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 /// `1.5s`, `30s`, `250ms`, `2m` — short and exact enough for traces.
@@ -1809,5 +1563,29 @@ mod tests {
             Machine::new(config, Instant::ZERO).err(),
             Some(ConfigError::Concurrency(0))
         );
+    }
+
+    #[test]
+    fn late_replies_are_counted_not_acted_on() {
+        let mut m = Machine::new(Config::default(), Instant::ZERO).unwrap();
+        while m.poll_action().is_some() {}
+        for event in [
+            Event::RecordReply {
+                request: 99,
+                result: Ok(vec![]),
+            },
+            Event::HeartbeatReply {
+                request: 98,
+                result: Ok(HeartbeatAnswer::default()),
+            },
+            Event::ReapReply {
+                request: 97,
+                result: Ok(0),
+            },
+        ] {
+            m.handle(event, Instant::from_millis(1));
+        }
+        assert_eq!(m.counters().late_replies, 3);
+        assert_eq!(m.poll_action(), None);
     }
 }

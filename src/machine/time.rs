@@ -62,7 +62,7 @@ impl fmt::Display for Instant {
 
 /// The worker-wide timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// Next claim attempt and reap of expired leases (Running only).
     Poll,
     /// Next heartbeat: extends leases and reports the phase.
@@ -94,7 +94,7 @@ impl Timer {
 
 /// Timers that belong to one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum JobTimer {
+pub(crate) enum JobTimer {
     /// The job's own `timeout` ran out.
     Timeout,
     /// `kill_grace` after the job was sent TERM.
@@ -105,7 +105,7 @@ pub enum JobTimer {
 
 /// Which timer fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fired {
+pub(crate) enum Fired {
     /// A worker-wide timer.
     Worker(Timer),
     /// A job's timer.
@@ -114,7 +114,7 @@ pub enum Fired {
 
 /// Every deadline the machine has, in one place.
 #[derive(Clone, Debug, Default)]
-pub struct TimerTable {
+pub(crate) struct TimerTable {
     worker: [Option<Instant>; Timer::ALL.len()],
     jobs: BTreeMap<(JobId, JobTimer), Instant>,
 }
@@ -125,22 +125,9 @@ impl TimerTable {
         self.worker[timer.index()] = Some(at);
     }
 
-    /// Arm a worker timer unless it is already due earlier.
-    pub fn set_earliest(&mut self, timer: Timer, at: Instant) {
-        let slot = &mut self.worker[timer.index()];
-        if slot.is_none_or(|old| at < old) {
-            *slot = Some(at);
-        }
-    }
-
     /// Disarm a worker timer.
     pub fn stop(&mut self, timer: Timer) {
         self.worker[timer.index()] = None;
-    }
-
-    /// When a worker timer fires, if armed.
-    pub fn get(&self, timer: Timer) -> Option<Instant> {
-        self.worker[timer.index()]
     }
 
     /// Arm (or re-arm) a job timer.
@@ -215,8 +202,7 @@ mod tests {
         table.set(Timer::Poll, Instant::from_millis(500));
         table.set_job(JobId(1), JobTimer::Kill, Instant::from_millis(200));
         assert_eq!(table.next(), Some(Instant::from_millis(200)));
-        table.set_earliest(Timer::Poll, Instant::from_millis(900));
-        assert_eq!(table.get(Timer::Poll), Some(Instant::from_millis(500)));
+        table.set_job_earliest(JobId(1), JobTimer::Kill, Instant::from_millis(900));
         let fired = table.take_expired(Instant::from_millis(500));
         assert_eq!(
             fired,

@@ -6,7 +6,10 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{fmt_duration, Action, Event, Instant, Note, NoteKind, Status, StoreFailure};
+use super::{
+    fmt_duration, Action, Event, Instant, Note, NoteKind, RunEnd, Status, StopCause, StoreCall,
+    StoreFailure, TimeoutCause, What,
+};
 
 /// A [`StoreFailure`] in trace words: permanent ones say so.
 pub struct FailureText<'a>(pub &'a StoreFailure);
@@ -69,14 +72,17 @@ impl Trace {
         self.line(at, "action", ActionText(action));
     }
 
-    /// Add a note line (phase, job or store).
+    /// Add a note line (phase, job or store), if the note is one to show.
     pub fn note(&mut self, note: &Note) {
-        let kind = match note.kind {
+        if !note.shown() {
+            return;
+        }
+        let kind = match note.kind() {
             NoteKind::Phase => "phase",
             NoteKind::Job => "job",
             NoteKind::Store => "store",
         };
-        self.line(note.at, kind, &note.text);
+        self.line(note.at, kind, NoteText(note));
     }
 
     /// Lines added so far.
@@ -139,7 +145,7 @@ impl fmt::Display for EventText<'_> {
                 for (i, (job, result)) in results.iter().enumerate() {
                     let sep = if i == 0 { " " } else { ", " };
                     let word = match result {
-                        RecordResult::Recorded => "recorded",
+                        RecordResult::Recorded { .. } => "recorded",
                         RecordResult::Refused => "refused",
                     };
                     write!(f, "{sep}job {job} {word}")?;
@@ -172,11 +178,192 @@ impl fmt::Display for EventText<'_> {
             Event::HeartbeatReply { result: Err(e), .. } => {
                 write!(f, "heartbeat failed: {}", FailureText(e))
             }
-            Event::LeaseLost { job } => write!(f, "lease of job {job} lost"),
             Event::CancelRequested { job } => write!(f, "cancel of job {job} requested"),
-            Event::StoreUnreachable => f.write_str("store unreachable"),
-            Event::StoreReachable => f.write_str("store reachable"),
             Event::Wake => f.write_str("wake-up: new jobs"),
+        }
+    }
+}
+
+/// A [`Note`] in the words an operator reads in logs and the shutdown trace.
+pub struct NoteText<'a>(pub &'a Note);
+
+fn s(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+impl fmt::Display for NoteText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.what {
+            What::Started {
+                concurrency,
+                shutdown_timeout,
+                kill_grace,
+                lease,
+            } => write!(
+                f,
+                "running (concurrency {concurrency}, shutdown timeout {}, kill grace {}, lease {})",
+                fmt_duration(*shutdown_timeout),
+                fmt_duration(*kill_grace),
+                fmt_duration(*lease)
+            ),
+            What::Draining {
+                signal,
+                alive,
+                shutdown_timeout,
+                claim_in_flight,
+                uncertain_claims,
+            } => {
+                write!(
+                    f,
+                    "running -> draining: {signal} received; {alive} job{} running, no new claims, drain deadline in {}",
+                    s(*alive),
+                    fmt_duration(*shutdown_timeout)
+                )?;
+                if *claim_in_flight {
+                    f.write_str("; the claim in flight will be handed back")?;
+                }
+                if *uncertain_claims {
+                    f.write_str("; claims whose reply was lost will be recovered and handed back")?;
+                }
+                f.write_str(" (a second signal stops jobs now)")
+            }
+            What::TimedOut {
+                cause,
+                alive,
+                kill_grace,
+            } => {
+                f.write_str("draining -> timed-out: ")?;
+                match cause {
+                    TimeoutCause::Deadline(timeout) => {
+                        write!(f, "shutdown timeout ({}) passed", fmt_duration(*timeout))?
+                    }
+                    TimeoutCause::Signal(signal, n) => write!(f, "{signal} #{n}: forcing the stop")?,
+                }
+                write!(
+                    f,
+                    "; sending SIGTERM to {alive} job{}, SIGKILL in {}",
+                    s(*alive),
+                    fmt_duration(*kill_grace)
+                )
+            }
+            What::KillNow {
+                signal,
+                count,
+                alive,
+            } => write!(
+                f,
+                "timed-out: {signal} #{count}: sending SIGKILL to {alive} job{} now",
+                s(*alive)
+            ),
+            What::Stopped { from, cause, code } => {
+                write!(f, "{from} -> stopped: ")?;
+                match cause {
+                    StopCause::Idle => f.write_str("idle")?,
+                    StopCause::AllDone => {
+                        f.write_str("every job finished or stopped, every outcome recorded")?
+                    }
+                    StopCause::ExitDeadline { bound, unrecorded } => write!(
+                        f,
+                        "exit deadline ({}) passed with {unrecorded} job{} unrecorded",
+                        fmt_duration(*bound),
+                        s(*unrecorded)
+                    )?,
+                }
+                write!(f, "; exit {code}")
+            }
+            What::StoreDown { call, failure } => {
+                let call = match call {
+                    StoreCall::Claim => "claim failed",
+                    StoreCall::Record => "recording outcomes failed",
+                    StoreCall::Heartbeat => "heartbeat failed",
+                    StoreCall::Reap => "reaping expired leases failed",
+                };
+                write!(f, "{call}: {failure}")
+            }
+            What::StoreUp => f.write_str("store reachable again"),
+            What::BatchRefused { size, failure } => write!(
+                f,
+                "the store refused a batch of {size} outcomes ({failure}); writing them one by one"
+            ),
+            What::RecoveryGivenUp { claims } => write!(
+                f,
+                "could not recover {claims} claim{} whose reply was lost; their jobs return to the queue when their lease expires",
+                s(*claims)
+            ),
+            What::JobEnded {
+                job,
+                end,
+                ran_for,
+                outcome,
+                ..
+            } => {
+                write!(f, "job {job}: ")?;
+                match end {
+                    RunEnd::StartFailed(error) => write!(f, "could not start: {error}")?,
+                    RunEnd::Exited(exit) => write!(f, "{exit}")?,
+                }
+                write!(f, " after {}", fmt_duration(*ran_for))?;
+                match outcome {
+                    Some(outcome) => write!(f, " -> {outcome}"),
+                    None => f.write_str("; lease lost, nothing recorded"),
+                }
+            }
+            What::Recorded { job, outcome, .. } => write!(f, "job {job}: recorded: {outcome}"),
+            What::OutcomeRefused { job } => write!(
+                f,
+                "job {job}: outcome refused by the store: stale lease, another worker owns the job"
+            ),
+            What::OutcomeInvalid {
+                job,
+                failure,
+                left_to_lease,
+            } => {
+                write!(f, "job {job}: the store refused its outcome ({failure}); ")?;
+                if *left_to_lease {
+                    f.write_str("left to its lease")
+                } else {
+                    f.write_str("recording it as failed instead")
+                }
+            }
+            What::HandedBack { job } => write!(
+                f,
+                "job {job}: claimed after the shutdown signal; handing it back unstarted"
+            ),
+            What::ClaimTooLate { job } => write!(
+                f,
+                "job {job}: its claim was answered too late to run within the lease; handing it back"
+            ),
+            What::ClaimedAgain { job, old, alive } => {
+                if *alive {
+                    write!(f, "job {job}: claimed again while its run under lease {old} is still alive: that run is killed, the new one starts after it")
+                } else {
+                    write!(f, "job {job}: claimed again: the unrecorded outcome of lease {old} is superseded and dropped")
+                }
+            }
+            What::Recovered { job } => {
+                write!(f, "job {job}: recovered from a claim whose reply was lost")
+            }
+            What::CancelRequested { job } => write!(f, "job {job}: cancel requested; stopping it"),
+            What::LeaseLost { job } => write!(
+                f,
+                "job {job}: lease lost; killing it now, another worker may run it"
+            ),
+            What::LeaseRunningOut { job, expires_in } => write!(
+                f,
+                "job {job}: no heartbeat has extended its lease, which may expire in {}; stopping it (SIGKILL then) before another worker can run it",
+                fmt_duration(*expires_in)
+            ),
+            What::LeftToLease { job, alive } => {
+                if *alive {
+                    write!(f, "job {job}: still alive at the exit deadline; killed and left to its lease")
+                } else {
+                    write!(f, "job {job}: outcome not recorded by the exit deadline; left to its lease")
+                }
+            }
         }
     }
 }
@@ -254,8 +441,8 @@ impl fmt::Display for StatusText<'_> {
         let c = &s.counters;
         write!(
             f,
-            "] claimed={} succeeded={} failed={} interrupted={} cancelled={} handed_back={} lost={} refused={} invalid={} superseded={} store_errors={}",
-            c.claimed, c.succeeded, c.failed, c.interrupted, c.cancelled, c.handed_back, c.lost, c.refused, c.invalid, c.superseded, c.store_errors
+            "] claimed={} succeeded={} failed={} interrupted={} cancelled={} handed_back={} lost={} refused={} invalid={} superseded={} store_errors={} late_replies={} violations={}",
+            c.claimed, c.succeeded, c.failed, c.interrupted, c.cancelled, c.handed_back, c.lost, c.refused, c.invalid, c.superseded, c.store_errors, c.late_replies, c.violations
         )
     }
 }

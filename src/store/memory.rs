@@ -354,6 +354,7 @@ impl Store for MemoryStore {
             };
             let late = row.job.state != JobState::Running;
             let (kind, mut detail) = apply_outcome(row, &completion.outcome, now, unit);
+            let row_state = row.job.state;
             if !matches!(completion.outcome, Outcome::HandBack) {
                 row.output = Some(completion.output.clone());
             }
@@ -373,9 +374,9 @@ impl Store for MemoryStore {
                 Some(lease.token.0),
                 detail,
             );
-            results.push((lease.job, RecordResult::Recorded));
+            results.push((lease.job, RecordResult::Recorded { state: row_state }));
         }
-        if results.iter().any(|(_, r)| *r == RecordResult::Recorded) {
+        if results.iter().any(|(_, r)| r.is_recorded()) {
             state.notify(Wakeup::Jobs);
         }
         Ok(results)

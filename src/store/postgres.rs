@@ -1,6 +1,7 @@
 //! PostgreSQL backend: claims with `FOR UPDATE SKIP LOCKED`, wake-ups with
 //! LISTEN/NOTIFY, the database's clock for every lease.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,8 +16,7 @@ use super::{
     LOST_AFTER_LEASES, REAP_BATCH, WAKEUP_CAPACITY,
 };
 use crate::job::{
-    ClaimedJob, Completion, JobId, JobState, Lease, NewJob, Outcome, RecordResult,
-    DEFAULT_MAX_INTERRUPTIONS,
+    ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
@@ -156,7 +156,7 @@ fn record_sql() -> String {
             WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = i.id)
               AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = i.id)
         )
-        SELECT id FROM upd",
+        SELECT id, state FROM upd",
         assignments = rules::outcome_assignments(&d),
         fence = rules::outcome_fence("$7"),
         event = rules::outcome_event("upd.state").replace("t.kind", "upd.kind"),
@@ -376,7 +376,7 @@ impl Store for PostgresStore {
         // One statement for the whole batch: the fenced update (PostgreSQL
         // re-checks the fence on the locked row), history, and a
         // `stale-write-refused` event for every outcome whose lease is gone.
-        let recorded: Vec<i64> = sqlx::query_scalar(&record_sql())
+        let recorded: Vec<(i64, String)> = sqlx::query_as(&record_sql())
             .bind(&ids)
             .bind(&tokens)
             .bind(&kinds)
@@ -386,20 +386,20 @@ impl Store for PostgresStore {
             .bind(worker)
             .fetch_all(&self.pool)
             .await?;
-        let requeued = completions.iter().any(|c| {
-            recorded.contains(&c.lease.job.0)
-                && !matches!(c.outcome, Outcome::Succeeded | Outcome::Cancelled)
-        });
+        let recorded: BTreeMap<i64, JobState> = recorded
+            .into_iter()
+            .map(|(id, state)| Ok((id, state.parse().map_err(StoreError::Corrupt)?)))
+            .collect::<Result<_, StoreError>>()?;
+        let requeued = recorded.values().any(|state| *state == JobState::Queued);
         if requeued {
             notify(&self.pool, JOBS_CHANNEL, "").await?;
         }
         Ok(completions
             .iter()
             .map(|c| {
-                let result = if recorded.contains(&c.lease.job.0) {
-                    RecordResult::Recorded
-                } else {
-                    RecordResult::Refused
+                let result = match recorded.get(&c.lease.job.0) {
+                    Some(state) => RecordResult::Recorded { state: *state },
+                    None => RecordResult::Refused,
                 };
                 (c.lease.job, result)
             })

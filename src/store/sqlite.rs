@@ -363,7 +363,8 @@ impl Store for SqliteStore {
                     );
                     let parts: Vec<&str> = [error.as_deref(), late].into_iter().flatten().collect();
                     let detail = (!parts.is_empty()).then(|| parts.join("; "));
-                    (event, detail, RecordResult::Recorded)
+                    let state = state.parse().map_err(StoreError::Corrupt)?;
+                    (event, detail, RecordResult::Recorded { state })
                 }
                 None => (
                     "stale-write-refused",
