@@ -13,8 +13,6 @@ pub mod job;
 pub mod machine;
 pub mod metrics;
 pub mod pid1;
-#[doc(hidden)]
-pub mod planted;
 pub mod redact;
 pub mod shell;
 pub mod store;

@@ -6,7 +6,7 @@
 //! seed in `tests/machine_props.proptest-regressions`, which is replayed first
 //! on every later run.
 
-use dockhand::machine::harness::{Behavior, Case, ConfigChoice, Harness, Op, SignalOp};
+use dockhand_testkit::harness::{Behavior, Case, ConfigChoice, Harness, Op, SignalOp};
 use proptest::prelude::*;
 
 fn behavior() -> impl Strategy<Value = Behavior> {

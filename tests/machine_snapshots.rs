@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use dockhand::job::JobId;
-use dockhand::machine::harness::{Behavior, Harness, Op};
 use dockhand::machine::{Config, Event, Signal};
+use dockhand_testkit::harness::{Behavior, Harness, Op};
 
 fn config() -> Config {
     Config {
@@ -36,7 +36,7 @@ fn ms(n: u64) -> Duration {
 
 /// Run a scenario against a harness in auto mode and return its trace.
 fn scenario(
-    f: impl FnOnce(&mut Harness) -> Result<(), dockhand::machine::harness::Violation>,
+    f: impl FnOnce(&mut Harness) -> Result<(), dockhand_testkit::harness::Violation>,
 ) -> String {
     let mut h = Harness::new(config(), true);
     if let Err(violation) = f(&mut h) {

@@ -8,13 +8,11 @@
 //! The checked-in corpus also runs on stable as `tests/fuzz_corpus.rs`.
 #![no_main]
 
-use arbitrary::{Arbitrary, Unstructured};
-use dockhand::machine::harness::{Case, Harness};
+use dockhand_testkit::harness::{Case, Harness};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut input = Unstructured::new(data);
-    if let Ok(case) = Case::arbitrary(&mut input) {
+    if let Some(case) = Case::from_bytes(data) {
         if let Err(violation) = Harness::run_case(&case) {
             panic!("{violation}");
         }

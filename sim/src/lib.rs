@@ -27,13 +27,24 @@ use std::time::Duration;
 
 use dockhand::job::{JobId, JobState, LeaseToken, NewJob};
 use dockhand::machine::{Config, Signal};
-use dockhand::planted::{self, Bug};
 use dockhand::shell::{self, ShellConfig};
 use dockhand::store::{JobFilter, MemoryStore, Store, WorkerInfo};
 use tokio::sync::mpsc;
 
 use executor::{Behavior, SimExecutor};
 use protocol::{ClaimLog, Faults, RemoteStore};
+
+/// A bug the simulation plants in its own parts, never in dockhand's code,
+/// to prove that its checks catch what the bug breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// The operator's TERM/INT never reach the workers (the operator
+    /// believes they did): workers go on claiming after "their" signal.
+    SignalsNotDelivered,
+    /// A draining worker's heartbeats are dropped on the way to the store
+    /// but look answered: its leases expire under its running jobs.
+    HeartbeatsDroppedWhileDraining,
+}
 
 /// Simulated time per step.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -199,6 +210,7 @@ pub struct Shared {
     exits: Vec<ExitRecord>,
     claims: Vec<ClaimLog>,
     fault_rng: Option<fastrand::Rng>,
+    plant: Option<Plant>,
     store_error_rate: f64,
     store_delay: Duration,
     store_errors_injected: u64,
@@ -368,7 +380,8 @@ impl World {
         let (Some(sender), Some(worker)) = (sender, worker) else {
             return;
         };
-        if sender.try_send(signal).is_ok() {
+        let planted = lock(&self.shared).plant == Some(Plant::SignalsNotDelivered);
+        if (planted && signal != Signal::Usr1) || sender.try_send(signal).is_ok() {
             self.stats.signals += 1;
             if signal != Signal::Usr1 {
                 self.first_signal.entry(worker.clone()).or_insert(at);
@@ -647,17 +660,15 @@ impl World {
     }
 }
 
-/// Run the world of `seed` (no planted bug).
+/// Run the world of `seed`.
 pub fn run(seed: u64) -> Result<Report, Failure> {
-    run_with(seed, None)
+    run_world(seed, None)
 }
 
-/// Run the world of `seed` with `bug` planted (tests of the simulation itself).
-pub fn run_with(seed: u64, bug: Option<Bug>) -> Result<Report, Failure> {
-    planted::set(bug);
-    let result = run_world(seed);
-    planted::set(None);
-    result
+/// Run the world of `seed` with a bug planted in the simulation's own parts
+/// (tests of the simulation itself).
+pub fn run_with(seed: u64, plant: Plant) -> Result<Report, Failure> {
+    run_world(seed, Some(plant))
 }
 
 fn worker_host(
@@ -696,7 +707,11 @@ fn worker_host(
                 status_to_stderr: false,
             };
             let executor = SimExecutor::new(&worker, shared.clone());
-            let report = shell::run(RemoteStore::new("db"), executor, rx, shell_config).await;
+            let mut store = RemoteStore::new("db");
+            if lock(&shared).plant == Some(Plant::HeartbeatsDroppedWhileDraining) {
+                store = store.dropping_draining_heartbeats();
+            }
+            let report = shell::run(store, executor, rx, shell_config).await;
             let at = turmoil::sim_elapsed().unwrap_or_default();
             let mut s = lock(&shared);
             s.signals.remove(&host);
@@ -714,10 +729,11 @@ fn worker_host(
     });
 }
 
-fn run_world(seed: u64) -> Result<Report, Failure> {
+fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
     let params = Params::draw(seed);
     let shared = Arc::new(Mutex::new(Shared {
         fault_rng: Some(fastrand::Rng::with_seed(seed ^ 0xbb67_ae85_84ca_a73b)),
+        plant,
         store_error_rate: params.store_error_rate,
         store_delay: params.store_delay,
         ..Shared::default()

@@ -218,6 +218,9 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
 #[derive(Clone, Debug)]
 pub struct RemoteStore {
     host: String,
+    /// A planted bug (tests of the simulation): heartbeats of a draining
+    /// worker never reach the store, yet look answered.
+    drop_draining_heartbeats: bool,
 }
 
 impl RemoteStore {
@@ -225,7 +228,14 @@ impl RemoteStore {
     pub fn new(host: &str) -> Self {
         RemoteStore {
             host: host.to_string(),
+            drop_draining_heartbeats: false,
         }
+    }
+
+    /// Plant the bug: heartbeats sent while draining are dropped on the way.
+    pub fn dropping_draining_heartbeats(mut self) -> Self {
+        self.drop_draining_heartbeats = true;
+        self
     }
 
     async fn call(&self, request: Request) -> Result<Response, StoreError> {
@@ -306,6 +316,9 @@ impl Store for RemoteStore {
         lease: Duration,
         recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
+        if self.drop_draining_heartbeats && phase != Phase::Running {
+            return Ok(HeartbeatAnswer::default());
+        }
         let request = Request::Heartbeat {
             worker: worker.to_string(),
             phase,

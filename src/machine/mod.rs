@@ -49,9 +49,6 @@ mod io;
 mod time;
 pub mod trace;
 
-#[doc(hidden)]
-pub mod harness;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -70,7 +67,6 @@ use crate::job::{
     tail, ClaimedJob, Completion, Exit, JobId, Lease, Outcome, RecordResult, OUTPUT_LIMIT,
 };
 pub use crate::job::{HeartbeatAnswer, JobSignal, Phase};
-use crate::planted::{self, Bug};
 
 /// Most abandoned leases remembered.
 pub const MAX_ABANDONED: usize = 1024;
@@ -475,9 +471,7 @@ impl Machine {
         self.inner = Inner::Draining { signal_at: now };
         self.claims.wanted = false;
         self.reap_wanted = false;
-        if !planted::active(Bug::ClaimWhileDraining) {
-            self.timers.stop(Timer::Poll);
-        }
+        self.timers.stop(Timer::Poll);
         self.timers
             .set(Timer::ShutdownDeadline, now + self.config.shutdown_timeout);
         self.timers
@@ -558,7 +552,7 @@ impl Machine {
         for fired in self.timers.take_expired(now) {
             match fired {
                 Fired::Worker(Timer::Poll) => {
-                    if self.inner == Inner::Running || self.planted_claims() {
+                    if self.inner == Inner::Running {
                         self.reap_wanted = true;
                         self.claims.wanted = true;
                         self.timers
@@ -566,11 +560,7 @@ impl Machine {
                     }
                 }
                 Fired::Worker(Timer::Heartbeat) => {
-                    let skip = planted::active(Bug::NoHeartbeatWhileDraining)
-                        && self.inner != Inner::Running;
-                    if !skip {
-                        self.send_heartbeat();
-                    }
+                    self.send_heartbeat();
                     self.timers
                         .set(Timer::Heartbeat, now + self.config.heartbeat_interval());
                 }
@@ -1311,10 +1301,7 @@ impl Machine {
     }
 
     fn claim_step(&mut self) {
-        if !(self.inner == Inner::Running || self.planted_claims())
-            || !self.claims.wanted
-            || self.claims.in_flight.is_some()
-        {
+        if self.inner != Inner::Running || !self.claims.wanted || self.claims.in_flight.is_some() {
             return;
         }
         // Slots count live jobs: a finished job waiting for its outcome write
@@ -1333,7 +1320,7 @@ impl Machine {
         }
         // Invariant 1: no claim after the first shutdown signal.
         assert!(
-            self.first_signal_at().is_none() || self.planted_claims(),
+            self.first_signal_at().is_none(),
             "claim after a shutdown signal"
         );
         let max = (free as u32).min(self.config.batch_max);
@@ -1413,11 +1400,6 @@ impl Machine {
             };
             self.stop(cause);
         }
-    }
-
-    /// A planted bug (tests only, see [`crate::planted`]): claims go on while Draining.
-    fn planted_claims(&self) -> bool {
-        matches!(self.inner, Inner::Draining { .. }) && planted::active(Bug::ClaimWhileDraining)
     }
 
     fn request_id(&mut self) -> u64 {

@@ -615,9 +615,6 @@ fn apply_outcome(
             }
         }
         Outcome::Interrupted { reason } => {
-            if crate::planted::active(crate::planted::Bug::InterruptionUsesAttempt) {
-                row.job.attempts += 1;
-            }
             row.job.interruptions += 1;
             let reason = storable_text(reason).into_owned();
             if cancel {

@@ -3,26 +3,24 @@
 //! The harness plays the store, the executor and the clock. It is driven by
 //! typed operations ([`Op`]) — from proptest strategies, from the fuzzer's
 //! bytes, or written by hand in snapshot scenarios — and checks every
-//! invariant from DESIGN.md that the machine alone must keep, after every
-//! step, independently of the machine's own assertions. [`Harness::finish`]
-//! then heals every fault and requires the machine to stop within its bound.
-//!
-//! Public so the fuzz target and the simulation can use it; not part of the
-//! stable API.
+//! invariant (docs/ARCHITECTURE.md) that the machine alone must keep, after
+//! every step, independently of the machine's own assertions.
+//! [`Harness::finish`] then heals every fault and requires the machine to
+//! stop within its bound.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 
-use super::trace::Trace;
-use super::{
-    Action, Config, Event, HeartbeatAnswer, Instant, JobSignal, Machine, Phase, Signal,
-    StoreFailure, EXIT_INTERRUPTED, EXIT_OK,
-};
-use crate::job::{
+use dockhand::job::{
     ClaimedJob, Completion, Exit, JobId, JobSpec, JobState, Lease, LeaseToken, Outcome,
     RecordResult,
+};
+use dockhand::machine::trace::Trace;
+use dockhand::machine::{
+    Action, Config, Event, HeartbeatAnswer, Instant, JobSignal, Machine, Phase, Signal,
+    StoreFailure, EXIT_INTERRUPTED, EXIT_OK,
 };
 
 /// How a simulated job behaves once started.
@@ -163,6 +161,13 @@ pub struct Case {
     pub config: ConfigChoice,
     /// The steps.
     pub ops: Vec<Op>,
+}
+
+impl Case {
+    /// The case that fuzzer bytes stand for (`None` when they are too short).
+    pub fn from_bytes(data: &[u8]) -> Option<Case> {
+        Case::arbitrary(&mut arbitrary::Unstructured::new(data)).ok()
+    }
 }
 
 /// Most ops one case runs, so a fuzz input cannot run forever.
@@ -644,8 +649,8 @@ impl Harness {
             if self.now.saturating_since(signal_at) > bound + step {
                 return self.violation(&format!(
                     "not stopped {} after the first signal (bound {}): liveness broken",
-                    super::fmt_duration(self.now.saturating_since(signal_at)),
-                    super::fmt_duration(bound)
+                    dockhand::machine::fmt_duration(self.now.saturating_since(signal_at)),
+                    dockhand::machine::fmt_duration(bound)
                 ));
             }
             self.advance(step)?;
@@ -1349,8 +1354,8 @@ impl Harness {
         if took > bound {
             return self.violation(&format!(
                 "exit {} after the signal, past the bound {}",
-                super::fmt_duration(took),
-                super::fmt_duration(bound)
+                dockhand::machine::fmt_duration(took),
+                dockhand::machine::fmt_duration(bound)
             ));
         }
         if unfinished > 0 && took < bound {
@@ -1447,8 +1452,9 @@ impl Harness {
 }
 
 /// Equal but for elapsed times, which move with the clock.
-fn same_state(a: &super::Status, b: &super::Status) -> bool {
-    let jobs = |s: &super::Status| s.jobs.iter().map(|j| (j.id, j.state)).collect::<Vec<_>>();
+fn same_state(a: &dockhand::machine::Status, b: &dockhand::machine::Status) -> bool {
+    let jobs =
+        |s: &dockhand::machine::Status| s.jobs.iter().map(|j| (j.id, j.state)).collect::<Vec<_>>();
     a.phase == b.phase && a.signals == b.signals && a.counters == b.counters && jobs(a) == jobs(b)
 }
 
