@@ -883,7 +883,11 @@ fn sqlite_schema_too_new_is_refused_by_the_cli() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "a configuration error: {stderr}"
+    );
     assert!(
         stderr.contains("schema is at version 99") && stderr.contains("upgrade dockhand"),
         "{stderr}"

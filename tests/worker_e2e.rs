@@ -438,7 +438,7 @@ async fn bad_input_gets_one_line_and_changes_nothing(db: Db) {
             2,
             "concurrency",
         ),
-        (vec!["show".into(), "999999".into()], 1, "not found"),
+        (vec!["show".into(), "999999".into()], 66, "not found"),
         (
             vec!["jobs".into(), "--state".into(), "done".into()],
             2,
@@ -485,7 +485,7 @@ fn unreachable_database_is_one_line_without_the_password() {
         .args(["--database-url", "mysql://x", "jobs"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "a configuration error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid database URL"));
 }
 

@@ -338,7 +338,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
             "lease_ms": args.lease.as_millis() as u64,
             "rss_kib": {"idle": idle_rss, "under_load": peak_rss},
         });
-        crate::outln!("{}", serde_json::to_string_pretty(&value)?);
+        crate::outln!("{}", super::json_text(&value)?);
         return Ok(0);
     }
     crate::outln!("{:<46} {:>12}", "measure", "result");

@@ -152,7 +152,9 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         store.clone(),
         Router::new(
             ProcessExecutor::new(watchdog),
-            Err("the demo runs no containers".into()),
+            Err(crate::executor::ExecError::NotConfigured(
+                "the demo runs no containers",
+            )),
         ),
         signals,
         shell_config,

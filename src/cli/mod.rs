@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::job::JobState;
-use crate::store::{AnyStore, Store, DEFAULT_DATABASE_URL};
+use crate::store::{AnyStore, Store, StoreError, DEFAULT_DATABASE_URL};
 
 pub use worker::WorkerArgs;
 
@@ -175,9 +175,36 @@ impl CliError {
     }
 }
 
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(error: E) -> Self {
-        CliError::fatal(error.to_string())
+/// Exit code when a job (or another thing named) does not exist (EX_NOINPUT).
+pub const EXIT_NOT_FOUND: i32 = 66;
+/// Exit code of a configuration error: a database URL that cannot be used,
+/// a schema newer than this build (EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+impl From<crate::machine::ConfigError> for CliError {
+    fn from(error: crate::machine::ConfigError) -> Self {
+        CliError::usage(format!("invalid worker configuration: {error}"))
+    }
+}
+
+/// A JSON document as pretty text (a `Value` always renders; the error is
+/// kept for the type's sake).
+pub(crate) fn json_text(value: &serde_json::Value) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::fatal(format!("cannot render JSON: {e}")))
+}
+
+impl From<StoreError> for CliError {
+    fn from(error: StoreError) -> Self {
+        let code = match &error {
+            StoreError::NotFound(_) => EXIT_NOT_FOUND,
+            StoreError::BadUrl { .. } | StoreError::SchemaTooNew { .. } => EXIT_CONFIG,
+            _ => EXIT_FATAL,
+        };
+        CliError {
+            message: error.to_string(),
+            code,
+        }
     }
 }
 

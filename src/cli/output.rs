@@ -8,7 +8,9 @@ use super::{CliError, IdArg, JobsArgs, ShowArgs, StatusArgs};
 use crate::job::JobId;
 use crate::machine::fmt_duration;
 use crate::redact::{redact_text, redacted_env};
-use crate::store::{AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, WorkerRow};
+use crate::store::{
+    AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, StoreError, WorkerRow,
+};
 
 /// Widest command shown in the `jobs` table.
 const COMMAND_WIDTH: usize = 48;
@@ -84,7 +86,7 @@ fn event_json(event: &JobEvent) -> Value {
 }
 
 fn print_json(value: &Value) -> Result<(), CliError> {
-    crate::outln!("{}", serde_json::to_string_pretty(value)?);
+    crate::outln!("{}", super::json_text(value)?);
     Ok(())
 }
 
@@ -127,10 +129,10 @@ pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
 }
 
 async fn find(store: &AnyStore, id: i64) -> Result<Job, CliError> {
-    store
-        .get(JobId(id))
-        .await?
-        .ok_or_else(|| CliError::fatal(format!("job {id} not found")))
+    match store.get(JobId(id)).await? {
+        Some(job) => Ok(job),
+        None => Err(StoreError::NotFound(JobId(id)).into()),
+    }
 }
 
 /// `show`.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{parse_duration, CliError};
 use crate::executor::docker::{self, DockerExecutor, Limits};
 use crate::executor::watchdog::Watchdog;
-use crate::executor::{ProcessExecutor, Router};
+use crate::executor::{ExecError, ProcessExecutor, Router};
 use crate::http::Monitor;
 use crate::machine::{Config, Signal};
 use crate::shell::{self, ShellConfig};
@@ -102,7 +102,7 @@ async fn docker_executor(
     args: &WorkerArgs,
     worker_id: &str,
     lease: Duration,
-) -> Result<DockerExecutor, String> {
+) -> Result<DockerExecutor, ExecError> {
     let client = match docker::connect().await {
         Ok(client) => client,
         Err(why) => {
@@ -134,7 +134,7 @@ async fn docker_executor(
         cpu_millis: args.docker_cpus,
         pids: args.docker_pids,
     };
-    let store_id = store.instance_id().await.map_err(|e| e.to_string())?;
+    let store_id = store.instance_id().await?;
     Ok(DockerExecutor::new(client, &store_id, worker_id, limits))
 }
 

@@ -25,7 +25,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{ExecEvent, Executor, OutputTail};
+use super::{ExecError, ExecEvent, Executor, OutputTail};
 use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, JobState, Lease, LeaseToken};
 use crate::store::Store;
@@ -85,30 +85,30 @@ pub struct DockerExecutor {
 
 /// Connect to the local engine (`DOCKER_HOST` or the default socket),
 /// agreeing on an API version it supports.
-pub async fn connect() -> Result<Docker, String> {
+pub async fn connect() -> Result<Docker, ExecError> {
     let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| format!("Docker engine unreachable: {e}"))?;
+        .map_err(|e| ExecError::EngineUnreachable(e.to_string()))?;
     match tokio::time::timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await {
         Ok(Ok(docker)) => Ok(docker),
-        Ok(Err(error)) => Err(format!("Docker engine unreachable: {error}")),
-        Err(_) => Err("Docker engine unreachable: no answer within 5s".to_string()),
+        Ok(Err(error)) => Err(ExecError::EngineUnreachable(error.to_string())),
+        Err(_) => Err(ExecError::EngineUnreachable("no answer within 5s".into())),
     }
 }
 
-fn describe(error: &DockerError, image: &str) -> String {
+/// An engine error in the executor's terms; `image` is the job's.
+fn describe(error: DockerError, image: &str) -> ExecError {
     match error {
         DockerError::DockerResponseServerError {
             status_code: 404, ..
-        } => {
-            format!("image {image:?} is not present on the Docker engine (dockhand never pulls; build or pull it first)")
-        }
+        } => ExecError::ImageMissing(image.to_string()),
         DockerError::DockerResponseServerError {
             status_code,
             message,
-        } => {
-            format!("Docker engine refused ({status_code}): {message}")
-        }
-        other => format!("Docker engine unreachable: {other}"),
+        } => ExecError::EngineRefused {
+            status: status_code,
+            message,
+        },
+        other => ExecError::EngineUnreachable(other.to_string()),
     }
 }
 
@@ -242,7 +242,7 @@ async fn run_container(
     let container = match docker.create_container(Some(options), body).await {
         Ok(created) => created.id,
         Err(error) => {
-            let error = describe(&error, &image);
+            let error = describe(error, &image).to_string();
             let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
             return;
         }
@@ -252,7 +252,7 @@ async fn run_container(
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, (lease.token, container.clone()));
     if let Err(error) = docker.start_container(&container, None).await {
-        let error = describe(&error, &image);
+        let error = describe(error, &image).to_string();
         let _ = docker
             .remove_container(
                 &container,
@@ -406,8 +406,8 @@ pub async fn reconcile<S: Store>(
     store: &S,
     own_worker: &str,
     lease: Duration,
-) -> Result<usize, String> {
-    let store_id = store.instance_id().await.map_err(|e| e.to_string())?;
+) -> Result<usize, ExecError> {
+    let store_id = store.instance_id().await?;
     let labels = vec![
         format!("{LABEL_MANAGED}=true"),
         format!("{LABEL_STORE}={store_id}"),
@@ -421,11 +421,11 @@ pub async fn reconcile<S: Store>(
     let found = docker
         .list_containers(Some(options))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| describe(e, ""))?;
     if found.is_empty() {
         return Ok(0);
     }
-    let workers = store.workers(lease).await.map_err(|e| e.to_string())?;
+    let workers = store.workers(lease).await?;
     let mut removed = 0;
     for container in found {
         let (Some(id), Some(labels)) = (container.id, container.labels) else {
@@ -442,15 +442,11 @@ pub async fn reconcile<S: Store>(
         let token: Option<i64> = labels.get(LABEL_TOKEN).and_then(|t| t.parse().ok());
         let worker_alive = workers.iter().any(|w| w.info.id == worker && !w.lost);
         let lease_alive = match job {
-            Some(job) => store
-                .get(job)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_some_and(|j| {
-                    j.state == JobState::Running
-                        && j.worker_id.as_deref() == Some(worker.as_str())
-                        && Some(j.lease_token) == token
-                }),
+            Some(job) => store.get(job).await?.is_some_and(|j| {
+                j.state == JobState::Running
+                    && j.worker_id.as_deref() == Some(worker.as_str())
+                    && Some(j.lease_token) == token
+            }),
             None => false,
         };
         if worker_alive && lease_alive {

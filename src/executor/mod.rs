@@ -19,6 +19,31 @@ pub use docker::DockerExecutor;
 pub use process::ProcessExecutor;
 pub use router::Router;
 
+/// Why an executor (or its engine) could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The Docker engine cannot be reached (not running, wrong socket).
+    #[error("Docker engine unreachable: {0}")]
+    EngineUnreachable(String),
+    /// The engine answered with an error.
+    #[error("Docker engine refused ({status}): {message}")]
+    EngineRefused {
+        /// HTTP status of the engine's answer.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// The job's image is not on the engine (dockhand never pulls).
+    #[error("image {0:?} is not present on the Docker engine (dockhand never pulls; build or pull it first)")]
+    ImageMissing(String),
+    /// This worker runs no containers (e.g. the demo).
+    #[error("{0}")]
+    NotConfigured(&'static str),
+    /// The store could not be asked (reconciliation).
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// What an executor reports about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecEvent {

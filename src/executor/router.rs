@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 
-use super::{DockerExecutor, ExecEvent, Executor, ProcessExecutor};
+use super::{DockerExecutor, ExecError, ExecEvent, Executor, ProcessExecutor};
 use crate::job::JobSignal;
 use crate::job::{ClaimedJob, JobId, Lease, LeaseToken};
 
@@ -22,11 +22,11 @@ pub struct Router {
 
 impl Router {
     /// Processes always; containers when `docker` is set (else image jobs
-    /// fail with `no_docker` as their error).
-    pub fn new(process: ProcessExecutor, docker: Result<DockerExecutor, String>) -> Self {
+    /// fail with why there is no engine as their error).
+    pub fn new(process: ProcessExecutor, docker: Result<DockerExecutor, ExecError>) -> Self {
         let (docker, no_docker) = match docker {
             Ok(docker) => (Some(docker), String::new()),
-            Err(why) => (None, why),
+            Err(why) => (None, why.to_string()),
         };
         Router {
             process,
