@@ -114,7 +114,7 @@ impl<S: Store + Clone> WorkerBuilder<S> {
             queues: self.queues,
             machine: self.config,
             store_timeout: self.store_timeout,
-            monitor: None,
+            observer: std::sync::Arc::new(crate::shell::NoObserver),
             status_to_stderr: false,
         };
         let worker = Worker {

@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::machine::{Machine, Phase, Status};
+use crate::machine::{Action, Event, Machine, Note, Phase, Status};
 use crate::metrics::Metrics;
+use crate::shell::Observer;
 
 /// Publish at most this often, except on a phase change.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -96,7 +97,32 @@ impl Monitor {
             snapshot.phase = Phase::Stopped;
         });
     }
+}
 
+impl Observer for Monitor {
+    fn on_action(&self, action: &Action) {
+        self.metrics.on_action(action);
+    }
+
+    fn on_event(&self, event: &Event) {
+        self.metrics.on_event(event);
+    }
+
+    fn on_note(&self, note: &Note) {
+        self.metrics.on_note(note);
+    }
+
+    fn publish(&self, machine: &Machine) -> Option<Instant> {
+        Monitor::publish(self, machine)
+    }
+
+    fn on_exit(&self, since_signal: Option<Duration>) {
+        self.metrics.on_exit(since_signal);
+        self.finish();
+    }
+}
+
+impl Monitor {
     fn snapshot(&self) -> Snapshot {
         self.tx.borrow().clone()
     }

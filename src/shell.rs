@@ -14,13 +14,13 @@
 //! Generic over the [`Store`], the [`Executor`] and the signal source (a
 //! channel), so the simulation runs this same loop with simulated parts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
 use crate::executor::{ExecEvent, Executor};
-use crate::http::Monitor;
 use crate::job::Lease;
 use crate::machine::trace::{NoteText, StatusText, Trace};
 use crate::machine::{
@@ -33,6 +33,33 @@ const EVENT_CAPACITY: usize = 4096;
 /// How long deregistering may take at exit.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whoever watches the worker from outside (metrics, health endpoints): the
+/// shell tells it every action it performs, every event it feeds the machine,
+/// every note the machine makes, and the machine's state after each turn.
+/// Every method does nothing by default.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// An action about to be performed.
+    fn on_action(&self, _action: &Action) {}
+    /// An event about to be fed to the machine.
+    fn on_event(&self, _event: &Event) {}
+    /// A note the machine made.
+    fn on_note(&self, _note: &Note) {}
+    /// The machine after a turn of the loop. Returns when the shell must
+    /// call again though nothing happens (a throttled publish falls due).
+    fn publish(&self, _machine: &Machine) -> Option<TokioInstant> {
+        None
+    }
+    /// The loop ended: the exit was decided this long after the first
+    /// signal (if there was one).
+    fn on_exit(&self, _since_signal: Option<Duration>) {}
+}
+
+/// An observer that watches nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// What the shell needs besides the machine's config.
 #[derive(Clone, Debug)]
 pub struct ShellConfig {
@@ -44,8 +71,9 @@ pub struct ShellConfig {
     pub machine: Config,
     /// Longest wait for any one store call before it counts as failed.
     pub store_timeout: Duration,
-    /// Where metrics and state go (the HTTP endpoints read it).
-    pub monitor: Option<Monitor>,
+    /// Who watches from outside (e.g. [`crate::http::Monitor`] for metrics
+    /// and health endpoints).
+    pub observer: Arc<dyn Observer>,
     /// Write the SIGUSR1 report on stderr (the binary); otherwise it goes to
     /// the log only (the simulation).
     pub status_to_stderr: bool,
@@ -85,10 +113,7 @@ where
         Err(error) => return fatal(format!("invalid worker configuration: {error}")),
     };
     let worker_id = config.worker.id.clone();
-    let monitor = config
-        .monitor
-        .clone()
-        .unwrap_or_else(|| Monitor::new(&worker_id, config.machine.heartbeat_interval()));
+    let monitor = config.observer.clone();
     if let Err(error) = timed(config.store_timeout, store.register_worker(&config.worker)).await {
         return fatal(format!("cannot register worker: {error}"));
     }
@@ -118,7 +143,7 @@ where
             match action {
                 Action::Exit { code } => exit = Some(code),
                 action => {
-                    monitor.metrics.on_action(&action);
+                    monitor.on_action(&action);
                     perform(
                         action,
                         &store,
@@ -181,8 +206,7 @@ where
     let since_signal = machine
         .first_signal_at()
         .map(|at| now().saturating_since(at));
-    monitor.metrics.on_exit(since_signal);
-    monitor.finish();
+    monitor.on_exit(since_signal);
     executor.kill_all().await;
     if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&worker_id)).await {
         tracing::warn!(worker_id = %worker_id, %error, "could not deregister; the registry will show this worker as lost");
@@ -221,8 +245,8 @@ async fn recv_wakeup(wakeups: &mut Option<mpsc::Receiver<Wakeup>>) -> Option<Wak
 }
 
 /// Hand one event to the machine, after the metrics have seen it.
-fn feed(machine: &mut Machine, monitor: &Monitor, event: Event, now: Instant) {
-    monitor.metrics.on_event(&event);
+fn feed(machine: &mut Machine, monitor: &Arc<dyn Observer>, event: Event, now: Instant) {
+    monitor.on_event(&event);
     machine.handle(event, now);
 }
 
@@ -343,7 +367,9 @@ fn perform<S: Store + Clone, E: Executor>(
                 StatusText(&status)
             );
             if config.status_to_stderr {
-                crate::errln!("{line}");
+                // A closed stderr drops the line; it never stops the worker.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{line}");
             } else {
                 tracing::info!(worker_id, "{line}");
             }
@@ -356,12 +382,12 @@ fn perform<S: Store + Clone, E: Executor>(
 /// first shutdown signal for the shutdown trace printed at exit.
 fn take_notes(
     machine: &mut Machine,
-    monitor: &Monitor,
+    monitor: &Arc<dyn Observer>,
     worker_id: &str,
     trace: &mut Option<Trace>,
 ) {
     while let Some(note) = machine.poll_note() {
-        monitor.metrics.on_note(&note);
+        monitor.on_note(&note);
         log_note(worker_id, machine.phase(), &note);
         if let Some(signal_at) = machine.first_signal_at() {
             if note.at >= signal_at {

@@ -703,7 +703,7 @@ fn worker_host(
                 queues: vec!["default".into()],
                 machine: config,
                 store_timeout: STORE_TIMEOUT,
-                monitor: None,
+                observer: std::sync::Arc::new(dockhand::shell::NoObserver),
                 status_to_stderr: false,
             };
             let executor = SimExecutor::new(&worker, shared.clone());

@@ -130,7 +130,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         queues: vec!["default".into()],
         machine: config,
         store_timeout: Duration::from_secs(5),
-        monitor: Some(monitor),
+        observer: std::sync::Arc::new(monitor),
         status_to_stderr: true,
     };
     let start = tokio::time::Instant::now();

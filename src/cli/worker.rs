@@ -197,7 +197,7 @@ pub async fn run(
         queues: args.queues.clone(),
         machine: config,
         store_timeout: Duration::from_secs(5),
-        monitor: Some(monitor),
+        observer: std::sync::Arc::new(monitor),
         status_to_stderr: true,
     };
     let executor = Router::new(

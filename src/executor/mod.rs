@@ -2,9 +2,11 @@
 //! in-process handlers. The shell starts and signals jobs through the
 //! [`Executor`] trait and learns how they ended from [`ExecEvent`]s.
 
+#[cfg(feature = "docker")]
 pub mod docker;
 pub mod inprocess;
 pub mod process;
+#[cfg(feature = "docker")]
 pub mod router;
 pub mod watchdog;
 
@@ -15,8 +17,10 @@ use std::future::Future;
 use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, Lease, OUTPUT_LIMIT};
 
+#[cfg(feature = "docker")]
 pub use docker::DockerExecutor;
 pub use process::ProcessExecutor;
+#[cfg(feature = "docker")]
 pub use router::Router;
 
 /// Why an executor (or its engine) could not do what was asked.
