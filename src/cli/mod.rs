@@ -1,4 +1,5 @@
-//! The command line: the contract in DESIGN.md ("Command line").
+//! The command line. README.md lists every command and flag; the exit codes
+//! are the constants below.
 
 mod bench;
 mod demo;
