@@ -251,3 +251,59 @@ async fn without_an_engine_image_jobs_fail_and_process_jobs_run() {
         "{stderr}"
     );
 }
+
+/// A worker that loses a container job's lease (it was paused past the lease;
+/// meanwhile the job was cancelled and reaped, so nobody runs it again)
+/// kills its container and removes it at once, while it keeps running.
+/// Before the machine said when a run is over, the shell released a
+/// container only on a record reply, and a lost lease is never recorded:
+/// the container stayed until the worker exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_releases_its_container_while_the_worker_runs() {
+    let db = Db::postgres("docker_lost_lease").await;
+    let image = test_image();
+    let id = db.enqueue(
+        &["--image", &image],
+        &["sh", "-c", "trap '' TERM; sleep 300 & wait"],
+    );
+    let fast = [
+        "--lease",
+        "2s",
+        "--poll-interval",
+        "100ms",
+        "--kill-grace",
+        "20s",
+    ];
+    let mut a = db.worker(&fast);
+    wait_state(&db, id, JobState::Running).await;
+    let store_id = store_id(&db).await;
+    eventually("A's container", LONG, || {
+        let found = containers_of(&store_id);
+        async move { (found.len() == 1).then_some(()) }
+    })
+    .await;
+    a.signal(libc::SIGSTOP);
+    assert!(db.cli(&["cancel", &id.to_string()]).status.success());
+    // A worker of another queue, without an engine (so it reconciles no
+    // container), only reaps: the pending cancel makes the job final.
+    let mut reaper = db.worker_with_env(
+        &["--queue", "elsewhere", "--poll-interval", "100ms"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    wait_state(&db, id, JobState::Cancelled).await;
+    a.signal(libc::SIGCONT);
+    eventually(
+        "A's container to be removed while A runs",
+        Duration::from_secs(15),
+        || {
+            let left = containers_of(&store_id);
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    assert!(a.child.try_wait().unwrap().is_none(), "A is still running");
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait(LONG), 0, "{}", a.stderr());
+    reaper.signal(libc::SIGTERM);
+    assert_eq!(reaper.wait(LONG), 0);
+}

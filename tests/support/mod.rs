@@ -144,11 +144,17 @@ impl Db {
 
     /// Start a worker and wait until it has registered.
     pub fn worker(&self, args: &[&str]) -> Worker {
+        self.worker_with_env(args, &[])
+    }
+
+    /// Start a worker with extra environment variables.
+    pub fn worker_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Worker {
         let mut child = Command::new(bin())
             .arg("--database-url")
             .arg(&self.url)
             .arg("worker")
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
