@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use dockhand::cli::{self, Cli, Command, LogFormat, EXIT_FATAL, EXIT_USAGE};
 use dockhand::errln;
+use dockhand::executor::shim;
 use dockhand::executor::watchdog::Watchdog;
 use tracing_subscriber::EnvFilter;
 
@@ -53,6 +54,16 @@ fn usage_error(line: &str) -> ! {
 }
 
 fn main() {
+    // As a job's shim, dockhand does only that (see executor::shim).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == shim::SHIM_ARG) {
+        shim::run(&args[2..]);
+    }
+    // Nobody but root may read this process's memory, environment or open
+    // files through /proc: not a job running as the same user, not another
+    // local user. (Inherited by the watchdog and the PID 1 supervisor.)
+    // SAFETY: plain prctl on this process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(), // --help, --version

@@ -140,7 +140,9 @@ impl Kind {
 /// `JOB_ID WORKER_PID`, appended to the effects log as its last act.
 fn job(rng: &mut Rng, dir: &str, run: &str) -> NewJob {
     let kind = Kind::draw(rng);
-    let effect = format!("echo \"$DOCKHAND_JOB_ID $PPID\" >> {dir}/effects.log");
+    // The job's parent is its shim; the shim's parent is the worker.
+    let effect =
+        format!("echo \"$DOCKHAND_JOB_ID $(cut -d' ' -f4 /proc/$PPID/stat)\" >> {dir}/effects.log");
     let sleep = |rng: &mut Rng, lo, hi| format!("{:.3}", rng.millis(lo, hi).as_secs_f64());
     let script = match kind {
         Kind::Quick => effect,
@@ -444,15 +446,24 @@ fn fleet_survives_chaos_losing_nothing() {
         store.migrate().await.expect("migrate");
         store
     });
-    let dir = tempfile::tempdir().expect("temp dir");
+    // Jobs run as `nobody` (a root worker's default job user): they write here.
+    let dir = support::job_dir();
     let scratch = dir.path().display().to_string();
     std::fs::create_dir(dir.path().join("marks")).expect("marks dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("marks"),
+            std::fs::Permissions::from_mode(0o1777),
+        )
+        .expect("chmod marks dir");
+    }
     let run_marker = format!("chaos-{seed}-{}", std::process::id());
     let mut rng = Rng(seed);
     let mut fleet = Fleet {
         db: Db {
             url: url.clone(),
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: support::job_dir(),
         },
         active: Vec::new(),
         leaving: Vec::new(),

@@ -344,7 +344,10 @@ async fn nul_output_on_sqlite() {
 async fn a_worker_paused_past_its_lease_kills_its_copy_at_once() {
     let db = Db::postgres("paused_past_lease").await;
     let pids = db.path("pids");
-    let script = format!("echo \"$$ $PPID\" >> {pids}; trap '' TERM; while :; do sleep 0.1; done");
+    // The job's parent is its shim; the shim's parent is the worker.
+    let script = format!(
+        "echo \"$$ $(cut -d' ' -f4 /proc/$PPID/stat)\" >> {pids}; trap '' TERM; while :; do sleep 0.1; done"
+    );
     let id = db.enqueue(&["--max-attempts", "1"], &["sh", "-c", &script]);
     let fast = [
         "--lease",

@@ -204,6 +204,11 @@ async fn an_outage_longer_than_the_lease_does_not_rerun_a_finished_job() {
     admin.pool().close().await;
     let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
     let dir = tempfile::tempdir().unwrap();
+    // The job runs as `nobody` (a root worker's default job user).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
     let effects = dir.path().join("effects");
     let bin = env!("CARGO_BIN_EXE_dockhand");
     let enqueue = Command::new(bin)

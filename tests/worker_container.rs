@@ -105,7 +105,7 @@ async fn setup(name: &str) -> Setup {
     build_worker_image(&tag);
     let db = Db {
         url: fresh_postgres_database(name).await,
-        dir: tempfile::tempdir().expect("temp dir"),
+        dir: support::job_dir(),
     };
     let store = db.store().await;
     store.migrate().await.expect("migrate");

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::worker::{host_name, signal_source};
 use super::CliError;
 use crate::executor::watchdog::Watchdog;
-use crate::executor::{ProcessExecutor, Router};
+use crate::executor::Router;
 use crate::http::Monitor;
 use crate::job::{JobId, JobState, NewJob};
 use crate::machine::Config;
@@ -151,7 +151,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
     let worker_task = tokio::spawn(shell::run(
         store.clone(),
         Router::new(
-            ProcessExecutor::new(watchdog),
+            super::worker::process_executor(watchdog, super::worker::job_user(None)?),
             Err(crate::executor::ExecError::NotConfigured(
                 "the demo runs no containers",
             )),

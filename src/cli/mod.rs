@@ -27,10 +27,22 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "dockhand", version, about, long_about = None)]
 pub struct Cli {
-    /// Database: postgres://USER:PASS@HOST/DB or sqlite://FILE.
-    /// Without it (and without DATABASE_URL), the embedded sqlite://dockhand.db.
+    /// Database: postgres://USER:PASS@HOST/DB or sqlite://FILE. Prefer the
+    /// DATABASE_URL variable or --database-url-file: a password on the
+    /// command line is visible to every local user. Without any, the
+    /// embedded sqlite://dockhand.db.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// A file holding the database URL (a Kubernetes or Docker secret).
+    #[arg(
+        long,
+        env = "DATABASE_URL_FILE",
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<std::path::PathBuf>,
 
     /// Log format on stderr; by default text on a terminal, JSON lines otherwise.
     #[arg(long, global = true, value_enum)]
@@ -209,6 +221,55 @@ impl From<StoreError> for CliError {
     }
 }
 
+/// Longest database URL file read.
+const MAX_URL_FILE: u64 = 4096;
+
+impl Cli {
+    /// The database URL: from `--database-url`/`DATABASE_URL`, or read from
+    /// `--database-url-file`/`DATABASE_URL_FILE` (one line, trimmed).
+    pub fn resolved_database_url(&self) -> Result<Option<String>, CliError> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(self.database_url.clone());
+        };
+        let shown = path.display();
+        let config = |why: String| CliError {
+            message: why,
+            code: EXIT_CONFIG,
+        };
+        let file = std::fs::File::open(path)
+            .map_err(|e| config(format!("cannot read the database URL file {shown}: {e}")))?;
+        let mut text = String::new();
+        use std::io::Read;
+        file.take(MAX_URL_FILE + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| config(format!("cannot read the database URL file {shown}: {e}")))?;
+        if text.len() as u64 > MAX_URL_FILE {
+            return Err(config(format!(
+                "the database URL file {shown} is over {MAX_URL_FILE} bytes"
+            )));
+        }
+        let url = text.trim();
+        if url.is_empty() || url.contains('\n') {
+            return Err(config(format!(
+                "the database URL file {shown} must hold one URL on one line"
+            )));
+        }
+        Ok(Some(url.to_string()))
+    }
+}
+
+/// Whether the database URL was given with a password on the command line,
+/// where every local user can read it in the process list.
+pub fn password_on_command_line(cli: &Cli) -> bool {
+    let on_line =
+        std::env::args().any(|a| a == "--database-url" || a.starts_with("--database-url="));
+    on_line
+        && cli
+            .database_url
+            .as_deref()
+            .is_some_and(|url| crate::redact::redact_url(url) != url)
+}
+
 /// Open and migrate the store the flags name.
 pub async fn open_store(url: Option<&str>) -> Result<AnyStore, CliError> {
     let url = url.unwrap_or(DEFAULT_DATABASE_URL);
@@ -222,7 +283,14 @@ pub async fn run(
     cli: Cli,
     watchdog: Option<crate::executor::watchdog::Watchdog>,
 ) -> Result<i32, CliError> {
-    let url = cli.database_url.clone();
+    // A worker runs for long: warn once at its start (a one-shot command
+    // keeps its one-line output).
+    if matches!(cli.command, Command::Worker(_)) && password_on_command_line(&cli) {
+        crate::errln!(
+            "dockhand: warning: the database password is on the command line, where every local user can read it; use DATABASE_URL or --database-url-file"
+        );
+    }
+    let url = cli.resolved_database_url()?;
     let url = url.as_deref();
     let args = match cli.command {
         Command::Demo => return demo::run(watchdog).await,

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{parse_duration, CliError};
 use crate::executor::docker::{self, DockerExecutor, Limits};
+use crate::executor::process::JobUser;
 use crate::executor::watchdog::Watchdog;
 use crate::executor::{ExecError, ProcessExecutor, Router};
 use crate::http::Monitor;
@@ -49,6 +50,59 @@ pub struct WorkerArgs {
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    /// Run process jobs as this user (USER or USER:GROUP). A root worker
+    /// runs them as `nobody` unless told otherwise; `--job-user root` is an
+    /// explicit (logged) opt-out. A non-root worker runs them as itself.
+    #[arg(long, value_name = "USER[:GROUP]", env = "DOCKHAND_JOB_USER")]
+    pub job_user: Option<String>,
+}
+
+/// Who process jobs run as, given the flag and who the worker is: `None`
+/// runs them as the worker (which is then not root).
+pub(crate) fn job_user(flag: Option<&str>) -> Result<Option<JobUser>, CliError> {
+    // SAFETY: plain syscall.
+    let euid = unsafe { libc::geteuid() };
+    let resolve = |spec: &str| JobUser::resolve(spec).map_err(CliError::usage);
+    match (flag, euid == 0) {
+        (None, true) => Ok(Some(resolve("nobody")?)),
+        (None, false) => Ok(None),
+        (Some(spec), true) => {
+            let user = resolve(spec)?;
+            if user.is_root() {
+                tracing::warn!("--job-user root: jobs run as root and can read the worker's memory, environment and files");
+            }
+            Ok(Some(user))
+        }
+        (Some(spec), false) => {
+            let user = resolve(spec)?;
+            if user.uid != euid {
+                return Err(CliError::usage(format!(
+                    "--job-user {spec}: only a root worker can run jobs as another user"
+                )));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The process executor of the binary: jobs under the shim (all their
+/// descendants die with them), as the job user.
+pub(crate) fn process_executor(
+    watchdog: Option<Watchdog>,
+    user: Option<JobUser>,
+) -> ProcessExecutor {
+    let mut executor = ProcessExecutor::new(watchdog);
+    match std::env::current_exe() {
+        Ok(binary) => executor = executor.with_shim(binary),
+        Err(error) => tracing::warn!(
+            %error,
+            "cannot find the dockhand binary to run jobs under its shim; descendants that leave a job's process group may outlive it"
+        ),
+    }
+    if let Some(user) = user {
+        executor = executor.with_user(user);
+    }
+    executor
 }
 
 impl WorkerArgs {
@@ -164,6 +218,7 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| CliError::usage(format!("invalid worker configuration: {e}")))?;
+    let user = job_user(args.job_user.as_deref())?;
     let pid = std::process::id();
     let host = host_name();
     let worker = WorkerInfo {
@@ -201,7 +256,7 @@ pub async fn run(
         status_to_stderr: true,
     };
     let executor = Router::new(
-        ProcessExecutor::new(watchdog),
+        process_executor(watchdog, user),
         docker_executor(&store, &args, &worker_id, lease).await,
     );
     let report = shell::run(store, executor, signals, shell_config).await;

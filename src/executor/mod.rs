@@ -8,6 +8,7 @@ pub mod inprocess;
 pub mod process;
 #[cfg(feature = "docker")]
 pub mod router;
+pub mod shim;
 pub mod watchdog;
 
 use tokio::sync::mpsc;

@@ -7,8 +7,10 @@
 //! a watchdog at start-up, before any thread exists. The worker tells it, over
 //! a pipe, which process groups are live ("+PGID" / "-PGID" lines). The write
 //! end is close-on-exec and held only by the worker, so when the worker dies —
-//! however it dies — the kernel closes it, the watchdog reads EOF, SIGKILLs
-//! every group still listed, and exits.
+//! however it dies — the kernel closes it, the watchdog reads EOF, asks every
+//! group leader still listed to kill its whole tree (SIGUSR2: a job shim
+//! kills every descendant, even those that left the group), waits a moment,
+//! SIGKILLs every group, and exits.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -20,7 +22,12 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug)]
 pub struct Watchdog {
     pipe: Arc<Mutex<File>>,
+    pid: i32,
 }
+
+/// How long the watchdog waits for job shims to kill their trees before it
+/// SIGKILLs their groups itself.
+const SHIM_GRACE_MS: u32 = 2000;
 
 impl Watchdog {
     /// Fork the watchdog process.
@@ -41,14 +48,20 @@ impl Watchdog {
                 libc::close(write_fd);
                 watch(read_fd)
             }
-            _child => {
+            child => {
                 libc::close(read_fd);
                 let file = File::from(OwnedFd::from_raw_fd(write_fd));
                 Ok(Watchdog {
                     pipe: Arc::new(Mutex::new(file)),
+                    pid: child,
                 })
             }
         }
+    }
+
+    /// The watchdog's process id (a child of the worker).
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Start guarding a process group.
@@ -99,6 +112,20 @@ unsafe fn watch(fd: i32) -> ! {
                 len += 1;
             }
         }
+    }
+    // A job shim leads its group: it kills every descendant of its job,
+    // also those that left the group. A plain job leader just dies of it.
+    for pgid in &groups {
+        libc::kill(*pgid, libc::SIGUSR2);
+    }
+    let mut waited = 0;
+    while waited < SHIM_GRACE_MS && groups.iter().any(|pgid| libc::kill(*pgid, 0) == 0) {
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        libc::nanosleep(&pause, std::ptr::null_mut());
+        waited += 10;
     }
     for pgid in &groups {
         libc::kill(-pgid, libc::SIGKILL);

@@ -63,11 +63,22 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| {
                 StoreError::Unreachable(format!("cannot open {}: {e}", redact_url(url)))
             })?;
+        // The file holds every job's spec and output: readable by its owner
+        // only, never by jobs running as another user.
+        let path = options.get_filename();
+        if path.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
         Ok(SqliteStore { pool })
     }
 

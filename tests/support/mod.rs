@@ -71,6 +71,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A scratch directory that jobs can write to: a root worker runs them as
+/// `nobody` (the default job user), and a temporary directory is 0700.
+pub fn job_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod temp dir");
+    dir
+}
+
 /// A database for one end-to-end test: its URL, and what keeps it alive.
 pub struct Db {
     pub url: String,
@@ -81,12 +91,12 @@ impl Db {
     pub async fn postgres(name: &str) -> Db {
         Db {
             url: fresh_postgres_database(name).await,
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: job_dir(),
         }
     }
 
     pub async fn sqlite(_name: &str) -> Db {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = job_dir();
         let url = format!("sqlite://{}", dir.path().join("dockhand.db").display());
         Db { url, dir }
     }
