@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use dockhand::job::{Completion, NewJob, Outcome};
-use dockhand::store::{AnyStore, Store};
+use dockhand::store::{AnyStore, ClaimRequest, Store};
 
 const TASKS: usize = 4;
 
@@ -28,7 +28,13 @@ async fn round(store: &AnyStore, batch: u32, jobs: usize) -> f64 {
             let queues = vec!["default".to_string()];
             loop {
                 let claimed = store
-                    .claim(&worker, &queues, batch, Duration::from_secs(60), 1)
+                    .claim(&ClaimRequest::new(
+                        &worker,
+                        &queues,
+                        batch,
+                        Duration::from_secs(60),
+                        1,
+                    ))
                     .await
                     .expect("claim");
                 if claimed.is_empty() {

@@ -110,6 +110,7 @@ impl<S: Store + Clone> WorkerBuilder<S> {
                 pid,
                 queues: self.queues.clone(),
                 concurrency: self.config.concurrency,
+                lease: self.config.lease,
             },
             queues: self.queues,
             machine: self.config,

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::executor::EngineState;
 use crate::machine::{Action, Event, Machine, Note, Phase, Status};
 use crate::metrics::Metrics;
 use crate::shell::Observer;
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub alive: bool,
     /// When the loop last went round.
     pub updated: Instant,
+    /// Its Docker engine's state, if it has one.
+    pub engine: Option<EngineState>,
 }
 
 /// The shell's window to the outside: metrics and a state snapshot.
@@ -58,6 +61,7 @@ impl Monitor {
             status: None,
             alive: true,
             updated: Instant::now(),
+            engine: None,
         };
         Monitor {
             metrics: Arc::new(Metrics::new()),
@@ -120,6 +124,12 @@ impl Observer for Monitor {
         self.metrics.on_exit(since_signal);
         self.finish();
     }
+
+    fn on_engine(&self, state: EngineState) {
+        self.metrics.on_engine(state);
+        self.tx
+            .send_modify(|snapshot| snapshot.engine = Some(state));
+    }
 }
 
 impl Monitor {
@@ -128,12 +138,14 @@ impl Monitor {
     }
 }
 
-/// The `/status` document (the same content as the SIGUSR1 line).
-pub fn status_json(worker_id: &str, status: &Status) -> Value {
+/// The `/status` document (the same content as the SIGUSR1 line, and the
+/// Docker engine's state: `reachable`, `unreachable`, or null without one).
+pub fn status_json(worker_id: &str, status: &Status, engine: Option<EngineState>) -> Value {
     let c = &status.counters;
     json!({
         "worker_id": worker_id,
         "phase": status.phase.as_str(),
+        "docker": engine.map(EngineState::as_str),
         "signals": status.signals,
         "jobs": status.jobs.iter().map(|job| json!({
             "id": job.id,
@@ -178,14 +190,21 @@ async fn healthz(State(monitor): State<Monitor>) -> Response {
     }
 }
 
+/// Ready while running. The Docker engine's state is shown but does not make
+/// the worker unready: it still runs every job without an image, and leaves
+/// image jobs to others until its engine answers.
 async fn readyz(State(monitor): State<Monitor>) -> Response {
     let snapshot = monitor.snapshot();
+    let engine = match snapshot.engine {
+        Some(state) => format!("docker: {state}\n"),
+        None => String::new(),
+    };
     if snapshot.alive && snapshot.phase == Phase::Running {
-        (StatusCode::OK, "ready\n").into_response()
+        (StatusCode::OK, format!("ready\n{engine}")).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", snapshot.phase),
+            format!("{}\n{engine}", snapshot.phase),
         )
             .into_response()
     }
@@ -207,5 +226,5 @@ async fn status(State(monitor): State<Monitor>) -> Response {
     let Some(status) = snapshot.status else {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
     };
-    Json(status_json(&snapshot.worker_id, &status)).into_response()
+    Json(status_json(&snapshot.worker_id, &status, snapshot.engine)).into_response()
 }

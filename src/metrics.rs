@@ -11,6 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::executor::EngineState;
 use crate::job::JobState;
 use crate::machine::{Action, Event, Note, Phase, What};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,6 +44,13 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Labels of the Docker engine gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    /// reachable, unreachable.
+    pub state: String,
+}
+
 /// One worker's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -51,6 +59,7 @@ pub struct Metrics {
     outcomes: Family<OutcomeLabels, Counter>,
     running: Gauge,
     phase: Family<PhaseLabels, Gauge>,
+    engine: Family<EngineLabels, Gauge>,
     claim_batch: Histogram,
     pickup_latency: Histogram,
     job_duration: Histogram,
@@ -74,6 +83,7 @@ impl Metrics {
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         let running = Gauge::default();
         let phase = Family::<PhaseLabels, Gauge>::default();
+        let engine = Family::<EngineLabels, Gauge>::default();
         let claim_batch = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let pickup_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 20));
         let job_duration = Histogram::new(exponential_buckets(0.001, 2.0, 24));
@@ -91,6 +101,11 @@ impl Metrics {
             running.clone(),
         );
         registry.register("phase", "1 for the worker's current phase", phase.clone());
+        registry.register(
+            "docker_engine",
+            "1 for the state of the worker's Docker engine (absent without one)",
+            engine.clone(),
+        );
         registry.register(
             "claim_batch_size",
             "Jobs per claim reply",
@@ -122,6 +137,7 @@ impl Metrics {
             outcomes,
             running,
             phase,
+            engine,
             claim_batch,
             pickup_latency,
             job_duration,
@@ -207,6 +223,18 @@ impl Metrics {
             self.shutdown_duration.set(took.as_secs_f64());
         }
         self.set_phase(Phase::Stopped);
+    }
+
+    /// The Docker engine changed state.
+    pub fn on_engine(&self, current: EngineState) {
+        for state in [EngineState::Reachable, EngineState::Unreachable] {
+            let labels = EngineLabels {
+                state: state.as_str().to_string(),
+            };
+            self.engine
+                .get_or_create(&labels)
+                .set(i64::from(state == current));
+        }
     }
 
     fn set_phase(&self, current: Phase) {

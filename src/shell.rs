@@ -14,19 +14,20 @@
 //! Generic over the [`Store`], the [`Executor`] and the signal source (a
 //! channel), so the simulation runs this same loop with simulated parts.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
-use crate::executor::{ExecEvent, Executor};
+use crate::executor::{EngineState, ExecEvent, Executor};
 use crate::job::Lease;
 use crate::machine::trace::{NoteText, StatusText, Trace};
 use crate::machine::{
     Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
 };
-use crate::store::{Store, StoreError, Wakeup, WorkerInfo};
+use crate::store::{ClaimRequest, Store, StoreError, Wakeup, WorkerInfo};
 
 /// Most internal events waiting for the loop (store replies, job events).
 const EVENT_CAPACITY: usize = 4096;
@@ -52,6 +53,58 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// The loop ended: the exit was decided this long after the first
     /// signal (if there was one).
     fn on_exit(&self, _since_signal: Option<Duration>) {}
+    /// The executor's container engine changed state (or was first seen).
+    fn on_engine(&self, _state: EngineState) {}
+}
+
+/// Tells the observer and the worker registry the engine's state: the
+/// observer at once, the registry on a change (one write in flight; a
+/// failed one is tried again with the next heartbeat).
+#[derive(Default)]
+struct EngineReport {
+    shown: Option<EngineState>,
+    stored: Arc<Mutex<Option<EngineState>>>,
+    busy: Arc<AtomicBool>,
+}
+
+impl EngineReport {
+    fn check<S: Store + Clone>(
+        &mut self,
+        state: Option<EngineState>,
+        heartbeat: bool,
+        observer: &Arc<dyn Observer>,
+        store: &S,
+        config: &ShellConfig,
+    ) {
+        let Some(state) = state else { return };
+        let changed = self.shown != Some(state);
+        if changed {
+            observer.on_engine(state);
+            self.shown = Some(state);
+        }
+        let stored = *self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if stored == Some(state)
+            || !(changed || heartbeat)
+            || self.busy.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (store, worker, limit) = (
+            store.clone(),
+            config.worker.id.clone(),
+            config.store_timeout,
+        );
+        let (stored, busy) = (self.stored.clone(), self.busy.clone());
+        tokio::spawn(async move {
+            if timed(limit, store.report_engine(&worker, state.as_str()))
+                .await
+                .is_ok()
+            {
+                *stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// An observer that watches nothing.
@@ -136,13 +189,16 @@ where
     let mut trace: Option<Trace> = None;
     let mut publish_due: Option<TokioInstant> = None;
     let mut signals_open = true;
+    let mut engine = EngineReport::default();
     let code = loop {
         take_notes(&mut machine, &monitor, &worker_id, &mut trace);
         let mut exit = None;
+        let mut heartbeat = false;
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Exit { code } => exit = Some(code),
                 action => {
+                    heartbeat |= matches!(action, Action::Heartbeat { .. });
                     monitor.on_action(&action);
                     perform(
                         action,
@@ -156,6 +212,7 @@ where
                 }
             }
         }
+        engine.check(executor.engine(), heartbeat, &monitor, &store, &config);
         if let Some(code) = exit {
             // Notes made by the last event.
             take_notes(&mut machine, &monitor, &worker_id, &mut trace);
@@ -253,7 +310,15 @@ fn feed(machine: &mut Machine, monitor: &Arc<dyn Observer>, event: Event, now: I
 fn exec_event(event: ExecEvent) -> Event {
     match event {
         ExecEvent::Started { lease } => Event::JobStarted { lease },
-        ExecEvent::StartFailed { lease, error } => Event::StartFailed { lease, error },
+        ExecEvent::StartFailed {
+            lease,
+            error,
+            transient,
+        } => Event::StartFailed {
+            lease,
+            error,
+            transient,
+        },
         ExecEvent::Exited {
             lease,
             exit,
@@ -300,18 +365,15 @@ fn perform<S: Store + Clone, E: Executor>(
     let lease = config.machine.lease;
     match action {
         Action::Claim { request, max } => {
-            let (store, events, worker, queues) = (
-                store.clone(),
-                events.clone(),
-                worker_id.to_string(),
-                config.queues.clone(),
-            );
+            // The request id is the claim's id in the store: a claim whose
+            // reply is lost can be recovered by a heartbeat.
+            let claim = ClaimRequest {
+                images: executor.runs_images(),
+                ..ClaimRequest::new(worker_id, &config.queues, max, lease, request)
+            };
+            let (store, events) = (store.clone(), events.clone());
             tokio::spawn(async move {
-                // The request id is the claim's id in the store: a claim whose
-                // reply is lost can be recovered by a heartbeat.
-                let result = timed(limit, store.claim(&worker, &queues, max, lease, request))
-                    .await
-                    .map_err(failure);
+                let result = timed(limit, store.claim(&claim)).await.map_err(failure);
                 let _ = events.send(Event::ClaimReply { request, result }).await;
             });
         }

@@ -699,6 +699,7 @@ fn worker_host(
                     pid,
                     queues: vec!["default".into()],
                     concurrency: config.concurrency,
+                    lease: config.lease,
                 },
                 queues: vec!["default".into()],
                 machine: config,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
 use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
-    CancelResult, Job, JobEvent, JobFilter, MemoryStore, Store, StoreError, Wakeup, WorkerInfo,
-    WorkerRow,
+    CancelResult, ClaimRequest, Job, JobEvent, JobFilter, MemoryStore, Store, StoreError, Wakeup,
+    WorkerInfo, WorkerRow,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -29,18 +29,10 @@ pub enum Request {
     Deregister(String),
     /// `claim`, with the simulated time it was sent.
     Claim {
-        /// Worker.
-        worker: String,
-        /// Queues.
-        queues: Vec<String>,
-        /// Most jobs.
-        max: u32,
-        /// Lease.
-        lease_ms: u64,
+        /// The claim.
+        request: ClaimRequest,
         /// Simulated time of sending (for the claim-after-signal check).
         sent_at_ms: u64,
-        /// The claim's id (recovered by a heartbeat if the reply is lost).
-        claim_id: u64,
     },
     /// `heartbeat`.
     Heartbeat {
@@ -158,25 +150,13 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
         Request::Register(info) => store.register_worker(&info).await.map(|()| Response::Done),
         Request::Deregister(id) => store.deregister_worker(&id).await.map(|()| Response::Done),
         Request::Claim {
-            worker,
-            queues,
-            max,
-            lease_ms,
+            request,
             sent_at_ms,
-            claim_id,
         } => {
-            let claimed = store
-                .claim(
-                    &worker,
-                    &queues,
-                    max,
-                    Duration::from_millis(lease_ms),
-                    claim_id,
-                )
-                .await;
+            let claimed = store.claim(&request).await;
             if let Ok(jobs) = &claimed {
                 faults.log_claim(ClaimLog {
-                    worker,
+                    worker: request.worker,
                     sent_at: Duration::from_millis(sent_at_ms),
                     jobs: jobs.iter().map(|j| j.lease.job).collect(),
                 });
@@ -287,21 +267,10 @@ impl Store for RemoteStore {
     async fn enqueue_many(&self, _jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
         Err(unsupported())
     }
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let request = Request::Claim {
-            worker: worker.to_string(),
-            queues: queues.to_vec(),
-            max,
-            lease_ms: lease.as_millis() as u64,
+            request: request.clone(),
             sent_at_ms: sim_now().as_millis() as u64,
-            claim_id,
         };
         match self.call(request).await? {
             Response::Claimed(jobs) => Ok(jobs),
@@ -382,6 +351,9 @@ impl Store for RemoteStore {
         }
     }
     async fn workers(&self, _lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        Err(unsupported())
+    }
+    async fn report_engine(&self, _worker: &str, _state: &str) -> Result<(), StoreError> {
         Err(unsupported())
     }
     async fn instance_id(&self) -> Result<String, StoreError> {

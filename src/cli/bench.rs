@@ -14,7 +14,7 @@ use super::CliError;
 use crate::embed::WorkerBuilder;
 use crate::job::NewJob;
 use crate::machine::Config;
-use crate::store::{AnyStore, Store};
+use crate::store::{AnyStore, ClaimRequest, Store};
 
 /// `bench` options.
 #[derive(Debug, Args)]
@@ -249,13 +249,13 @@ async fn recovery(store: &AnyStore, lease: Duration) -> Result<Duration, CliErro
     let queue = queue("recovery");
     store.enqueue_many(&noop_jobs(&queue, 1)).await?;
     let claimed = store
-        .claim(
+        .claim(&ClaimRequest::new(
             "bench-killed-worker",
             std::slice::from_ref(&queue),
             1,
             lease,
             1,
-        )
+        ))
         .await?;
     if claimed.is_empty() {
         return Err(CliError::fatal("the recovery job could not be claimed"));

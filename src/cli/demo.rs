@@ -109,11 +109,22 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         ..Config::default()
     };
     crate::outln!(
-        "\nworker: concurrency {}, shutdown timeout {}s, kill grace {}s (short, for the demo)\n",
+        "\nworker: concurrency {}, shutdown timeout {}s, kill grace {}s (short, for the demo)",
         config.concurrency,
         config.shutdown_timeout.as_secs(),
         config.kill_grace.as_secs()
     );
+    let user = super::worker::job_user(None)?;
+    match &user {
+        Some(user) => crate::outln!(
+            "jobs run as {} (uid {}), not as the worker (root), each under a shim that kills all its descendants\n",
+            user.name,
+            user.uid
+        ),
+        None => crate::outln!(
+            "jobs run as the worker's own user, which is non-dumpable (they cannot read its memory or environment), each under a shim that kills all its descendants\n"
+        ),
+    }
 
     let signals = signal_source()?;
     let pid = std::process::id();
@@ -123,6 +134,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
         pid,
         queues: vec!["default".into()],
         concurrency: config.concurrency,
+        lease: config.lease,
     };
     let monitor = Monitor::new(&worker.id, config.heartbeat_interval());
     let shell_config = ShellConfig {
@@ -151,7 +163,7 @@ pub async fn run(watchdog: Option<Watchdog>) -> Result<i32, CliError> {
     let worker_task = tokio::spawn(shell::run(
         store.clone(),
         Router::new(
-            super::worker::process_executor(watchdog, super::worker::job_user(None)?),
+            super::worker::process_executor(watchdog, user),
             Err(crate::executor::ExecError::NotConfigured(
                 "the demo runs no containers",
             )),

@@ -39,8 +39,8 @@ pub struct EnqueueArgs {
     /// Container CPU limit, e.g. 0.5 (image jobs; default: the worker's).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<u32>,
-    /// Container process limit (image jobs; default: the worker's).
-    #[arg(long)]
+    /// Container process limit, at least 1 (image jobs; default: the worker's).
+    #[arg(long, value_parser = parse_pids)]
     pub pids: Option<u32>,
     /// Environment variable for the job (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -78,12 +78,22 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
         Some(bytes) if bytes > crate::store::MAX_JOB_MEMORY => {
             Err(format!("memory size {text:?} is too large (at most 1t)"))
         }
-        Some(bytes) if bytes >= 6 << 20 => Ok(bytes),
+        Some(bytes) if bytes >= crate::store::MIN_JOB_MEMORY => Ok(bytes),
         Some(_) => Err(format!(
-            "memory limit {text:?} is below Docker's minimum of 6m"
+            "memory limit {text:?} is below Docker's minimum of 6m (a limit cannot be turned off)"
         )),
         None => Err(format!("memory size {text:?} is too large")),
     }
+}
+
+/// A container process limit: 1 or more (Docker reads 0 as "no limit").
+pub fn parse_pids(text: &str) -> Result<u32, String> {
+    let pids: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid process limit {text:?}; use a whole number, e.g. 256"))?;
+    crate::store::check_pids(pids)?;
+    Ok(pids)
 }
 
 /// `0.5`, `2`: CPUs, as thousandths.
@@ -135,7 +145,10 @@ impl Line {
                 timeout_ms: timeout.map(|t| t.as_millis() as u64),
                 memory_bytes: self.memory.as_deref().map(parse_memory).transpose()?,
                 cpu_millis: self.cpus.map(|c| parse_cpus(&c.to_string())).transpose()?,
-                pids: self.pids,
+                pids: self
+                    .pids
+                    .map(|p| crate::store::check_pids(p).map(|()| p))
+                    .transpose()?,
             },
             priority: self.priority.unwrap_or(0),
             max_attempts: self.max_attempts.unwrap_or(3),

@@ -129,7 +129,8 @@ pub struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The workers' --lease: a worker silent for two leases is presumed lost.
+    /// A worker silent for two of its leases is presumed lost; this lease is
+    /// assumed for workers that announced none (older versions).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease: Duration,
 }

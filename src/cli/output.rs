@@ -257,6 +257,8 @@ fn worker_json(worker: &WorkerRow) -> Value {
         "started_at": time(worker.started_at),
         "heartbeat_at": time(worker.heartbeat_at),
         "lost": worker.lost,
+        "lease_ms": worker.info.lease.as_millis() as u64,
+        "docker": worker.docker,
         "running_jobs": worker.running_jobs,
     })
 }
@@ -273,11 +275,12 @@ pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError>
         return Ok(0);
     }
     crate::outln!(
-        "{:<36}  {:<10}  {:>7}  {:<24}  JOBS",
+        "{:<36}  {:<10}  {:>7}  {:<24}  {:<11}  JOBS",
         "WORKER",
         "PHASE",
         "PID",
-        "LAST HEARTBEAT"
+        "LAST HEARTBEAT",
+        "DOCKER"
     );
     for worker in &workers {
         let phase = if worker.lost {
@@ -291,11 +294,12 @@ pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError>
             .map(|id| id.to_string())
             .collect();
         crate::outln!(
-            "{:<36}  {:<10}  {:>7}  {:<24}  {}",
+            "{:<36}  {:<10}  {:>7}  {:<24}  {:<11}  {}",
             worker.info.id,
             phase,
             worker.info.pid,
             time(worker.heartbeat_at),
+            worker.docker.as_deref().unwrap_or("-"),
             jobs.join(",")
         );
     }

@@ -44,8 +44,8 @@ pub struct WorkerArgs {
     /// Default CPU limit of job containers, e.g. 1 or 0.5.
     #[arg(long, default_value = "1", value_parser = super::enqueue::parse_cpus)]
     pub docker_cpus: u32,
-    /// Default process limit of job containers.
-    #[arg(long, default_value_t = 512)]
+    /// Default process limit of job containers (at least 1: a limit cannot be turned off).
+    #[arg(long, default_value = "512", value_parser = super::enqueue::parse_pids)]
     pub docker_pids: u32,
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 0.0.0.0:9090).
     #[arg(long, value_name = "ADDR")]
@@ -148,48 +148,46 @@ pub(crate) fn signal_source() -> Result<mpsc::Receiver<Signal>, CliError> {
     Ok(rx)
 }
 
-/// Connect to the Docker engine for image jobs, clean up containers left by
-/// dead workers, and keep doing so in the background. Without an engine the
-/// worker still runs process jobs; image jobs fail with the reason.
+/// The Docker executor for image jobs, and a task that cleans up containers
+/// left by dead workers. The engine may be away now or later: the executor
+/// watches it, and image jobs are claimed only while it answers. Process
+/// jobs run either way.
 async fn docker_executor(
     store: &AnyStore,
     args: &WorkerArgs,
     worker_id: &str,
     lease: Duration,
 ) -> Result<DockerExecutor, ExecError> {
-    let client = match docker::connect().await {
-        Ok(client) => client,
-        Err(why) => {
-            tracing::warn!(
-                worker_id,
-                "{why}: jobs with an image will fail until it is reachable"
-            );
-            return Err(why);
-        }
-    };
-    let (reconcile_store, id) = (store.clone(), worker_id.to_string());
-    let reconciler = client.clone();
-    tokio::spawn(async move {
-        // At start-up, then every lease: an orphan is removed at most a lease
-        // after its claim expired.
-        loop {
-            match docker::reconcile(&reconciler, &reconcile_store, &id, lease).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::warn!(worker_id = %id, removed = n, "removed containers left by dead workers")
-                }
-                Err(error) => tracing::debug!(worker_id = %id, %error, "reconciliation failed"),
-            }
-            tokio::time::sleep(lease).await;
-        }
-    });
     let limits = Limits {
         memory_bytes: args.docker_memory,
         cpu_millis: args.docker_cpus,
         pids: args.docker_pids,
     };
     let store_id = store.instance_id().await?;
-    Ok(DockerExecutor::new(client, &store_id, worker_id, limits))
+    let executor = DockerExecutor::connect(&store_id, worker_id, limits).await?;
+    let (reconcile_store, id, engine) = (
+        store.clone(),
+        worker_id.to_string(),
+        executor.engine_handle(),
+    );
+    tokio::spawn(async move {
+        // At start-up, then every lease: an orphan is removed at most a lease
+        // after its claim expired. Each worker is judged by the lease it
+        // announced, not by this one's.
+        loop {
+            if let (true, Some(client)) = (engine.is_up(), engine.client()) {
+                match docker::reconcile(&client, &reconcile_store, &id, lease).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(worker_id = %id, removed = n, "removed containers left by dead workers")
+                    }
+                    Err(error) => tracing::debug!(worker_id = %id, %error, "reconciliation failed"),
+                }
+            }
+            tokio::time::sleep(lease).await;
+        }
+    });
+    Ok(executor)
 }
 
 /// Wait, while the worker starts, for a TERM or INT (returned); a USR1 gets
@@ -227,6 +225,7 @@ pub async fn run(
         pid,
         queues: args.queues.clone(),
         concurrency: args.concurrency,
+        lease: config.lease,
     };
     let monitor = Monitor::new(&worker.id, config.heartbeat_interval());
     if let Some(addr) = &args.http {

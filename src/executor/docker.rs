@@ -10,8 +10,13 @@
 //! - Logs are harvested (bounded) after the exit; the container is removed
 //!   only once the outcome is recorded ([`Executor::forget`]).
 //! - Images are never pulled: a missing image fails the job with a clear error.
+//! - The engine may come and go: a watcher pings it (with backoff while it
+//!   is away); image jobs are claimed only while it answers, a start that
+//!   fails for want of it hands the job back without using an attempt, and
+//!   a wait that breaks looks at the container again rather than guess.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +30,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{ExecError, ExecEvent, Executor, OutputTail};
+use super::{EngineState, ExecError, ExecEvent, Executor, OutputTail};
 use crate::job::JobSignal;
 use crate::job::{ClaimedJob, Exit, JobId, JobState, Lease, LeaseToken};
 use crate::store::Store;
@@ -43,6 +48,13 @@ pub const LABEL_TOKEN: &str = "dockhand.lease_token";
 
 /// Longest wait for cleanup of every container at worker exit.
 const EXIT_CLEANUP: Duration = Duration::from_secs(10);
+/// How often an engine that answers is pinged.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait for one ping or version request.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest pause between tries while the engine is away.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The container of each job's current run, and the lease it runs under.
 type Containers = Arc<Mutex<BTreeMap<JobId, (LeaseToken, String)>>>;
@@ -58,6 +70,18 @@ pub struct Limits {
     pub pids: u32,
 }
 
+impl Limits {
+    /// Refuses limits Docker would not enforce: a zero memory, CPU or
+    /// process limit means "unlimited" to the engine, so a typo must not
+    /// turn a limit off.
+    pub fn validate(&self) -> Result<(), ExecError> {
+        crate::store::check_memory(self.memory_bytes)
+            .and_then(|()| crate::store::check_cpu(self.cpu_millis))
+            .and_then(|()| crate::store::check_pids(self.pids))
+            .map_err(ExecError::InvalidLimits)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -68,10 +92,99 @@ impl Default for Limits {
     }
 }
 
+/// The Docker engine as the worker knows it: a client once one could be
+/// made (the engine's socket may not exist yet), and whether the engine
+/// answered the last ping. Shared by the executor, its runs, the watcher
+/// and reconciliation.
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+#[derive(Debug, Default)]
+struct EngineInner {
+    up: AtomicBool,
+    client: Mutex<Option<Docker>>,
+}
+
+impl Engine {
+    /// Whether the engine answered the last ping.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// A client, once one could be made.
+    pub fn client(&self) -> Option<Docker> {
+        self.inner
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A call failed for want of the engine: stop claiming image jobs until
+    /// the watcher's next ping hears from it (at most [`PING_EVERY`]
+    /// later, so an engine that answers pings but fails calls costs at most
+    /// one handed-back job per ping).
+    fn lost(&self) {
+        self.inner.up.store(false, Ordering::Relaxed);
+    }
+
+    /// Ping the engine once (making a client first if there is none yet),
+    /// set whether it is up, and log a change against `logged`.
+    async fn check(&self, worker_id: &str, logged: &mut Option<bool>) {
+        let answer = match self.client() {
+            Some(docker) => reach(&docker, !self.is_up()).await,
+            None => match client() {
+                Ok(docker) => {
+                    let answer = reach(&docker, true).await;
+                    *self.inner.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(docker);
+                    answer
+                }
+                Err(why) => Err(why),
+            },
+        };
+        let up = answer.is_ok();
+        self.inner.up.store(up, Ordering::Relaxed);
+        if *logged != Some(up) {
+            match &answer {
+                Ok(()) => tracing::info!(
+                    worker_id,
+                    "Docker engine reachable: jobs with an image are claimed"
+                ),
+                Err(why) => tracing::warn!(
+                    worker_id,
+                    "{why}: jobs with an image are left to other workers until it answers"
+                ),
+            }
+            *logged = Some(up);
+        }
+    }
+
+    /// Keep checking: every [`PING_EVERY`] while the engine answers, after a
+    /// doubling pause (up to [`RETRY_MAX`]) while it does not.
+    async fn watch(self, worker_id: String, mut logged: Option<bool>) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let pause = if self.is_up() {
+                retry = RETRY_FIRST;
+                PING_EVERY
+            } else {
+                let pause = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                pause
+            };
+            tokio::time::sleep(pause).await;
+            self.check(&worker_id, &mut logged).await;
+        }
+    }
+}
+
 /// The container executor.
 #[derive(Debug)]
 pub struct DockerExecutor {
-    docker: Docker,
+    engine: Engine,
+    watcher: tokio::task::JoinHandle<()>,
     store_id: String,
     worker_id: String,
     limits: Limits,
@@ -83,15 +196,30 @@ pub struct DockerExecutor {
     removals: tokio::task::JoinSet<()>,
 }
 
-/// Connect to the local engine (`DOCKER_HOST` or the default socket),
-/// agreeing on an API version it supports.
-pub async fn connect() -> Result<Docker, ExecError> {
-    let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| ExecError::EngineUnreachable(e.to_string()))?;
-    match tokio::time::timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await {
-        Ok(Ok(docker)) => Ok(docker),
+/// A client for the local engine (`DOCKER_HOST` or the default socket).
+/// Nothing is sent; it fails while the engine's socket does not exist.
+fn client() -> Result<Docker, ExecError> {
+    Docker::connect_with_local_defaults().map_err(|e| ExecError::EngineUnreachable(e.to_string()))
+}
+
+/// Ask the engine whether it answers; on `negotiate`, also agree on an API
+/// version it supports (an engine that comes back may be another version;
+/// the client's clones share the agreed version).
+async fn reach(docker: &Docker, negotiate: bool) -> Result<(), ExecError> {
+    let call = async {
+        docker.ping().await?;
+        if negotiate {
+            docker.clone().negotiate_version().await?;
+        }
+        Ok::<(), DockerError>(())
+    };
+    match tokio::time::timeout(PING_TIMEOUT, call).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ExecError::EngineUnreachable(error.to_string())),
-        Err(_) => Err(ExecError::EngineUnreachable("no answer within 5s".into())),
+        Err(_) => Err(ExecError::EngineUnreachable(format!(
+            "no answer within {}s",
+            PING_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -120,17 +248,43 @@ fn exit_from_code(code: i64) -> Exit {
     }
 }
 
+impl ExecError {
+    /// Whether the fault is the worker's (its engine is away), not the
+    /// job's: such a job is handed back rather than failed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ExecError::EngineUnreachable(_))
+    }
+}
+
 impl DockerExecutor {
-    /// An executor on `docker` for `worker_id` of the store `store_id`.
-    pub fn new(docker: Docker, store_id: &str, worker_id: &str, limits: Limits) -> Self {
-        DockerExecutor {
-            docker,
+    /// An executor on the local engine (`DOCKER_HOST` or the default
+    /// socket) for `worker_id` of the store `store_id`. Asks the engine once
+    /// (at most [`PING_TIMEOUT`]); an engine that is away is no error: a
+    /// watcher keeps asking, and image jobs are claimed once it answers.
+    pub async fn connect(
+        store_id: &str,
+        worker_id: &str,
+        limits: Limits,
+    ) -> Result<Self, ExecError> {
+        limits.validate()?;
+        let engine = Engine::default();
+        let mut logged = None;
+        engine.check(worker_id, &mut logged).await;
+        let watcher = tokio::spawn(engine.clone().watch(worker_id.to_string(), logged));
+        Ok(DockerExecutor {
+            engine,
+            watcher,
             store_id: store_id.to_string(),
             worker_id: worker_id.to_string(),
             limits,
             containers: Arc::new(Mutex::new(BTreeMap::new())),
             removals: tokio::task::JoinSet::new(),
-        }
+        })
+    }
+
+    /// The engine, for reconciliation.
+    pub fn engine_handle(&self) -> Engine {
+        self.engine.clone()
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, BTreeMap<JobId, (LeaseToken, String)>> {
@@ -216,8 +370,106 @@ async fn remove_job_containers(docker: &Docker, store_id: &str, job: JobId) -> u
     removed
 }
 
+/// How waiting for a container ended.
+enum Waited {
+    /// It exited with this code.
+    Exited(i64),
+    /// It is gone (removed behind our back): its exit status is unknown.
+    Gone,
+    /// The machine is done with this run: nobody wants its end any more.
+    Released,
+}
+
+/// Whether `lease` is still the run the executor keeps for its job.
+fn still_kept(containers: &Containers, lease: Lease) -> bool {
+    containers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&lease.job)
+        .is_some_and(|(token, _)| *token == lease.token)
+}
+
+/// Wait for `container` to exit. A wait stream that breaks (the engine
+/// restarted or went away) proves nothing about the container: look at it
+/// once the engine answers, and wait again while it still runs.
+async fn wait_exit(
+    docker: &Docker,
+    container: &str,
+    lease: Lease,
+    containers: &Containers,
+    engine: &Engine,
+) -> Waited {
+    let mut retry = RETRY_FIRST;
+    loop {
+        let mut wait = docker.wait_container(container, None::<WaitContainerOptions>);
+        match wait.next().await {
+            Some(Ok(response)) => return Waited::Exited(response.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => {
+                return Waited::Exited(code)
+            }
+            Some(Err(error)) => {
+                tracing::warn!(job_id = %lease.job, %error, "lost the wait on the container; looking at it again");
+            }
+            None => {
+                tracing::warn!(job_id = %lease.job, "the wait on the container ended without an answer; looking at it again");
+            }
+        }
+        loop {
+            if !still_kept(containers, lease) {
+                return Waited::Released;
+            }
+            match docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(info) => {
+                    use bollard::models::ContainerStateStatusEnum as S;
+                    let state = info.state.unwrap_or_default();
+                    match (state.status, state.exit_code) {
+                        (Some(S::EXITED | S::DEAD), Some(code)) => return Waited::Exited(code),
+                        // Still running (or paused, restarting): wait again.
+                        _ => break,
+                    }
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Waited::Gone,
+                Err(_) => {
+                    engine.lost();
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        // A stream that breaks at once must not spin.
+        tokio::time::sleep(RETRY_FIRST).await;
+    }
+}
+
+/// Report a start that failed; a fault of the engine's hands the job back.
+async fn start_failed(
+    events: &mpsc::Sender<ExecEvent>,
+    engine: &Engine,
+    lease: Lease,
+    error: ExecError,
+) {
+    let transient = error.is_transient();
+    if transient {
+        engine.lost();
+    }
+    let error = error.to_string();
+    let _ = events
+        .send(ExecEvent::StartFailed {
+            lease,
+            error,
+            transient,
+        })
+        .await;
+}
+
 async fn run_container(
     docker: Docker,
+    engine: Engine,
     store_id: String,
     job: ClaimedJob,
     body: ContainerCreateBody,
@@ -242,9 +494,7 @@ async fn run_container(
     let container = match docker.create_container(Some(options), body).await {
         Ok(created) => created.id,
         Err(error) => {
-            let error = describe(error, &image).to_string();
-            let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
-            return;
+            return start_failed(&events, &engine, lease, describe(error, &image)).await;
         }
     };
     containers
@@ -252,7 +502,6 @@ async fn run_container(
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, (lease.token, container.clone()));
     if let Err(error) = docker.start_container(&container, None).await {
-        let error = describe(error, &image).to_string();
         let _ = docker
             .remove_container(
                 &container,
@@ -266,15 +515,13 @@ async fn run_container(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
-        return;
+        return start_failed(&events, &engine, lease, describe(error, &image)).await;
     }
     let _ = events.send(ExecEvent::Started { lease }).await;
-    let mut wait = docker.wait_container(&container, None::<WaitContainerOptions>);
-    let code = match wait.next().await {
-        Some(Ok(response)) => Some(response.status_code),
-        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Some(code),
-        _ => None,
+    let code = match wait_exit(&docker, &container, lease, &containers, &engine).await {
+        Waited::Exited(code) => Some(code),
+        Waited::Gone => None,
+        Waited::Released => return,
     };
     let mut tail = OutputTail::default();
     let logs = LogsOptions {
@@ -299,7 +546,7 @@ async fn run_container(
     let exit = match code {
         Some(code) => exit_from_code(code),
         None => {
-            tail.push(b"\n[dockhand] lost contact with the Docker engine; exit status unknown\n");
+            tail.push(b"\n[dockhand] the container was removed before it was seen to exit; exit status unknown\n");
             Exit::Code(-1)
         }
     };
@@ -315,8 +562,15 @@ async fn run_container(
 impl Executor for DockerExecutor {
     fn start(&mut self, job: ClaimedJob, events: mpsc::Sender<ExecEvent>) {
         let body = self.body(&job);
+        let Some(docker) = self.engine.client() else {
+            let (engine, lease) = (self.engine.clone(), job.lease);
+            let error = ExecError::EngineUnreachable("no connection yet".into());
+            tokio::spawn(async move { start_failed(&events, &engine, lease, error).await });
+            return;
+        };
         tokio::spawn(run_container(
-            self.docker.clone(),
+            docker,
+            self.engine.clone(),
             self.store_id.clone(),
             job,
             body,
@@ -329,7 +583,9 @@ impl Executor for DockerExecutor {
         let Some((_, container)) = self.containers().get(&job).cloned() else {
             return;
         };
-        let docker = self.docker.clone();
+        let Some(docker) = self.engine.client() else {
+            return;
+        };
         let signal = match signal {
             JobSignal::Term => "SIGTERM",
             JobSignal::Kill => "SIGKILL",
@@ -362,7 +618,9 @@ impl Executor for DockerExecutor {
         // Finished removals are collected as new ones start: the set stays
         // as small as the removals really under way.
         while self.removals.try_join_next().is_some() {}
-        let docker = self.docker.clone();
+        let Some(docker) = self.engine.client() else {
+            return;
+        };
         self.removals.spawn(async move {
             let options = RemoveContainerOptions {
                 v: true,
@@ -374,17 +632,28 @@ impl Executor for DockerExecutor {
         });
     }
 
+    fn engine(&self) -> Option<EngineState> {
+        Some(if self.engine.is_up() {
+            EngineState::Reachable
+        } else {
+            EngineState::Unreachable
+        })
+    }
+
     fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.watcher.abort();
         let containers: Vec<String> = std::mem::take(&mut *self.containers())
             .into_values()
             .map(|(_, container)| container)
             .collect();
-        let docker = self.docker.clone();
+        let docker = self.engine.client();
         let mut removals = std::mem::take(&mut self.removals);
         async move {
             let cleanup = async {
-                for container in containers {
-                    kill_and_remove(&docker, &container).await;
+                if let Some(docker) = docker {
+                    for container in containers {
+                        kill_and_remove(&docker, &container).await;
+                    }
                 }
                 while removals.join_next().await.is_some() {}
             };
@@ -395,6 +664,12 @@ impl Executor for DockerExecutor {
                 );
             }
         }
+    }
+}
+
+impl Drop for DockerExecutor {
+    fn drop(&mut self) {
+        self.watcher.abort();
     }
 }
 

@@ -93,7 +93,13 @@ impl Executor for InProcessExecutor {
         let Some(handler) = self.handlers.get(&kind).cloned() else {
             let error = format!("no handler for job kind {kind:?}");
             tokio::spawn(async move {
-                let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
+                let _ = events
+                    .send(ExecEvent::StartFailed {
+                        lease,
+                        error,
+                        transient: false,
+                    })
+                    .await;
             });
             return;
         };

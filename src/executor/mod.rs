@@ -24,6 +24,32 @@ pub use process::ProcessExecutor;
 #[cfg(feature = "docker")]
 pub use router::Router;
 
+/// Whether a worker's Docker engine answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineState {
+    /// It answers: jobs with an image are claimed.
+    Reachable,
+    /// It does not (not running, restarting, wrong socket): jobs with an
+    /// image are left to other workers until it answers again.
+    Unreachable,
+}
+
+impl EngineState {
+    /// `reachable` or `unreachable`, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineState::Reachable => "reachable",
+            EngineState::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why an executor (or its engine) could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -41,6 +67,10 @@ pub enum ExecError {
     /// The job's image is not on the engine (dockhand never pulls).
     #[error("image {0:?} is not present on the Docker engine (dockhand never pulls; build or pull it first)")]
     ImageMissing(String),
+    /// Container limits that would not limit anything (zero means "no
+    /// limit" to Docker) or are out of range.
+    #[error("invalid container limits: {0}")]
+    InvalidLimits(String),
     /// This worker runs no containers (e.g. the demo).
     #[error("{0}")]
     NotConfigured(&'static str),
@@ -63,6 +93,9 @@ pub enum ExecEvent {
         lease: Lease,
         /// Why.
         error: String,
+        /// The fault is the worker's, not the job's (its engine is away):
+        /// the job goes back to the queue without using an attempt.
+        transient: bool,
     },
     /// The job's process ended and its output was collected.
     Exited {
@@ -90,6 +123,19 @@ pub trait Executor: Send + 'static {
     /// crash between exit and record. A newer run of the same job is left
     /// alone: only `lease` is released.
     fn release(&mut self, _lease: Lease) {}
+
+    /// The state of the container engine, or `None` if this executor runs
+    /// no containers.
+    fn engine(&self) -> Option<EngineState> {
+        None
+    }
+
+    /// Whether jobs with an image may be claimed now: only while the
+    /// engine answers, so a worker without one never takes them from
+    /// workers that have one.
+    fn runs_images(&self) -> bool {
+        self.engine() == Some(EngineState::Reachable)
+    }
 
     /// KILL everything still running and clean up (the worker is exiting).
     fn kill_all(&mut self) -> impl Future<Output = ()> + Send;

@@ -352,7 +352,13 @@ impl Executor for ProcessExecutor {
             Ok(child) => child,
             Err(error) => {
                 tokio::spawn(async move {
-                    let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
+                    let _ = events
+                        .send(ExecEvent::StartFailed {
+                            lease,
+                            error,
+                            transient: false,
+                        })
+                        .await;
                 });
                 return;
             }

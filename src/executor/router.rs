@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 
-use super::{DockerExecutor, ExecError, ExecEvent, Executor, ProcessExecutor};
+use super::{DockerExecutor, EngineState, ExecError, ExecEvent, Executor, ProcessExecutor};
 use crate::job::JobSignal;
 use crate::job::{ClaimedJob, JobId, Lease, LeaseToken};
 
@@ -21,8 +21,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Processes always; containers when `docker` is set (else image jobs
-    /// fail with why there is no engine as their error).
+    /// Processes always; containers when `docker` is set. Without it, the
+    /// engine counts as unreachable: no image job is claimed.
     pub fn new(process: ProcessExecutor, docker: Result<DockerExecutor, ExecError>) -> Self {
         let (docker, no_docker) = match docker {
             Ok(docker) => (Some(docker), String::new()),
@@ -50,9 +50,17 @@ impl Executor for Router {
                 docker.start(job, events);
             }
             None => {
+                // Claimed by a mistake of the store's (this worker asks for
+                // no image job): not the job's fault, so it goes back.
                 let error = format!("cannot run a container: {}", self.no_docker);
                 tokio::spawn(async move {
-                    let _ = events.send(ExecEvent::StartFailed { lease, error }).await;
+                    let _ = events
+                        .send(ExecEvent::StartFailed {
+                            lease,
+                            error,
+                            transient: true,
+                        })
+                        .await;
                 });
             }
         }
@@ -72,6 +80,13 @@ impl Executor for Router {
                 docker.release(lease);
             }
         }
+    }
+
+    fn engine(&self) -> Option<EngineState> {
+        Some(match &self.docker {
+            Some(docker) => docker.engine().unwrap_or(EngineState::Unreachable),
+            None => EngineState::Unreachable,
+        })
     }
 
     fn kill_all(&mut self) -> impl std::future::Future<Output = ()> + Send {

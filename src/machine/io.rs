@@ -92,6 +92,9 @@ pub enum Event {
         lease: Lease,
         /// Why, in words.
         error: String,
+        /// The fault is the worker's, not the job's (its Docker engine is
+        /// away): the job is handed back without using an attempt.
+        transient: bool,
     },
     /// The job's process or container ended.
     JobExited {
@@ -240,7 +243,12 @@ pub enum StopCause {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEnd {
     /// The executor could not start it.
-    StartFailed(String),
+    StartFailed {
+        /// Why, in words.
+        error: String,
+        /// The fault is the worker's (see [`Event::StartFailed`]).
+        transient: bool,
+    },
     /// Its process or container exited.
     Exited(Exit),
 }

@@ -430,9 +430,11 @@ impl Machine {
             Event::TimerFired => self.on_timers(),
             Event::ClaimReply { request, result } => self.recv_claim_reply(request, result),
             Event::JobStarted { lease } => self.recv_job_started(lease),
-            Event::StartFailed { lease, error } => {
-                self.recv_run_end(lease, RunEnd::StartFailed(error), Vec::new())
-            }
+            Event::StartFailed {
+                lease,
+                error,
+                transient,
+            } => self.recv_run_end(lease, RunEnd::StartFailed { error, transient }, Vec::new()),
             Event::JobExited {
                 lease,
                 exit,
@@ -928,8 +930,11 @@ impl Machine {
             None
         };
         let outcome = match &end {
-            RunEnd::StartFailed(error) => match reason {
+            RunEnd::StartFailed { error, transient } => match reason {
                 Some(StopReason::Cancel) => Outcome::Cancelled,
+                // Nothing of the job ran: another worker (or this one, once
+                // its engine is back) runs it, without using an attempt.
+                _ if *transient => Outcome::HandBack,
                 _ => Outcome::Failed {
                     exit_code: None,
                     error: format!("could not start: {error}"),

@@ -133,7 +133,7 @@ impl fmt::Display for EventText<'_> {
                 write!(f, "claim failed: {}", FailureText(e))
             }
             Event::JobStarted { lease } => write!(f, "job {} started", lease.job),
-            Event::StartFailed { lease, error } => {
+            Event::StartFailed { lease, error, .. } => {
                 write!(f, "job {} could not start: {error}", lease.job)
             }
             Event::JobExited { lease, exit, .. } => write!(f, "job {} exited: {exit}", lease.job),
@@ -303,7 +303,7 @@ impl fmt::Display for NoteText<'_> {
             } => {
                 write!(f, "job {job}: ")?;
                 match end {
-                    RunEnd::StartFailed(error) => write!(f, "could not start: {error}")?,
+                    RunEnd::StartFailed { error, .. } => write!(f, "could not start: {error}")?,
                     RunEnd::Exited(exit) => write!(f, "{exit}")?,
                 }
                 write!(f, " after {}", fmt_duration(*ran_for))?;

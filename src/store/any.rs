@@ -5,8 +5,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    redact_url, CancelResult, Job, JobEvent, JobFilter, MemoryStore, PostgresStore, SqliteStore,
-    Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    redact_url, CancelResult, ClaimRequest, Job, JobEvent, JobFilter, MemoryStore, PostgresStore,
+    SqliteStore, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
 };
 use crate::job::{
     ClaimedJob, Completion, HeartbeatAnswer, JobId, Lease, NewJob, Phase, RecordResult,
@@ -60,15 +60,8 @@ impl Store for AnyStore {
     async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
         delegate!(self, s => s.enqueue_many(jobs))
     }
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        delegate!(self, s => s.claim(worker, queues, max, lease, claim_id))
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        delegate!(self, s => s.claim(request))
     }
     async fn heartbeat(
         &self,
@@ -116,6 +109,9 @@ impl Store for AnyStore {
     }
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         delegate!(self, s => s.workers(lease))
+    }
+    async fn report_engine(&self, worker: &str, state: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.report_engine(worker, state))
     }
     async fn instance_id(&self) -> Result<String, StoreError> {
         delegate!(self, s => s.instance_id())

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult, Job,
-    JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES,
-    WAKEUP_CAPACITY,
+    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult,
+    ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    LOST_AFTER_LEASES, WAKEUP_CAPACITY,
 };
 use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
@@ -226,15 +226,15 @@ impl Store for MemoryStore {
         Ok(ids)
     }
 
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.now_ms();
+        let (worker, queues, max, lease, claim_id) = (
+            request.worker.as_str(),
+            &request.queues,
+            request.max,
+            request.lease,
+            request.claim_id,
+        );
         let mut state = self.begin()?;
         let mut ready: Vec<(i32, i64, i64)> = state
             .jobs
@@ -243,6 +243,7 @@ impl Store for MemoryStore {
                 row.job.state == JobState::Queued
                     && row.job.run_at <= now
                     && queues.contains(&row.job.queue)
+                    && (request.images || row.job.spec.image.is_none())
             })
             .map(|row| (-row.job.priority, row.job.run_at, row.job.id.0))
             .collect();
@@ -515,6 +516,7 @@ impl Store for MemoryStore {
                 heartbeat_at: now,
                 lost: false,
                 running_jobs: Vec::new(),
+                docker: None,
             },
         );
         Ok(())
@@ -529,13 +531,16 @@ impl Store for MemoryStore {
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         let now = self.now_ms();
         let state = self.begin()?;
-        let lost_after = (lease * LOST_AFTER_LEASES).as_millis() as i64;
         Ok(state
             .workers
             .values()
             .map(|row| {
                 let mut row = row.clone();
-                row.lost = now - row.heartbeat_at > lost_after;
+                if row.info.lease.is_zero() {
+                    row.info.lease = lease;
+                }
+                row.lost = now - row.heartbeat_at
+                    > (row.info.lease * LOST_AFTER_LEASES).as_millis() as i64;
                 row.running_jobs = state
                     .jobs
                     .values()
@@ -548,6 +553,14 @@ impl Store for MemoryStore {
                 row
             })
             .collect())
+    }
+
+    async fn report_engine(&self, worker: &str, state: &str) -> Result<(), StoreError> {
+        let mut state_lock = self.begin()?;
+        if let Some(row) = state_lock.workers.get_mut(worker) {
+            row.docker = Some(state.to_string());
+        }
+        Ok(())
     }
 
     async fn instance_id(&self) -> Result<String, StoreError> {

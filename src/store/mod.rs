@@ -57,8 +57,14 @@ pub const LOST_AFTER_LEASES: u32 = 2;
 pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest per-job memory limit.
 pub const MAX_JOB_MEMORY: u64 = 1 << 40;
+/// Smallest memory limit: Docker's own minimum. Zero is refused rather than
+/// passed on, because Docker reads a zero limit as "no limit".
+pub const MIN_JOB_MEMORY: u64 = 6 << 20;
+/// Largest process limit (the kernel's largest `pid_max`). Zero is refused:
+/// Docker reads it as "no limit".
+pub const MAX_JOB_PIDS: u32 = 4_194_304;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// What can go wrong talking to the store, in words a user can act on.
 #[derive(Debug, Error)]
@@ -241,6 +247,39 @@ impl JobFilter {
     }
 }
 
+/// What a worker asks of one claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClaimRequest {
+    /// The worker.
+    pub worker: String,
+    /// Queues to take jobs from.
+    pub queues: Vec<String>,
+    /// Most jobs.
+    pub max: u32,
+    /// The lease each claimed job gets.
+    pub lease: Duration,
+    /// The claim's id (unique per worker; recovered by a heartbeat if the
+    /// reply is lost).
+    pub claim_id: u64,
+    /// Whether jobs with an image may be claimed: a worker whose Docker
+    /// engine is away (or who has none) leaves them to others.
+    pub images: bool,
+}
+
+impl ClaimRequest {
+    /// A claim for `worker` that takes any job of `queues`.
+    pub fn new(worker: &str, queues: &[String], max: u32, lease: Duration, claim_id: u64) -> Self {
+        ClaimRequest {
+            worker: worker.to_string(),
+            queues: queues.to_vec(),
+            max,
+            lease,
+            claim_id,
+            images: true,
+        }
+    }
+}
+
 /// A worker announcing itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
@@ -255,6 +294,10 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// Jobs at once.
     pub concurrency: u32,
+    /// Its lease: others judge it lost when it stays silent for
+    /// [`LOST_AFTER_LEASES`] of them.
+    #[serde(default)]
+    pub lease: Duration,
 }
 
 /// A worker in the registry.
@@ -273,6 +316,9 @@ pub struct WorkerRow {
     pub lost: bool,
     /// Jobs it holds leases on.
     pub running_jobs: Vec<JobId>,
+    /// Its Docker engine: `reachable`, `unreachable`, or `None` (not
+    /// configured, or an older worker).
+    pub docker: Option<String>,
 }
 
 /// What `cancel` did.
@@ -310,17 +356,12 @@ pub trait Store: Send + Sync + 'static {
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
 
-    /// Claim up to `max` ready jobs for `worker` in one statement, each with a
-    /// fresh lease token and a lease of `lease`. The rows remember
-    /// `claim_id` (unique per worker), so a claim whose reply was lost can
-    /// be recovered by a later heartbeat.
+    /// Claim up to `request.max` ready jobs in one statement, each with a
+    /// fresh lease token. The rows remember the claim id (unique per worker),
+    /// so a claim whose reply was lost can be recovered by a later heartbeat.
     fn claim(
         &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
+        request: &ClaimRequest,
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
 
     /// Extend every given lease held by `worker`, record its phase, and say
@@ -380,11 +421,20 @@ pub trait Store: Send + Sync + 'static {
     /// Remove a worker that exited.
     fn deregister_worker(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The registry, with lost workers flagged given the fleet's `lease`.
+    /// The registry, each worker flagged lost by its own announced lease
+    /// (`lease` for a worker that announced none).
     fn workers(
         &self,
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<WorkerRow>, StoreError>> + Send;
+
+    /// Record the state of a worker's Docker engine (`reachable`,
+    /// `unreachable`), for `status` and the dashboard.
+    fn report_engine(
+        &self,
+        worker: &str,
+        state: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A random identity of this database, made at migration: it tells
     /// apart deployments that share a Docker engine.
@@ -444,19 +494,20 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     {
         return bad("timeout must be at most 30 days".into());
     }
-    if job
-        .spec
-        .memory_bytes
-        .is_some_and(|bytes| bytes > MAX_JOB_MEMORY)
-    {
-        return bad("memory limit must be at most 1 TiB".into());
+    if let Some(bytes) = job.spec.memory_bytes {
+        if let Err(e) = check_memory(bytes) {
+            return bad(e);
+        }
     }
-    if job
-        .spec
-        .cpu_millis
-        .is_some_and(|cpu| cpu == 0 || cpu > 1_024_000)
-    {
-        return bad("CPU limit must be between 0.001 and 1024 CPUs".into());
+    if let Some(pids) = job.spec.pids {
+        if let Err(e) = check_pids(pids) {
+            return bad(e);
+        }
+    }
+    if let Some(cpu) = job.spec.cpu_millis {
+        if let Err(e) = check_cpu(cpu) {
+            return bad(e);
+        }
     }
     if job.delay > Duration::from_secs(366 * 24 * 3600) {
         return bad("delay must be under a year".into());
@@ -467,6 +518,39 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     if spec_len > MAX_SPEC_BYTES {
         return bad(format!(
             "command and env must be under {MAX_SPEC_BYTES} bytes as JSON"
+        ));
+    }
+    Ok(())
+}
+
+/// A memory limit in bytes, refused when Docker would not enforce it
+/// (zero means "no limit" to Docker) or when it is absurd.
+pub fn check_memory(bytes: u64) -> Result<(), String> {
+    if bytes < MIN_JOB_MEMORY {
+        return Err(format!(
+            "memory limit must be at least 6 MiB, got {bytes} bytes (a limit cannot be turned off)"
+        ));
+    }
+    if bytes > MAX_JOB_MEMORY {
+        return Err("memory limit must be at most 1 TiB".into());
+    }
+    Ok(())
+}
+
+/// A CPU limit in thousandths of a CPU (zero would be "no limit").
+pub fn check_cpu(cpu_millis: u32) -> Result<(), String> {
+    if cpu_millis == 0 || cpu_millis > 1_024_000 {
+        return Err("CPU limit must be between 0.001 and 1024 CPUs".into());
+    }
+    Ok(())
+}
+
+/// A process limit, refused when Docker would not enforce it (zero means
+/// "no limit" to Docker).
+pub fn check_pids(pids: u32) -> Result<(), String> {
+    if pids == 0 || pids > MAX_JOB_PIDS {
+        return Err(format!(
+            "process limit must be between 1 and {MAX_JOB_PIDS}, got {pids} (a limit cannot be turned off)"
         ));
     }
     Ok(())

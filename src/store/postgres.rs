@@ -12,19 +12,23 @@ use tokio::sync::mpsc;
 use super::rules::{self, Dialect};
 use super::{
     decode_claimed, decode_job, migration_plan, outcome_params, redact_url, validate_all,
-    CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
-    LOST_AFTER_LEASES, REAP_BATCH, WAKEUP_CAPACITY,
+    CancelResult, ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo,
+    WorkerRow, LOST_AFTER_LEASES, REAP_BATCH, WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 2] = [
+const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_bytes_and_late_outcomes.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_engines.sql"),
     ),
 ];
 /// Channel NOTIFYed when jobs become ready.
@@ -215,7 +219,9 @@ impl Store for PostgresStore {
         let mut priorities = Vec::with_capacity(jobs.len());
         let mut max_attempts = Vec::with_capacity(jobs.len());
         let mut delays = Vec::with_capacity(jobs.len());
+        let mut images: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
         for job in jobs {
+            images.push(job.spec.image.as_deref());
             queues.push(job.queue.clone());
             specs.push(
                 serde_json::to_string(&job.spec)
@@ -229,9 +235,10 @@ impl Store for PostgresStore {
         // unnest keeps array order, and ids are drawn in that order.
         let ids: Vec<i64> = sqlx::query_scalar(
             "WITH ins AS (
-                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at)
-                SELECT q, s::jsonb, p, m, $6, now() + d * interval '1 millisecond'
-                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[]) AS t(q, s, p, m, d)
+                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image)
+                SELECT q, s::jsonb, p, m, $6, now() + d * interval '1 millisecond', i
+                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[], $7::text[])
+                    AS t(q, s, p, m, d, i)
                 RETURNING id
             ), ev AS (
                 INSERT INTO job_events (job_id, kind) SELECT id, 'enqueued' FROM ins
@@ -244,6 +251,7 @@ impl Store for PostgresStore {
         .bind(&max_attempts)
         .bind(&delays)
         .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
+        .bind(&images)
         .fetch_all(&mut *tx)
         .await?;
         notify(&mut *tx, JOBS_CHANNEL, "").await?;
@@ -251,18 +259,12 @@ impl Store for PostgresStore {
         Ok(ids.into_iter().map(JobId).collect())
     }
 
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let rows = sqlx::query(
             "WITH picked AS (
                 SELECT id FROM jobs
                 WHERE state = 'queued' AND queue = ANY($2) AND run_at <= now()
+                  AND ($6 OR image IS NULL)
                 ORDER BY priority DESC, run_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
@@ -281,11 +283,12 @@ impl Store for PostgresStore {
                 interruptions::bigint AS interruptions, waited_ms FROM claimed
             ORDER BY priority DESC, run_at, id",
         )
-        .bind(worker)
-        .bind(queues)
-        .bind(i64::from(max))
-        .bind(lease.as_millis() as i64)
-        .bind(claim_id as i64)
+        .bind(&request.worker)
+        .bind(&request.queues)
+        .bind(i64::from(request.max))
+        .bind(request.lease.as_millis() as i64)
+        .bind(request.claim_id as i64)
+        .bind(request.images)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_claimed).collect()
@@ -552,8 +555,8 @@ impl Store for PostgresStore {
 
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, queues, concurrency, phase)
-             VALUES ($1, $2, $3, $4, $5, 'running')
+            "INSERT INTO workers (id, host, pid, queues, concurrency, phase, lease_ms)
+             VALUES ($1, $2, $3, $4, $5, 'running', NULLIF($6, 0))
              ON CONFLICT (id) DO UPDATE SET phase = 'running', heartbeat_at = now()",
         )
         .bind(&info.id)
@@ -561,6 +564,7 @@ impl Store for PostgresStore {
         .bind(info.pid as i32)
         .bind(info.queues.join(","))
         .bind(info.concurrency as i32)
+        .bind(info.lease.as_millis() as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -575,17 +579,18 @@ impl Store for PostgresStore {
     }
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
-        let lost_after = (lease * LOST_AFTER_LEASES).as_millis() as i64;
         let rows = sqlx::query(
-            "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.phase,
+            "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.phase, w.docker,
+                coalesce(w.lease_ms, $1) AS lease_ms,
                 (extract(epoch FROM w.started_at) * 1000)::bigint AS started_ms,
                 (extract(epoch FROM w.heartbeat_at) * 1000)::bigint AS heartbeat_ms,
-                (now() - w.heartbeat_at) > $1 * interval '1 millisecond' AS lost,
+                (now() - w.heartbeat_at) > coalesce(w.lease_ms, $1) * $2 * interval '1 millisecond' AS lost,
                 coalesce(array_agg(j.id ORDER BY j.id) FILTER (WHERE j.id IS NOT NULL), '{}') AS running
              FROM workers w LEFT JOIN jobs j ON j.state = 'running' AND j.lease_owner = w.id
              GROUP BY w.id ORDER BY w.started_at, w.id",
         )
-        .bind(lost_after)
+        .bind(lease.as_millis() as i64)
+        .bind(i64::from(LOST_AFTER_LEASES))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -599,7 +604,11 @@ impl Store for PostgresStore {
                         pid: row.try_get::<i32, _>("pid")? as u32,
                         queues: queues.split(',').map(str::to_string).collect(),
                         concurrency: row.try_get::<i32, _>("concurrency")? as u32,
+                        lease: Duration::from_millis(
+                            row.try_get::<i64, _>("lease_ms")?.max(0) as u64
+                        ),
                     },
+                    docker: row.try_get("docker")?,
                     phase: row.try_get("phase")?,
                     started_at: row.try_get("started_ms")?,
                     heartbeat_at: row.try_get("heartbeat_ms")?,
@@ -608,6 +617,15 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn report_engine(&self, worker: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workers SET docker = $2 WHERE id = $1")
+            .bind(worker)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn instance_id(&self) -> Result<String, StoreError> {

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::rules::{self, Dialect};
 use super::{
     decode_claimed, decode_job, migration_plan, outcome_params, redact_url, unix_ms_now,
-    validate_all, CancelResult, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo,
-    WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
+    validate_all, CancelResult, ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup,
+    WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -29,12 +29,13 @@ use crate::job::{HeartbeatAnswer, Phase};
 /// How often a worker looks for cancels of running jobs.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
-const MIGRATIONS: [(i64, &str); 2] = [
+const MIGRATIONS: [(i64, &str); 3] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/sqlite/0002_bytes_and_late_outcomes.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_engines.sql")),
 ];
 
 const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions, max_interruptions,
@@ -169,8 +170,8 @@ impl Store for SqliteStore {
             let spec = serde_json::to_string(&job.spec)
                 .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&job.queue)
             .bind(spec)
@@ -179,6 +180,7 @@ impl Store for SqliteStore {
             .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
             .bind(now + job.delay.as_millis() as i64)
             .bind(now)
+            .bind(job.spec.image.as_deref())
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, 'enqueued')")
@@ -192,17 +194,11 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        max: u32,
-        lease: Duration,
-        claim_id: u64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = unix_ms_now();
-        let queues =
-            serde_json::to_string(queues).map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let worker = request.worker.as_str();
+        let queues = serde_json::to_string(&request.queues)
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
         let mut tx = self.write().await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = lease_token + 1,
@@ -211,6 +207,7 @@ impl Store for SqliteStore {
              WHERE id IN (
                 SELECT id FROM jobs
                 WHERE state = 'queued' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?4))
+                  AND (?7 OR image IS NULL)
                 ORDER BY priority DESC, run_at, id LIMIT ?5
              )
              RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at,
@@ -218,10 +215,11 @@ impl Store for SqliteStore {
         )
         .bind(worker)
         .bind(now)
-        .bind(lease_ms(lease))
+        .bind(lease_ms(request.lease))
         .bind(queues)
-        .bind(i64::from(max))
-        .bind(claim_id as i64)
+        .bind(i64::from(request.max))
+        .bind(request.claim_id as i64)
+        .bind(request.images)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -568,8 +566,8 @@ impl Store for SqliteStore {
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         let now = unix_ms_now();
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, queues, concurrency, phase, started_at, heartbeat_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6)
+            "INSERT INTO workers (id, host, pid, queues, concurrency, phase, started_at, heartbeat_at, lease_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?6, NULLIF(?7, 0))
              ON CONFLICT (id) DO UPDATE SET phase = 'running', heartbeat_at = ?6",
         )
         .bind(&info.id)
@@ -578,6 +576,7 @@ impl Store for SqliteStore {
         .bind(info.queues.join(","))
         .bind(i64::from(info.concurrency))
         .bind(now)
+        .bind(lease_ms(info.lease))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -593,9 +592,9 @@ impl Store for SqliteStore {
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         let now = unix_ms_now();
-        let lost_after = lease_ms(lease * LOST_AFTER_LEASES);
         let rows = sqlx::query(
             "SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.phase, w.started_at, w.heartbeat_at,
+                w.lease_ms, w.docker,
                 (SELECT group_concat(j.id) FROM jobs j WHERE j.state = 'running' AND j.lease_owner = w.id) AS running
              FROM workers w ORDER BY w.started_at, w.id",
         )
@@ -606,6 +605,10 @@ impl Store for SqliteStore {
                 let queues: String = row.try_get("queues")?;
                 let running: Option<String> = row.try_get("running")?;
                 let heartbeat_at: i64 = row.try_get("heartbeat_at")?;
+                let own_lease = row
+                    .try_get::<Option<i64>, _>("lease_ms")?
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64))
+                    .unwrap_or(lease);
                 let mut running_jobs: Vec<JobId> = running
                     .unwrap_or_default()
                     .split(',')
@@ -619,15 +622,26 @@ impl Store for SqliteStore {
                         pid: row.try_get::<i64, _>("pid")? as u32,
                         queues: queues.split(',').map(str::to_string).collect(),
                         concurrency: row.try_get::<i64, _>("concurrency")? as u32,
+                        lease: own_lease,
                     },
                     phase: row.try_get("phase")?,
                     started_at: row.try_get("started_at")?,
                     heartbeat_at,
-                    lost: now - heartbeat_at > lost_after,
+                    lost: now - heartbeat_at > lease_ms(own_lease * LOST_AFTER_LEASES),
                     running_jobs,
+                    docker: row.try_get("docker")?,
                 })
             })
             .collect()
+    }
+
+    async fn report_engine(&self, worker: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workers SET docker = ? WHERE id = ?")
+            .bind(state)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn instance_id(&self) -> Result<String, StoreError> {

@@ -89,8 +89,9 @@ pub enum Op {
     ClaimAgain(u8),
     /// The oldest pending start succeeds.
     StartOk,
-    /// The oldest pending start fails.
-    StartErr,
+    /// The oldest pending start fails; `true`: for want of an engine (the
+    /// worker's fault, not the job's).
+    StartErr(bool),
     /// The oldest record batch is written.
     RecordOk,
     /// The oldest record batch fails (transient: unreachable).
@@ -237,6 +238,9 @@ pub struct Harness {
     exits: BTreeMap<Lease, Exit>,
     /// Single outcomes the store refused as invalid.
     refused_invalid: BTreeSet<Lease>,
+    /// Runs whose start failed for want of an engine: they must go back to
+    /// the queue without using an attempt.
+    engine_away: BTreeSet<Lease>,
     /// Outcomes whose write failed transiently and that are not written yet.
     unflushed: BTreeSet<Lease>,
     /// Runs the machine told the executor to let go of.
@@ -318,6 +322,7 @@ impl Harness {
             stopped_by_shutdown: BTreeSet::new(),
             exits: BTreeMap::new(),
             refused_invalid: BTreeSet::new(),
+            engine_away: BTreeSet::new(),
             unflushed: BTreeSet::new(),
             released: BTreeSet::new(),
             interrupted_emitted: false,
@@ -420,11 +425,18 @@ impl Harness {
                     self.start_ok(lease)?;
                 }
             }
-            Op::StartErr => {
+            Op::StartErr(transient) => {
                 if let Some(lease) = self.starts.pop_front() {
+                    let error = if *transient {
+                        self.engine_away.insert(lease);
+                        "Docker engine unreachable: connection refused"
+                    } else {
+                        "no such file or directory"
+                    };
                     self.deliver(Event::StartFailed {
                         lease,
-                        error: "no such file or directory".into(),
+                        error: error.into(),
+                        transient: *transient,
                     })?;
                 }
             }
@@ -1305,9 +1317,17 @@ impl Harness {
                 c.outcome.name()
             ));
         }
+        if self.engine_away.contains(&lease)
+            && !matches!(c.outcome, Outcome::HandBack | Outcome::Cancelled)
+        {
+            return self.violation(&format!(
+                "job {id} could not start for want of an engine but was recorded {}, using an attempt",
+                c.outcome.name()
+            ));
+        }
         match &c.outcome {
             Outcome::HandBack => {
-                if self.started.contains(&lease) {
+                if self.started.contains(&lease) && !self.engine_away.contains(&lease) {
                     return self.violation(&format!("job {id} handed back after it was started"));
                 }
             }
