@@ -53,12 +53,45 @@ fn kubernetes_grace_period_covers_the_exit_bound() {
         container["lifecycle"]["preStop"].is_null(),
         "no preStop hook"
     );
-    let env = &container["env"][0];
-    assert_eq!(env["name"], "DATABASE_URL");
+    // The URL comes from a Secret mounted as a file, never from an
+    // environment variable holding the password.
+    let env = container["env"].as_sequence().expect("env");
     assert!(
-        env["valueFrom"]["secretKeyRef"]["name"].is_string(),
-        "the URL comes from a Secret"
+        env.iter().all(|e| e["name"] != "DATABASE_URL"),
+        "DATABASE_URL in the environment: {env:?}"
     );
+    let file = env
+        .iter()
+        .find(|e| e["name"] == "DATABASE_URL_FILE")
+        .and_then(|e| e["value"].as_str())
+        .expect("DATABASE_URL_FILE");
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
+    let mounted = mounts.iter().any(|m| {
+        let dir = m["mountPath"].as_str().unwrap_or("");
+        let secret = volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .map(|v| &v["secret"]);
+        file.starts_with(&format!("{dir}/"))
+            && m["readOnly"] == true
+            && secret.is_some_and(|s| s["secretName"] == "dockhand-database")
+    });
+    assert!(mounted, "{file} is not a read-only mounted Secret");
+    let text = self::file("kubernetes.yaml");
+    assert!(
+        text.contains("kubectl create secret generic dockhand-database"),
+        "the file shows how its Secret is created"
+    );
+    // Not root, and the mounted Secret is readable by the worker's group.
+    let user = pod["securityContext"]["runAsUser"]
+        .as_u64()
+        .expect("runAsUser");
+    assert_ne!(user, 0);
+    assert_eq!(pod["securityContext"]["fsGroup"].as_u64(), Some(user));
+    assert_eq!(container["securityContext"]["runAsNonRoot"], true);
     assert!(
         args.iter().any(|a| a.starts_with("--http=")),
         "probes need --http"
@@ -79,6 +112,21 @@ fn systemd_stop_timeout_covers_the_exit_bound() {
         value("KillMode"),
         "mixed",
         "systemd must not signal the jobs itself"
+    );
+    // A dedicated user, a writable working directory for the default
+    // SQLite file, and the URL as a credential file.
+    let user = value("User");
+    assert!(
+        !user.is_empty() && user != "root" && user != "0",
+        "User={user}"
+    );
+    assert_eq!(value("StateDirectory"), "dockhand");
+    assert_eq!(value("WorkingDirectory"), "/var/lib/dockhand");
+    assert!(value("LoadCredential").starts_with("database-url:"));
+    assert_eq!(value("Environment"), "DATABASE_URL_FILE=%d/database-url");
+    assert!(
+        !unit.contains("DATABASE_URL=") && !unit.contains("--database-url"),
+        "the URL must not be in the environment or on the command line"
     );
     assert!(value("Restart").starts_with("always") || value("Restart").starts_with("on-failure"));
     assert!(value("SuccessExitStatus")
@@ -102,4 +150,78 @@ fn dockerfile_runs_the_worker_under_an_init() {
         "PID 1 must forward signals and reap orphans"
     );
     assert!(dockerfile.contains("USER dockhand"), "not root");
+    // The default SQLite file is created in the working directory, so the
+    // worker's user must own it.
+    let workdir = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("WORKDIR "))
+        .expect("a WORKDIR in the final stage");
+    assert_ne!(
+        workdir, "/",
+        "the root directory is not writable by the worker"
+    );
+    assert!(
+        dockerfile.contains(&format!("-o dockhand -g dockhand -m 0700 {workdir}")),
+        "{workdir} must be created owned by the worker's user"
+    );
+}
+
+/// The build context of `deploy/Dockerfile` (the repository root) leaves out
+/// build output: checked by building a context image with the real Docker
+/// engine and listing what went in.
+#[test]
+fn docker_build_context_leaves_out_target() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ignore = std::fs::read_to_string(format!("{root}/.dockerignore")).expect(".dockerignore");
+    assert!(ignore.lines().any(|l| l.trim() == "target/"), "{ignore}");
+    let tag = format!("dockhand-test-context:{}", std::process::id());
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "-f", "-", root])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker must be installed for this test");
+    {
+        use std::io::Write;
+        let mut stdin = build.stdin.take().unwrap();
+        stdin.write_all(b"FROM scratch\nCOPY . /ctx/\n").unwrap();
+    }
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker build failed (is the engine running?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = std::process::Command::new("docker")
+        .args(["create", &tag, "/none"])
+        .output()
+        .unwrap();
+    assert!(
+        id.status.success(),
+        "{}",
+        String::from_utf8_lossy(&id.stderr)
+    );
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    let listing = std::process::Command::new("sh")
+        .args(["-c", &format!("docker export {id} | tar -t")])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("docker")
+        .args(["rm", &id])
+        .output();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .output();
+    assert!(listing.status.success());
+    let files = String::from_utf8_lossy(&listing.stdout);
+    assert!(files.lines().any(|f| f == "ctx/Cargo.toml"), "{files}");
+    assert!(files.lines().any(|f| f.starts_with("ctx/src/")), "{files}");
+    let leaked: Vec<&str> = files
+        .lines()
+        .filter(|f| f.starts_with("ctx/target/") || f.starts_with("ctx/.git/"))
+        .take(5)
+        .collect();
+    assert!(leaked.is_empty(), "build output in the context: {leaked:?}");
 }

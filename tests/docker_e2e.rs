@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use dockhand::job::{JobId, JobState};
 use dockhand::store::Store;
-use support::{containers_of, eventually, test_image, wait_state, Db};
+use support::engine::EngineProxy;
+use support::{containers_of, eventually, http_get, test_image, wait_state, Db};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -214,42 +215,243 @@ async fn missing_image_fails_clearly_and_the_worker_goes_on() {
     assert_no_containers_left(&db).await;
 }
 
+/// A worker whose engine is away leaves image jobs to a worker that has one
+/// (before, it claimed them and failed them, using up their attempts), still
+/// runs process jobs, and shows its engine's state on `/readyz`, `/status`,
+/// `/metrics` and in `dockhand status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_engine_image_jobs_fail_and_process_jobs_run() {
+async fn a_worker_without_an_engine_leaves_image_jobs_to_one_that_has_one() {
     let db = Db::postgres("docker_no_engine").await;
     let image_job = db.enqueue(
         &["--image", &test_image(), "--max-attempts", "1"],
         &["true"],
     );
     let process_job = db.enqueue(&[], &["true"]);
-    let child = std::process::Command::new(support::bin())
-        .args([
-            "--database-url",
-            &db.url,
-            "worker",
-            "--poll-interval",
-            "100ms",
-        ])
-        .env(
+    let mut without = db.worker_with_env(
+        &["--poll-interval", "100ms", "--http", "127.0.0.1:0"],
+        &[(
             "DOCKER_HOST",
-            format!("unix://{}", db.path("no-docker.sock")),
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = wait_state(&db, image_job, JobState::Failed).await;
-    let error = job.error.unwrap_or_default();
-    assert!(error.contains("Docker engine unreachable"), "{error}");
-    wait_state(&db, process_job, JobState::Succeeded).await;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("jobs with an image will fail until it is reachable"),
-        "{stderr}"
+            &format!("unix://{}", db.path("no-docker.sock")),
+        )],
     );
+    wait_state(&db, process_job, JobState::Succeeded).await;
+    // Many polls later, the image job is still untouched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = db
+        .store()
+        .await
+        .get(JobId(image_job))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
+    let addr = without.http_addr();
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!((code, body.as_str()), (200, "ready\ndocker: unreachable\n"));
+    let (_, status) = http_get(&addr, "/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["docker"], "unreachable", "{status}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("dockhand_docker_engine{state=\"unreachable\"} 1"),
+        "{metrics}"
+    );
+    let fleet = eventually("the registry to show the engine", LONG, || {
+        let out = db.cli(&["status", "--json"]);
+        let fleet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        async move { (fleet["workers"][0]["docker"] == "unreachable").then_some(fleet) }
+    })
+    .await;
+    assert_eq!(fleet["workers"][0]["pid"], without.pid(), "{fleet}");
+
+    let mut with = db.worker(&["--poll-interval", "100ms"]);
+    let job = wait_state(&db, image_job, JobState::Succeeded).await;
+    assert_eq!(job.attempts, 1);
+    let table = String::from_utf8_lossy(&db.cli(&["status"]).stdout).into_owned();
+    assert!(
+        table.contains("DOCKER") && table.contains("unreachable"),
+        "{table}"
+    );
+    assert!(table.contains("reachable"), "{table}");
+    for worker in [&mut without, &mut with] {
+        worker.signal(libc::SIGTERM);
+        assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    }
+    assert!(
+        without
+            .stderr()
+            .contains("jobs with an image are left to other workers"),
+        "{}",
+        without.stderr()
+    );
+    assert_no_containers_left(&db).await;
+}
+
+/// A worker started while its engine is away uses it once it answers,
+/// without a restart; meanwhile image jobs wait unclaimed, their attempts
+/// untouched. Before, the engine was connected once: the job failed with
+/// "Docker engine unreachable" within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_comes_back_is_used_without_a_restart() {
+    let db = Db::postgres("docker_engine_back").await;
+    let mut engine = EngineProxy::new();
+    let id = db.enqueue(
+        &["--image", &test_image(), "--max-attempts", "1"],
+        &["sh", "-c", "echo ran"],
+    );
+    let mut worker = db.worker_with_env(
+        &["--poll-interval", "100ms", "--http", "127.0.0.1:0"],
+        &[("DOCKER_HOST", &engine.host())],
+    );
+    let addr = worker.http_addr();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let job = db.store().await.get(JobId(id)).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
+    assert_eq!(http_get(&addr, "/readyz").1, "ready\ndocker: unreachable\n");
+
+    engine.up();
+    let job = wait_state(&db, id, JobState::Succeeded).await;
+    assert_eq!(job.attempts, 1);
+    let logs = String::from_utf8_lossy(&db.cli(&["logs", &id.to_string()]).stdout).into_owned();
+    assert!(logs.contains("ran"), "{logs}");
+    assert_eq!(http_get(&addr, "/readyz").1, "ready\ndocker: reachable\n");
+    eventually("the registry to show the engine back", LONG, || {
+        let out = db.cli(&["status", "--json"]);
+        let fleet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        async move { (fleet["workers"][0]["docker"] == "reachable").then_some(()) }
+    })
+    .await;
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    assert_no_containers_at_exit(&db).await;
+}
+
+/// An engine that answers pings but drops container creations: every start
+/// fails for want of the engine, and the job goes back to the queue without
+/// using an attempt (before, its only attempt was used up at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_loses_the_engine_hands_the_job_back() {
+    let db = Db::postgres("docker_hand_back").await;
+    let mut engine = EngineProxy::new();
+    engine.up();
+    engine.refuse_creates(true);
+    let id = db.enqueue(
+        &["--image", &test_image(), "--max-attempts", "1"],
+        &["sh", "-c", "echo ran"],
+    );
+    let mut worker = db.worker_with_env(
+        &["--poll-interval", "100ms"],
+        &[("DOCKER_HOST", &engine.host())],
+    );
+    worker.wait_for_line("handed back", LONG);
+    let job = db.store().await.get(JobId(id)).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 0, "{job:?}");
+    assert!(
+        matches!(job.state, JobState::Queued | JobState::Running),
+        "{job:?}"
+    );
+    engine.refuse_creates(false);
+    let job = wait_state(&db, id, JobState::Succeeded).await;
+    assert_eq!((job.attempts, job.interruptions), (1, 0));
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    assert_no_containers_at_exit(&db).await;
+}
+
+/// The engine goes away while two containers run (as when `dockerd`
+/// restarts): their wait streams break. One container exits during the
+/// outage, the other runs on after it. Neither may be recorded as exited
+/// until it has: the worker looks at each again once the engine answers.
+/// Before, both were recorded at once as failed, "exit status unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_wait_never_records_a_running_container_as_exited() {
+    let db = Db::postgres("docker_broken_wait").await;
+    let mut engine = EngineProxy::new();
+    engine.up();
+    let image = test_image();
+    let short = db.enqueue(
+        &["--image", &image, "--max-attempts", "1"],
+        &["sh", "-c", "sleep 2; echo short done"],
+    );
+    let long = db.enqueue(
+        &["--image", &image, "--max-attempts", "1"],
+        &["sh", "-c", "sleep 9; echo long done"],
+    );
+    let mut worker = db.worker_with_env(
+        &["--poll-interval", "100ms", "--concurrency", "2"],
+        &[("DOCKER_HOST", &engine.host())],
+    );
+    let store_id = store_id(&db).await;
+    eventually("both containers to run", LONG, || {
+        let up = containers_of(&store_id)
+            .iter()
+            .filter(|c| c.contains(" Up "))
+            .count();
+        async move { (up == 2).then_some(()) }
+    })
+    .await;
+    engine.down();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for id in [short, long] {
+        let job = db.store().await.get(JobId(id)).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running, "{job:?}");
+    }
+    engine.up();
+    for (id, said) in [(short, "short done"), (long, "long done")] {
+        let job = wait_state(&db, id, JobState::Succeeded).await;
+        assert_eq!((job.attempts, job.exit_code), (1, Some(0)));
+        let logs = String::from_utf8_lossy(&db.cli(&["logs", &id.to_string()]).stdout).into_owned();
+        assert!(logs.contains(said), "{logs}");
+    }
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    assert_no_containers_at_exit(&db).await;
+}
+
+/// Reconciliation judges each worker by the lease it announced: a worker
+/// with a 1 s lease must not remove the live container of a worker with a
+/// 30 s lease between its heartbeats (10 s apart). Before, it judged every
+/// worker by its own lease and killed the container within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_worker_leaves_a_long_lease_workers_containers() {
+    let db = Db::postgres("docker_lease_judge").await;
+    let id = db.enqueue(&["--image", &test_image()], &["sleep", "60"]);
+    let mut patient = db.worker(&[
+        "--lease",
+        "30s",
+        "--poll-interval",
+        "100ms",
+        "--shutdown-timeout",
+        "1s",
+    ]);
+    wait_state(&db, id, JobState::Running).await;
+    let store_id = store_id(&db).await;
+    eventually("the container to run", LONG, || {
+        let up = containers_of(&store_id).iter().any(|c| c.contains(" Up "));
+        async move { up.then_some(()) }
+    })
+    .await;
+    // Reconciles every second, on another queue: it only judges.
+    let mut hasty = db.worker(&["--lease", "1s", "--queue", "elsewhere"]);
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(13) {
+        let found = containers_of(&store_id);
+        assert!(
+            found.len() == 1 && found[0].contains(" Up "),
+            "the long-lease worker's container was touched after {:?}: {found:?}\n{}",
+            watched.elapsed(),
+            hasty.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let job = db.store().await.get(JobId(id)).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Running, 0));
+    for worker in [&mut hasty, &mut patient] {
+        worker.signal(libc::SIGTERM);
+        let code = worker.wait(LONG);
+        assert!(code == 0 || code == 75, "{code}: {}", worker.stderr());
+    }
+    assert_no_containers_left(&db).await;
 }
 
 /// A worker that loses a container job's lease (it was paused past the lease;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dockhand::job::{Completion, JobState, NewJob, Outcome};
-use dockhand::store::{JobFilter, PostgresStore, Store};
+use dockhand::store::{ClaimRequest, JobFilter, PostgresStore, Store};
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -92,7 +92,10 @@ async fn store_survives_a_server_restart_losing_nothing() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                match store.claim("restarter", &queues, 10, lease, 1).await {
+                match store
+                    .claim(&ClaimRequest::new("restarter", &queues, 10, lease, 1))
+                    .await
+                {
                     Ok(claimed) if claimed.is_empty() => {
                         let left = store
                             .list(&JobFilter {
@@ -134,7 +137,13 @@ async fn store_survives_a_server_restart_losing_nothing() {
     stopped.store(true, Ordering::Relaxed);
     // While the server is down every call fails with a typed, transient error.
     let down = store
-        .claim("probe", &["default".to_string()], 1, lease, 1)
+        .claim(&ClaimRequest::new(
+            "probe",
+            &["default".to_string()],
+            1,
+            lease,
+            1,
+        ))
         .await;
     match down {
         Err(error) => assert!(

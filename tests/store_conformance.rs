@@ -11,7 +11,9 @@ use dockhand::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome, RecordResult,
 };
 use dockhand::machine::Phase;
-use dockhand::store::{AnyStore, CancelResult, JobFilter, Store, StoreError, WorkerInfo};
+use dockhand::store::{
+    AnyStore, CancelResult, ClaimRequest, JobFilter, Store, StoreError, WorkerInfo,
+};
 
 const W1: &str = "worker-1";
 const W2: &str = "worker-2";
@@ -41,7 +43,10 @@ fn failed(code: i32) -> Outcome {
 }
 
 async fn claim_one(store: &AnyStore, worker: &str) -> ClaimedJob {
-    let mut claimed = store.claim(worker, &queues(), 1, LEASE, 1).await.unwrap();
+    let mut claimed = store
+        .claim(&ClaimRequest::new(worker, &queues(), 1, LEASE, 1))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "expected one job to claim");
     claimed.remove(0)
 }
@@ -99,6 +104,23 @@ async fn bulk_enqueue_is_all_or_nothing(store: AnyStore) {
     let err = store.enqueue_many(&bad).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidJob(_)), "{err}");
     assert!(err.to_string().contains("job #31"), "{err}");
+    // A zero limit means "no limit" to Docker: an embedding application
+    // that passes one is refused, like the command line.
+    type Zero = fn(&mut dockhand::job::JobSpec);
+    let zeros: [(&str, Zero); 3] = [
+        ("process", |s| s.pids = Some(0)),
+        ("memory", |s| s.memory_bytes = Some(0)),
+        ("CPU", |s| s.cpu_millis = Some(0)),
+    ];
+    for (what, spec) in zeros {
+        let mut zero = job("true");
+        spec(&mut zero.spec);
+        let err = store.enqueue_many(&[zero]).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidJob(m) if m.contains(what)),
+            "{what}: {err}"
+        );
+    }
     let all = store.list(&JobFilter::default()).await.unwrap();
     assert_eq!(all.len(), 50, "a failed bulk enqueue must write nothing");
 }
@@ -116,7 +138,10 @@ async fn claims_are_exclusive_under_concurrency(store: AnyStore) {
             let worker = format!("claimer-{w}");
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim(&worker, &queues(), 50, LEASE, 1).await.unwrap();
+                let claimed = store
+                    .claim(&ClaimRequest::new(&worker, &queues(), 50, LEASE, 1))
+                    .await
+                    .unwrap();
                 if claimed.is_empty() {
                     return mine;
                 }
@@ -225,7 +250,13 @@ async fn stale_and_foreign_leases_are_refused(store: AnyStore) {
 async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
     let ids = store.enqueue_many(&[job("sleep 100")]).await.unwrap();
     let first = store
-        .claim(W1, &queues(), 1, Duration::from_millis(200), 1)
+        .claim(&ClaimRequest::new(
+            W1,
+            &queues(),
+            1,
+            Duration::from_millis(200),
+            1,
+        ))
         .await
         .unwrap()
         .remove(0);
@@ -274,7 +305,13 @@ async fn expired_leases_are_reaped_as_interruptions(store: AnyStore) {
 async fn heartbeats_extend_leases(store: AnyStore) {
     store.enqueue_many(&[job("sleep 100")]).await.unwrap();
     let claimed = store
-        .claim(W1, &queues(), 1, Duration::from_millis(300), 1)
+        .claim(&ClaimRequest::new(
+            W1,
+            &queues(),
+            1,
+            Duration::from_millis(300),
+            1,
+        ))
         .await
         .unwrap()
         .remove(0);
@@ -327,7 +364,7 @@ async fn failures_retry_with_backoff_until_max_attempts(store: AnyStore) {
     );
     assert!(
         store
-            .claim(W1, &queues(), 1, LEASE, 2)
+            .claim(&ClaimRequest::new(W1, &queues(), 1, LEASE, 2))
             .await
             .unwrap()
             .is_empty(),
@@ -462,7 +499,10 @@ async fn retry_requeues_failed_and_cancelled(store: AnyStore) {
         stored.max_attempts > stored.attempts,
         "a retried job may run again"
     );
-    let again = store.claim(W1, &queues(), 2, LEASE, 3).await.unwrap();
+    let again = store
+        .claim(&ClaimRequest::new(W1, &queues(), 2, LEASE, 3))
+        .await
+        .unwrap();
     assert!(again.iter().any(|c| c.lease.job == ids[0]));
 }
 
@@ -480,7 +520,10 @@ async fn priority_queue_and_delay_order_claims(store: AnyStore) {
         .enqueue_many(&[low, high, later, other])
         .await
         .unwrap();
-    let claimed = store.claim(W1, &queues(), 10, LEASE, 1).await.unwrap();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 10, LEASE, 1))
+        .await
+        .unwrap();
     let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
     assert_eq!(
         got,
@@ -488,27 +531,39 @@ async fn priority_queue_and_delay_order_claims(store: AnyStore) {
         "higher priority first; delayed and other-queue jobs wait"
     );
     let other = store
-        .claim(W1, &["other".to_string()], 10, LEASE, 2)
+        .claim(&ClaimRequest::new(W1, &["other".to_string()], 10, LEASE, 2))
         .await
         .unwrap();
     assert_eq!(other.len(), 1);
 }
 
+/// Each worker is judged lost by the lease it announced (a worker that
+/// announced none, by the caller's): a short-lease worker must not judge a
+/// long-lease one lost between its heartbeats.
 async fn workers_register_and_are_flagged_lost(store: AnyStore) {
-    let info = |id: &str| WorkerInfo {
+    let info = |id: &str, lease: Duration| WorkerInfo {
         id: id.into(),
         host: "host".into(),
         pid: 42,
         queues: queues(),
         concurrency: 4,
+        lease,
     };
-    store.register_worker(&info(W1)).await.unwrap();
-    store.register_worker(&info(W2)).await.unwrap();
+    let lease = Duration::from_millis(200);
+    store.register_worker(&info(W1, lease)).await.unwrap();
+    store.register_worker(&info(W2, lease)).await.unwrap();
+    store
+        .register_worker(&info("patient", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    store
+        .register_worker(&info("silent", Duration::ZERO))
+        .await
+        .unwrap();
     store.enqueue_many(&[job("sleep 1")]).await.unwrap();
     let claimed = claim_one(&store, W1).await;
-    let lease = Duration::from_millis(200);
     let rows = store.workers(lease).await.unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|w| !w.lost));
     let w1 = rows.iter().find(|w| w.info.id == W1).unwrap();
     assert_eq!(w1.running_jobs, vec![claimed.lease.job]);
@@ -524,8 +579,19 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         .collect();
     assert!(lost.contains(&(W1, true, "running")), "{lost:?}");
     assert!(lost.contains(&(W2, false, "draining")), "{lost:?}");
+    assert!(lost.contains(&("patient", false, "running")), "{lost:?}");
+    assert!(lost.contains(&("silent", true, "running")), "{lost:?}");
+    let leases: Vec<(&str, Duration)> = rows
+        .iter()
+        .map(|w| (w.info.id.as_str(), w.info.lease))
+        .collect();
+    assert!(
+        leases.contains(&("patient", Duration::from_secs(60))),
+        "{leases:?}"
+    );
+    assert!(leases.contains(&("silent", lease)), "{leases:?}");
     store.deregister_worker(W2).await.unwrap();
-    assert_eq!(store.workers(lease).await.unwrap().len(), 1);
+    assert_eq!(store.workers(lease).await.unwrap().len(), 3);
 }
 
 /// The outcome of a run whose lease expired and was reaped is still accepted
@@ -537,7 +603,10 @@ async fn late_outcome_after_a_reap_is_accepted_until_the_job_is_claimed_again(st
         .await
         .unwrap();
     let short = Duration::from_millis(200);
-    let claimed = store.claim(W1, &queues(), 3, short, 1).await.unwrap();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 3, short, 1))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 3);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(store.reap_expired().await.unwrap(), 3);
@@ -617,7 +686,10 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
         .enqueue_many(&[job("a"), job("b"), job("c"), job("d"), job("e")])
         .await
         .unwrap();
-    let claimed = store.claim(W1, &queues(), 4, LEASE, 1).await.unwrap();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 4, LEASE, 1))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 4);
     for c in &claimed {
         assert_eq!(
@@ -653,7 +725,13 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
     assert!(failed_job.finished_at.is_some());
     // A reaped lease with a pending cancel: cancelled, no interruption.
     let last = store
-        .claim(W1, &queues(), 1, Duration::from_millis(200), 2)
+        .claim(&ClaimRequest::new(
+            W1,
+            &queues(),
+            1,
+            Duration::from_millis(200),
+            2,
+        ))
         .await
         .unwrap()
         .remove(0);
@@ -668,7 +746,7 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
     );
     // Nothing is left to claim: no cancelled job runs again.
     assert!(store
-        .claim(W2, &queues(), 10, LEASE, 3)
+        .claim(&ClaimRequest::new(W2, &queues(), 10, LEASE, 3))
         .await
         .unwrap()
         .is_empty());
@@ -689,7 +767,10 @@ async fn output_is_stored_byte_for_byte(store: AnyStore) {
         .enqueue_many(&[job("printf"), job("printf")])
         .await
         .unwrap();
-    let claimed = store.claim(W1, &queues(), 2, LEASE, 1).await.unwrap();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 2, LEASE, 1))
+        .await
+        .unwrap();
     let bytes: Vec<u8> = (0..=255u8).chain(*b"a\0b\xff\xfe\n").collect();
     let outcomes = vec![
         Completion {
@@ -744,8 +825,14 @@ async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore)
         .enqueue_many(&[job("a"), job("b"), job("c")])
         .await
         .unwrap();
-    let lost = store.claim(W1, &queues(), 2, LEASE, 7).await.unwrap();
-    let other = store.claim(W2, &queues(), 1, LEASE, 7).await.unwrap();
+    let lost = store
+        .claim(&ClaimRequest::new(W1, &queues(), 2, LEASE, 7))
+        .await
+        .unwrap();
+    let other = store
+        .claim(&ClaimRequest::new(W2, &queues(), 1, LEASE, 7))
+        .await
+        .unwrap();
     assert_eq!((lost.len(), other.len()), (2, 1));
     let none = store
         .heartbeat(W1, Phase::Running, &[], LEASE, &[8])
@@ -778,6 +865,54 @@ async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore)
                 state: JobState::Succeeded
             }
         )]
+    );
+}
+
+/// A worker whose engine is away (or who has none) claims only jobs without
+/// an image, and the registry shows its engine's state.
+async fn a_worker_without_an_engine_leaves_image_jobs(store: AnyStore) {
+    let mut image_job = job("true");
+    image_job.spec.image = Some("busybox".into());
+    let ids = store
+        .enqueue_many(&[image_job.clone(), job("true"), image_job])
+        .await
+        .unwrap();
+    let no_images = ClaimRequest {
+        images: false,
+        ..ClaimRequest::new(W1, &queues(), 10, LEASE, 1)
+    };
+    let claimed = store.claim(&no_images).await.unwrap();
+    let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
+    assert_eq!(got, vec![ids[1]]);
+    let claimed = store
+        .claim(&ClaimRequest::new(W2, &queues(), 10, LEASE, 1))
+        .await
+        .unwrap();
+    let mut got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
+    got.sort();
+    assert_eq!(got, vec![ids[0], ids[2]]);
+    assert_eq!(claimed[0].spec.image.as_deref(), Some("busybox"));
+
+    let info = WorkerInfo {
+        id: W1.into(),
+        host: "host".into(),
+        pid: 1,
+        queues: queues(),
+        concurrency: 1,
+        lease: LEASE,
+    };
+    store.register_worker(&info).await.unwrap();
+    let docker = |rows: Vec<dockhand::store::WorkerRow>| rows[0].docker.clone();
+    assert_eq!(docker(store.workers(LEASE).await.unwrap()), None);
+    store.report_engine(W1, "unreachable").await.unwrap();
+    assert_eq!(
+        docker(store.workers(LEASE).await.unwrap()).as_deref(),
+        Some("unreachable")
+    );
+    store.report_engine(W1, "reachable").await.unwrap();
+    assert_eq!(
+        docker(store.workers(LEASE).await.unwrap()).as_deref(),
+        Some("reachable")
     );
 }
 
@@ -823,6 +958,7 @@ macro_rules! suite {
                 output_is_stored_byte_for_byte,
                 nul_in_a_job_is_refused_at_enqueue,
                 claims_whose_reply_was_lost_are_recovered_by_heartbeat,
+                a_worker_without_an_engine_leaves_image_jobs,
                 migrate_twice_is_harmless,
             );
         )*

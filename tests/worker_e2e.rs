@@ -395,6 +395,26 @@ async fn bad_input_gets_one_line_and_changes_nothing(db: Db) {
     .unwrap();
     let empty_command = db.path("empty.jsonl");
     std::fs::write(&empty_command, "{\"command\": []}\n").unwrap();
+    // Docker reads a zero limit as "no limit": a zero must be refused, never
+    // passed on.
+    let zero_pids = db.path("zero_pids.jsonl");
+    std::fs::write(
+        &zero_pids,
+        "{\"command\": [\"true\"], \"image\": \"x\", \"pids\": 0}\n",
+    )
+    .unwrap();
+    let zero_cpus = db.path("zero_cpus.jsonl");
+    std::fs::write(
+        &zero_cpus,
+        "{\"command\": [\"true\"], \"image\": \"x\", \"cpus\": 0}\n",
+    )
+    .unwrap();
+    let zero_memory = db.path("zero_memory.jsonl");
+    std::fs::write(
+        &zero_memory,
+        "{\"command\": [\"true\"], \"image\": \"x\", \"memory\": \"0\"}\n",
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
         (
             vec!["worker".into(), "--lease".into(), "5x".into()],
@@ -439,6 +459,75 @@ async fn bad_input_gets_one_line_and_changes_nothing(db: Db) {
             "concurrency",
         ),
         (vec!["show".into(), "999999".into()], 66, "not found"),
+        (
+            vec![
+                "enqueue".into(),
+                "--image".into(),
+                "x".into(),
+                "--pids".into(),
+                "0".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            2,
+            "process limit",
+        ),
+        (
+            vec![
+                "enqueue".into(),
+                "--image".into(),
+                "x".into(),
+                "--memory".into(),
+                "0".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            2,
+            "memory limit",
+        ),
+        (
+            vec![
+                "enqueue".into(),
+                "--image".into(),
+                "x".into(),
+                "--cpus".into(),
+                "0".into(),
+                "--".into(),
+                "true".into(),
+            ],
+            2,
+            "CPU count",
+        ),
+        (
+            vec!["worker".into(), "--docker-pids".into(), "0".into()],
+            2,
+            "process limit",
+        ),
+        (
+            vec!["worker".into(), "--docker-memory".into(), "0".into()],
+            2,
+            "memory limit",
+        ),
+        (
+            vec!["worker".into(), "--docker-cpus".into(), "0".into()],
+            2,
+            "CPU count",
+        ),
+        (
+            vec!["enqueue".into(), "--from-file".into(), zero_pids.clone()],
+            1,
+            "process limit",
+        ),
+        (
+            vec!["enqueue".into(), "--from-file".into(), zero_cpus.clone()],
+            1,
+            "CPU count",
+        ),
+        (
+            vec!["enqueue".into(), "--from-file".into(), zero_memory.clone()],
+            1,
+            "memory limit",
+        ),
         (
             vec!["jobs".into(), "--state".into(), "done".into()],
             2,

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use dockhand::store::{AnyStore, MemoryStore, PostgresStore, SqliteStore, Store};
+
+pub mod engine;
 pub use serde_json;
 
 /// Keeps a test's resources (temp dir) alive.
