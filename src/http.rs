@@ -20,6 +20,7 @@ use crate::executor::EngineState;
 use crate::machine::{Action, Event, Machine, Note, Phase, Status};
 use crate::metrics::Metrics;
 use crate::shell::Observer;
+use crate::store::{AnyStore, Store};
 
 /// Publish at most this often, except on a phase change.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -50,7 +51,25 @@ pub struct Monitor {
     /// The loop goes round at least every heartbeat; `/healthz` fails when
     /// it has not for this long.
     stale_after: Duration,
+    /// Where the queue gauges come from, if anywhere.
+    queues: Option<Arc<QueueSource>>,
 }
+
+/// The queue gauges' source: the store, asked at most once per `every`,
+/// and only when someone scrapes (so a fleet of idle workers puts no load
+/// on the database unless it is watched).
+#[derive(Debug)]
+struct QueueSource {
+    store: AnyStore,
+    every: Duration,
+    /// When the store was last asked; the lock also makes concurrent
+    /// scrapes share one query.
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Longest a scrape waits for the queue query: the worker's own metrics
+/// are served either way.
+const QUEUE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Monitor {
     /// A monitor for `worker_id`, whose loop turns at least every `heartbeat`.
@@ -67,6 +86,35 @@ impl Monitor {
             metrics: Arc::new(Metrics::new()),
             tx: Arc::new(watch::channel(snapshot).0),
             stale_after: (heartbeat * 3).max(Duration::from_secs(5)),
+            queues: None,
+        }
+    }
+
+    /// Export the fleet's queue gauges (`dockhand_queue_jobs`, ...) from
+    /// `store`, refreshed at most once per `every` (the poll interval).
+    pub fn with_queue_stats(mut self, store: AnyStore, every: Duration) -> Self {
+        self.queues = Some(Arc::new(QueueSource {
+            store,
+            every,
+            last: tokio::sync::Mutex::new(None),
+        }));
+        self
+    }
+
+    /// Refresh the queue gauges if they are due.
+    async fn refresh_queues(&self) {
+        let Some(source) = &self.queues else {
+            return;
+        };
+        let mut last = source.last.lock().await;
+        if last.is_some_and(|at| at.elapsed() < source.every) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match tokio::time::timeout(QUEUE_QUERY_TIMEOUT, source.store.queue_stats()).await {
+            Ok(Ok(queues)) => self.metrics.set_queues(&queues),
+            Ok(Err(e)) => tracing::warn!("queue metrics: {e}"),
+            Err(_) => tracing::warn!("queue metrics: the query took over {QUEUE_QUERY_TIMEOUT:?}"),
         }
     }
 
@@ -211,6 +259,7 @@ async fn readyz(State(monitor): State<Monitor>) -> Response {
 }
 
 async fn metrics(State(monitor): State<Monitor>) -> Response {
+    monitor.refresh_queues().await;
     (
         [(
             header::CONTENT_TYPE,

@@ -93,6 +93,11 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Not before this long after enqueue.
     pub delay: Duration,
+    /// Not before this time (unix milliseconds); wins over `delay`.
+    pub run_at: Option<i64>,
+    /// While a job with this key is queued or running, enqueueing another
+    /// creates nothing and answers with the live job's id.
+    pub unique_key: Option<String>,
 }
 
 impl NewJob {
@@ -107,6 +112,8 @@ impl NewJob {
             priority: 0,
             max_attempts: 3,
             delay: Duration::ZERO,
+            run_at: None,
+            unique_key: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::executor::EngineState;
 use crate::job::JobState;
 use crate::machine::{Action, Event, Note, Phase, What};
+use crate::store::QueueStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +45,15 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Labels of the per-queue backlog gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueStateLabels {
+    /// Queue name.
+    pub queue: String,
+    /// ready, scheduled, running, succeeded, failed, cancelled.
+    pub state: String,
+}
+
 /// Labels of the Docker engine gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EngineLabels {
@@ -65,6 +75,9 @@ pub struct Metrics {
     job_duration: Histogram,
     shutdown_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     store_errors: Counter,
+    queue_jobs: Family<QueueStateLabels, Gauge>,
+    queue_oldest: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    queue_paused: Family<QueueLabels, Gauge>,
     /// The machine's store error count already exported.
     store_errors_seen: Mutex<u64>,
 }
@@ -89,6 +102,25 @@ impl Metrics {
         let job_duration = Histogram::new(exponential_buckets(0.001, 2.0, 24));
         let shutdown_duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let store_errors = Counter::default();
+        let queue_jobs = Family::<QueueStateLabels, Gauge>::default();
+        let queue_oldest =
+            Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let queue_paused = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_jobs",
+            "Jobs in the database by queue and state (whole fleet; ready and scheduled are both queued)",
+            queue_jobs.clone(),
+        );
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the oldest ready job of each queue has waited (0 when none is ready)",
+            queue_oldest.clone(),
+        );
+        registry.register(
+            "queue_paused",
+            "1 for a queue an operator paused",
+            queue_paused.clone(),
+        );
         registry.register("jobs_claimed", "Jobs claimed, by queue", claimed.clone());
         registry.register(
             "jobs",
@@ -143,6 +175,9 @@ impl Metrics {
             job_duration,
             shutdown_duration,
             store_errors,
+            queue_jobs,
+            queue_oldest,
+            queue_paused,
             store_errors_seen: Mutex::new(0),
         };
         metrics.set_phase(Phase::Running);
@@ -223,6 +258,41 @@ impl Metrics {
             self.shutdown_duration.set(took.as_secs_f64());
         }
         self.set_phase(Phase::Stopped);
+    }
+
+    /// The fleet's queues as the database counts them now; queues that
+    /// no longer exist disappear from the export.
+    pub fn set_queues(&self, queues: &[QueueStats]) {
+        self.queue_jobs.clear();
+        self.queue_oldest.clear();
+        self.queue_paused.clear();
+        for q in queues {
+            for (state, count) in [
+                ("ready", q.ready),
+                ("scheduled", q.scheduled),
+                ("running", q.running),
+                ("succeeded", q.succeeded),
+                ("failed", q.failed),
+                ("cancelled", q.cancelled),
+            ] {
+                let labels = QueueStateLabels {
+                    queue: q.queue.clone(),
+                    state: state.to_string(),
+                };
+                self.queue_jobs
+                    .get_or_create(&labels)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            let labels = QueueLabels {
+                queue: q.queue.clone(),
+            };
+            self.queue_oldest
+                .get_or_create(&labels)
+                .set(q.oldest_ready_age_ms as f64 / 1000.0);
+            self.queue_paused
+                .get_or_create(&labels)
+                .set(i64::from(q.paused));
+        }
     }
 
     /// The Docker engine changed state.

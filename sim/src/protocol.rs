@@ -7,8 +7,8 @@ use std::time::Duration;
 use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
 use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
-    CancelResult, ClaimRequest, Job, JobEvent, JobFilter, MemoryStore, Store, StoreError, Wakeup,
-    WorkerInfo, WorkerRow,
+    BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
+    MemoryStore, QueueStats, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -264,7 +264,21 @@ impl Store for RemoteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn enqueue_many(&self, _jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+    async fn enqueue(&self, _jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
+        Err(unsupported())
+    }
+    async fn bulk(
+        &self,
+        _action: BulkAction,
+        _filter: &BulkFilter,
+        _dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        Err(unsupported())
+    }
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        Err(unsupported())
+    }
+    async fn set_paused(&self, _queue: &str, _paused: bool) -> Result<bool, StoreError> {
         Err(unsupported())
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {

@@ -31,8 +31,16 @@ pub struct EnqueueArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
     /// Not before this long from now.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
     pub delay: Option<Duration>,
+    /// Not before this time: RFC 3339, e.g. 2026-12-01T09:00:00Z or
+    /// 2026-12-01T10:00:00+01:00 (until then the job is `scheduled`).
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub at: Option<i64>,
+    /// While a job with this key is queued or running, enqueue nothing and
+    /// print that job's id instead (exit 0; stderr says it already existed).
+    #[arg(long, value_name = "KEY")]
+    pub unique_key: Option<String>,
     /// Container memory limit, e.g. 256m or 1g (image jobs; default: the worker's).
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
@@ -47,8 +55,9 @@ pub struct EnqueueArgs {
     pub env: Vec<(String, String)>,
     /// Enqueue every line of this JSON-lines file, all or nothing, and print
     /// their ids: {"command": ["sh","-c","..."], "queue", "image", "timeout",
-    /// "max_attempts", "priority", "delay", "env": {"K": "V"}}; only "command"
-    /// is required.
+    /// "max_attempts", "priority", "delay", "at", "unique_key",
+    /// "env": {"K": "V"}, "memory", "cpus", "pids"}; only "command" is
+    /// required.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with = "command")]
     pub from_file: Option<PathBuf>,
     /// The command and its arguments, after `--`.
@@ -96,6 +105,18 @@ pub fn parse_pids(text: &str) -> Result<u32, String> {
     Ok(pids)
 }
 
+/// An RFC 3339 time (any offset), as unix milliseconds.
+pub fn parse_at(text: &str) -> Result<i64, String> {
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("invalid time {text:?} ({e}); use RFC 3339, e.g. 2026-12-01T09:00:00Z")
+    })?;
+    let ms = at.timestamp_millis();
+    if !(0..=crate::store::MAX_RUN_AT_MS).contains(&ms) {
+        return Err(format!("time {text:?} must be between 1970 and 9999"));
+    }
+    Ok(ms)
+}
+
 /// `0.5`, `2`: CPUs, as thousandths.
 pub fn parse_cpus(text: &str) -> Result<u32, String> {
     let cpus: f64 = text
@@ -126,6 +147,8 @@ struct Line {
     max_attempts: Option<u32>,
     priority: Option<i32>,
     delay: Option<String>,
+    at: Option<String>,
+    unique_key: Option<String>,
     env: Option<BTreeMap<String, String>>,
     memory: Option<String>,
     cpus: Option<f64>,
@@ -136,6 +159,10 @@ impl Line {
     fn into_job(self) -> Result<NewJob, String> {
         let timeout = self.timeout.as_deref().map(parse_duration).transpose()?;
         let delay = self.delay.as_deref().map(parse_duration).transpose()?;
+        let at = self.at.as_deref().map(parse_at).transpose()?;
+        if at.is_some() && delay.is_some() {
+            return Err("\"at\" and \"delay\" exclude each other".into());
+        }
         Ok(NewJob {
             queue: self.queue.unwrap_or_else(|| "default".to_string()),
             spec: JobSpec {
@@ -153,6 +180,8 @@ impl Line {
             priority: self.priority.unwrap_or(0),
             max_attempts: self.max_attempts.unwrap_or(3),
             delay: delay.unwrap_or(Duration::ZERO),
+            run_at: at,
+            unique_key: self.unique_key,
         })
     }
 }
@@ -206,11 +235,20 @@ pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
             priority: args.priority,
             max_attempts: args.max_attempts,
             delay: args.delay.unwrap_or(Duration::ZERO),
+            run_at: args.at,
+            unique_key: args.unique_key,
         }],
     };
-    let ids = store.enqueue_many(&jobs).await?;
-    for id in ids {
-        crate::outln!("{id}");
+    let answers = store.enqueue(&jobs).await?;
+    for (answer, job) in answers.iter().zip(&jobs) {
+        crate::outln!("{}", answer.id);
+        if answer.existed {
+            crate::errln!(
+                "dockhand: job {} already exists with unique key {:?}: nothing enqueued",
+                answer.id,
+                job.unique_key.as_deref().unwrap_or_default()
+            );
+        }
     }
     Ok(0)
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::job::JobState;
-use crate::store::{AnyStore, Store, StoreError, DEFAULT_DATABASE_URL};
+use crate::store::{AnyStore, BulkAction, Store, StoreError, DEFAULT_DATABASE_URL};
 
 pub use worker::WorkerArgs;
 
@@ -77,10 +77,20 @@ pub enum Command {
     Show(ShowArgs),
     /// Print a job's captured output.
     Logs(IdArg),
-    /// Cancel a queued job, or stop a running one.
-    Cancel(IdArg),
-    /// Queue a failed or cancelled job again.
-    Retry(IdArg),
+    /// Cancel queued jobs, or stop running ones: by id, or every job a
+    /// filter selects.
+    Cancel(BulkArgs),
+    /// Queue failed or cancelled jobs again: by id, or every job a filter
+    /// selects.
+    Retry(BulkArgs),
+    /// Per queue: ready, scheduled, running and finished jobs, whether it
+    /// is paused, and the age of its oldest ready job.
+    Queues(JsonArg),
+    /// Pause a queue: workers claim nothing from it until it is resumed
+    /// (running jobs go on; enqueue still works).
+    Pause(QueueArg),
+    /// Resume a paused queue.
+    Resume(QueueArg),
     /// Show the workers of the fleet.
     Status(StatusArgs),
     /// A self-contained tour: six jobs, a worker, a SIGTERM half-way (no server needed).
@@ -89,12 +99,37 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// A state to filter on: a stored state, or `scheduled` (queued, due later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFilter {
+    /// Jobs in this state.
+    State(JobState),
+    /// Queued jobs whose run time is still to come.
+    Scheduled,
+}
+
+impl std::str::FromStr for StateFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "scheduled" {
+            return Ok(StateFilter::Scheduled);
+        }
+        text.parse().map(StateFilter::State).map_err(|_| {
+            format!(
+                "unknown state {text:?}; use queued, scheduled, running, succeeded, failed or cancelled"
+            )
+        })
+    }
+}
+
 /// `jobs` options.
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    /// Only jobs in this state: queued, scheduled (queued, due later),
+    /// running, succeeded, failed, cancelled.
     #[arg(long)]
-    pub state: Option<JobState>,
+    pub state: Option<StateFilter>,
     /// Only jobs of this queue.
     #[arg(long)]
     pub queue: Option<String>,
@@ -121,6 +156,47 @@ pub struct ShowArgs {
 pub struct IdArg {
     /// Job id.
     pub id: i64,
+}
+
+/// `--json` alone.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A queue name.
+#[derive(Debug, Args)]
+pub struct QueueArg {
+    /// The queue.
+    pub queue: String,
+}
+
+/// `cancel` and `retry`: ids, or a filter.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// Job ids.
+    #[arg(value_name = "ID", required_unless_present_any = ["state", "queue", "older_than"])]
+    pub ids: Vec<i64>,
+    /// Every job in this state (cancel: queued, which includes scheduled
+    /// jobs, or running; retry: failed or cancelled).
+    #[arg(long, conflicts_with = "ids")]
+    pub state: Option<StateFilter>,
+    /// Every job of this queue (in the states the action applies to).
+    #[arg(long, conflicts_with = "ids")]
+    pub queue: Option<String>,
+    /// Only jobs that entered their state longer ago than this (finished
+    /// jobs by when they finished, running ones by their claim, queued ones
+    /// by when they became due).
+    #[arg(long, value_parser = parse_duration, value_name = "DUR", conflicts_with = "ids")]
+    pub older_than: Option<Duration>,
+    /// Count the jobs the filter selects; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `status` options.
@@ -322,8 +398,11 @@ pub async fn run(
         Command::Jobs(args) => output::jobs(&store, args).await,
         Command::Show(args) => output::show(&store, args).await,
         Command::Logs(args) => output::logs(&store, args).await,
-        Command::Cancel(args) => output::cancel(&store, args).await,
-        Command::Retry(args) => output::retry(&store, args).await,
+        Command::Cancel(args) => output::bulk(&store, BulkAction::Cancel, args).await,
+        Command::Retry(args) => output::bulk(&store, BulkAction::Retry, args).await,
+        Command::Queues(args) => output::queues(&store, args).await,
+        Command::Pause(args) => output::pause(&store, &args.queue, true).await,
+        Command::Resume(args) => output::pause(&store, &args.queue, false).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
         Command::Demo | Command::Worker(_) => Ok(0),

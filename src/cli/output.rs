@@ -1,15 +1,17 @@
-//! Listing and one-job commands: `jobs`, `show`, `logs`, `cancel`, `retry`, `status`.
+//! Listing and changing commands: `jobs`, `show`, `logs`, `cancel`, `retry`,
+//! `status`, `queues`, `pause`, `resume`.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{CliError, IdArg, JobsArgs, ShowArgs, StatusArgs};
-use crate::job::JobId;
+use super::{BulkArgs, CliError, IdArg, JobsArgs, JsonArg, ShowArgs, StateFilter, StatusArgs};
+use crate::job::{JobId, JobState};
 use crate::machine::fmt_duration;
 use crate::redact::{redact_text, redacted_env};
 use crate::store::{
-    AnyStore, CancelResult, Job, JobEvent, JobFilter, Store, StoreError, WorkerRow,
+    unix_ms_now, AnyStore, BulkAction, BulkFilter, CancelResult, Job, JobEvent, JobFilter,
+    QueueStats, Store, StoreError, WorkerRow,
 };
 
 /// Widest command shown in the `jobs` table.
@@ -49,12 +51,22 @@ fn shown_command(job: &Job) -> Vec<String> {
         .collect()
 }
 
+/// The state a person reads: `scheduled` for a queued job due later.
+fn shown_state(job: &Job, now_ms: i64) -> &'static str {
+    if job.is_scheduled(now_ms) {
+        "scheduled"
+    } else {
+        job.state.as_str()
+    }
+}
+
 /// A job as JSON: the keys of the CLI contract, secrets redacted.
-pub fn job_json(job: &Job) -> Value {
+pub fn job_json(job: &Job, now_ms: i64) -> Value {
     json!({
         "id": job.id,
         "queue": job.queue,
-        "state": job.state,
+        "state": shown_state(job, now_ms),
+        "unique_key": job.unique_key,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "interruptions": job.interruptions,
@@ -92,14 +104,23 @@ fn print_json(value: &Value) -> Result<(), CliError> {
 
 /// `jobs`.
 pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
+    let (state, scheduled) = match args.state {
+        Some(StateFilter::State(state)) => (Some(state), None),
+        Some(StateFilter::Scheduled) => (Some(JobState::Queued), Some(true)),
+        None => (None, None),
+    };
     let filter = JobFilter {
-        state: args.state,
+        state,
         queue: args.queue,
         limit: Some(args.limit),
+        scheduled,
     };
     let jobs = store.list(&filter).await?;
+    let now = unix_ms_now();
     if args.json {
-        print_json(&Value::Array(jobs.iter().map(job_json).collect()))?;
+        print_json(&Value::Array(
+            jobs.iter().map(|job| job_json(job, now)).collect(),
+        ))?;
         return Ok(0);
     }
     crate::outln!(
@@ -120,7 +141,7 @@ pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
         crate::outln!(
             "{:>8}  {:<10}  {:<12}  {:>8}  {command}",
             job.id.0,
-            job.state.as_str(),
+            shown_state(job, now),
             job.queue,
             format!("{}/{}", job.attempts, job.max_attempts)
         );
@@ -139,8 +160,9 @@ async fn find(store: &AnyStore, id: i64) -> Result<Job, CliError> {
 pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
     let job = find(store, args.id).await?;
     let history = store.history(job.id).await?;
+    let now = unix_ms_now();
     if args.json {
-        let mut value = job_json(&job);
+        let mut value = job_json(&job, now);
         value["history"] = Value::Array(history.iter().map(event_json).collect());
         print_json(&value)?;
         return Ok(0);
@@ -150,8 +172,14 @@ pub async fn show(store: &AnyStore, args: ShowArgs) -> Result<i32, CliError> {
         text.push_str(&format!("{key:<14} {value}\n"));
     };
     line("id", job.id.to_string());
-    line("state", job.state.to_string());
+    line("state", shown_state(&job, now).to_string());
     line("queue", job.queue.clone());
+    if job.state == JobState::Queued {
+        line("run at", time(job.run_at));
+    }
+    if let Some(key) = &job.unique_key {
+        line("unique key", key.clone());
+    }
     line("command", command_line(&job));
     if let Some(image) = &job.spec.image {
         line("image", image.clone());
@@ -212,38 +240,177 @@ pub async fn logs(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// `cancel`.
-pub async fn cancel(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
-    match store.cancel(JobId(args.id)).await? {
-        CancelResult::Cancelled => {
-            crate::outln!("job {} cancelled", args.id);
-            Ok(0)
+/// `cancel` or `retry` of one job: the line to print, or the error.
+async fn one(store: &AnyStore, action: BulkAction, id: i64) -> Result<String, CliError> {
+    match action {
+        BulkAction::Cancel => match store.cancel(JobId(id)).await? {
+            CancelResult::Cancelled => Ok(format!("job {id} cancelled")),
+            CancelResult::Requested => Ok(format!(
+                "job {id} is running: its worker will stop it and record it cancelled"
+            )),
+            CancelResult::AlreadyFinal(state) => Err(CliError::fatal(format!(
+                "job {id} is already {state}; nothing to cancel"
+            ))),
+        },
+        BulkAction::Retry => {
+            if store.retry(JobId(id)).await? {
+                return Ok(format!("job {id} queued again"));
+            }
+            let job = find(store, id).await?;
+            if matches!(job.state, JobState::Failed | JobState::Cancelled) {
+                return Err(CliError::fatal(format!(
+                    "job {id} was not retried: a newer job holds its unique key {:?}",
+                    job.unique_key.as_deref().unwrap_or_default()
+                )));
+            }
+            Err(CliError::fatal(format!(
+                "job {id} is {}; only failed or cancelled jobs can be retried",
+                job.state
+            )))
         }
-        CancelResult::Requested => {
-            crate::outln!(
-                "job {} is running: its worker will stop it and record it cancelled",
-                args.id
-            );
-            Ok(0)
-        }
-        CancelResult::AlreadyFinal(state) => Err(CliError::fatal(format!(
-            "job {} is already {state}; nothing to cancel",
-            args.id
-        ))),
     }
 }
 
-/// `retry`.
-pub async fn retry(store: &AnyStore, args: IdArg) -> Result<i32, CliError> {
-    if store.retry(JobId(args.id)).await? {
-        crate::outln!("job {} queued again", args.id);
+/// `cancel` and `retry`: each id in turn (every one is tried; the exit code
+/// is the first failure's), or every job a filter selects, in batches.
+pub async fn bulk(store: &AnyStore, action: BulkAction, args: BulkArgs) -> Result<i32, CliError> {
+    if !args.ids.is_empty() {
+        let mut first_error = None;
+        let mut results = Vec::new();
+        for id in &args.ids {
+            match one(store, action, *id).await {
+                Ok(line) => {
+                    if !args.json {
+                        crate::outln!("{line}");
+                    }
+                    results.push(json!({ "id": id, "ok": true, "message": line }));
+                }
+                Err(error) => {
+                    if !args.json {
+                        crate::errln!("dockhand: {}", error.message);
+                    }
+                    results.push(json!({ "id": id, "ok": false, "message": error.message }));
+                    first_error.get_or_insert(error.code);
+                }
+            }
+        }
+        if args.json {
+            print_json(&json!({ "jobs": results }))?;
+        }
+        return Ok(first_error.unwrap_or(0));
+    }
+    let state = match args.state {
+        Some(StateFilter::State(state)) => Some(state),
+        Some(StateFilter::Scheduled) => {
+            return Err(CliError::usage(
+                "--state scheduled: use --state queued, which includes scheduled jobs",
+            ))
+        }
+        None => None,
+    };
+    let filter = BulkFilter {
+        state,
+        queue: args.queue,
+        older_than: args.older_than,
+    };
+    action
+        .select(&filter)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let count = store.bulk(action, &filter, args.dry_run).await?;
+    if args.json {
+        print_json(&json!({
+            "action": action.verb(),
+            "dry_run": args.dry_run,
+            "count": count,
+        }))?;
+    } else if args.dry_run {
+        crate::outln!(
+            "would {} {count} job(s) (dry run: nothing changed)",
+            action.verb()
+        );
+    } else {
+        match action {
+            BulkAction::Cancel => crate::outln!(
+                "cancelled {count} job(s) (running ones are stopped by their workers)"
+            ),
+            BulkAction::Retry => crate::outln!("queued {count} job(s) again"),
+        }
+    }
+    Ok(0)
+}
+
+fn queue_json(queue: &QueueStats) -> Value {
+    json!({
+        "queue": queue.queue,
+        "ready": queue.ready,
+        "scheduled": queue.scheduled,
+        "running": queue.running,
+        "succeeded": queue.succeeded,
+        "failed": queue.failed,
+        "cancelled": queue.cancelled,
+        "paused": queue.paused,
+        "oldest_ready_age_ms": queue.oldest_ready_age_ms,
+    })
+}
+
+/// `queues`.
+pub async fn queues(store: &AnyStore, args: JsonArg) -> Result<i32, CliError> {
+    let queues = store.queue_stats().await?;
+    if args.json {
+        print_json(&json!({ "queues": queues.iter().map(queue_json).collect::<Vec<_>>() }))?;
         return Ok(0);
     }
-    let job = find(store, args.id).await?;
-    Err(CliError::fatal(format!(
-        "job {} is {}; only failed or cancelled jobs can be retried",
-        args.id, job.state
-    )))
+    if queues.is_empty() {
+        crate::outln!("no queues");
+        return Ok(0);
+    }
+    crate::outln!(
+        "{:<20}  {:>8}  {:>9}  {:>7}  {:>9}  {:>7}  {:>9}  {:<6}  OLDEST READY",
+        "QUEUE",
+        "READY",
+        "SCHEDULED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "PAUSED"
+    );
+    for q in &queues {
+        let oldest = if q.ready == 0 {
+            "-".to_string()
+        } else {
+            fmt_duration(Duration::from_millis(q.oldest_ready_age_ms))
+        };
+        crate::outln!(
+            "{:<20}  {:>8}  {:>9}  {:>7}  {:>9}  {:>7}  {:>9}  {:<6}  {oldest}",
+            q.queue,
+            q.ready,
+            q.scheduled,
+            q.running,
+            q.succeeded,
+            q.failed,
+            q.cancelled,
+            if q.paused { "yes" } else { "no" }
+        );
+    }
+    Ok(0)
+}
+
+/// `pause` and `resume`.
+pub async fn pause(store: &AnyStore, queue: &str, paused: bool) -> Result<i32, CliError> {
+    let changed = store.set_paused(queue, paused).await.map_err(|e| match e {
+        StoreError::InvalidJob(why) => CliError::usage(why),
+        other => other.into(),
+    })?;
+    match (paused, changed) {
+        (true, true) => crate::outln!(
+            "queue {queue} paused: workers claim nothing from it until `dockhand resume {queue}`; running jobs go on"
+        ),
+        (true, false) => crate::outln!("queue {queue} was already paused"),
+        (false, true) => crate::outln!("queue {queue} resumed"),
+        (false, false) => crate::outln!("queue {queue} was not paused"),
+    }
+    Ok(0)
 }
 
 fn worker_json(worker: &WorkerRow) -> Value {
@@ -266,9 +433,22 @@ fn worker_json(worker: &WorkerRow) -> Value {
 /// `status`.
 pub async fn status(store: &AnyStore, args: StatusArgs) -> Result<i32, CliError> {
     let workers = store.workers(args.lease).await?;
+    let paused: Vec<String> = store
+        .queue_stats()
+        .await?
+        .into_iter()
+        .filter(|q| q.paused)
+        .map(|q| q.queue)
+        .collect();
     if args.json {
-        print_json(&json!({ "workers": workers.iter().map(worker_json).collect::<Vec<_>>() }))?;
+        print_json(&json!({
+            "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
+            "paused_queues": paused,
+        }))?;
         return Ok(0);
+    }
+    if !paused.is_empty() {
+        crate::outln!("paused queues: {}", paused.join(", "));
     }
     if workers.is_empty() {
         crate::outln!("no workers");

@@ -227,7 +227,10 @@ pub async fn run(
         concurrency: args.concurrency,
         lease: config.lease,
     };
-    let monitor = Monitor::new(&worker.id, config.heartbeat_interval());
+    let monitor = Monitor::new(&worker.id, config.heartbeat_interval()).with_queue_stats(
+        store.clone(),
+        config.poll_interval.max(Duration::from_secs(1)),
+    );
     if let Some(addr) = &args.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -5,8 +5,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    redact_url, CancelResult, ClaimRequest, Job, JobEvent, JobFilter, MemoryStore, PostgresStore,
-    SqliteStore, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    redact_url, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
+    JobFilter, MemoryStore, PostgresStore, QueueStats, SqliteStore, Store, StoreError, Wakeup,
+    WorkerInfo, WorkerRow,
 };
 use crate::job::{
     ClaimedJob, Completion, HeartbeatAnswer, JobId, Lease, NewJob, Phase, RecordResult,
@@ -57,8 +58,22 @@ impl Store for AnyStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.migrate())
     }
-    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
-        delegate!(self, s => s.enqueue_many(jobs))
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
+        delegate!(self, s => s.enqueue(jobs))
+    }
+    async fn bulk(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, s => s.bulk(action, filter, dry_run))
+    }
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        delegate!(self, s => s.queue_stats())
+    }
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        delegate!(self, s => s.set_paused(queue, paused))
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         delegate!(self, s => s.claim(request))

@@ -5,16 +5,16 @@
 //! seeded generator, iteration from ordered maps: runs are reproducible. The
 //! lock is never held across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{
-    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, CancelResult,
-    ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
-    LOST_AFTER_LEASES, WAKEUP_CAPACITY,
+    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, BulkAction,
+    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store,
+    StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, WAKEUP_CAPACITY,
 };
 use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
@@ -40,6 +40,8 @@ struct State {
     jobs: BTreeMap<i64, Row>,
     events: BTreeMap<i64, Vec<JobEvent>>,
     workers: BTreeMap<String, WorkerRow>,
+    /// Queues an operator paused.
+    paused: BTreeSet<String>,
     subscribers: Vec<mpsc::Sender<Wakeup>>,
     rng: fastrand::Rng,
     fail_next: u32,
@@ -75,6 +77,7 @@ impl MemoryStore {
                 jobs: BTreeMap::new(),
                 events: BTreeMap::new(),
                 workers: BTreeMap::new(),
+                paused: BTreeSet::new(),
                 subscribers: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
                 fail_next: 0,
@@ -138,6 +141,71 @@ impl State {
         });
     }
 
+    /// The newest job holding `key`: while it is queued or running, the key
+    /// is taken (the SQL stores enforce the same with a partial unique
+    /// index).
+    fn newest_with_key(&self, key: &str) -> Option<&Job> {
+        self.jobs
+            .values()
+            .rev()
+            .map(|row| &row.job)
+            .find(|job| job.unique_key.as_deref() == Some(key))
+    }
+
+    /// Whether `retry` may requeue this job: its unique key, if any, must
+    /// not be held by a newer job (so a retry never makes two live jobs of
+    /// one key).
+    fn retryable(&self, job: &Job) -> bool {
+        matches!(job.state, JobState::Failed | JobState::Cancelled)
+            && job
+                .unique_key
+                .as_deref()
+                .is_none_or(|key| self.newest_with_key(key).map(|j| j.id) == Some(job.id))
+    }
+
+    fn requeue_for_retry(&mut self, id: JobId, now: i64) {
+        if let Some(row) = self.jobs.get_mut(&id.0) {
+            row.job.state = JobState::Queued;
+            row.job.run_at = now;
+            row.job.max_attempts = row.job.max_attempts.max(row.job.attempts + 1);
+            row.job.interruptions = 0;
+            row.job.cancel_requested = false;
+            row.job.error = None;
+            row.job.exit_code = None;
+            row.job.finished_at = None;
+            row.lease_expired = false;
+            self.event(id, now, "retried", None, None, None);
+        }
+    }
+
+    /// Cancel a queued job, or flag a running one; `None` if it is final.
+    fn cancel_one(&mut self, id: JobId, now: i64) -> Option<CancelResult> {
+        let row = self.jobs.get_mut(&id.0)?;
+        let result = match row.job.state {
+            JobState::Queued => {
+                row.job.state = JobState::Cancelled;
+                row.job.finished_at = Some(now);
+                row.lease_expired = false;
+                CancelResult::Cancelled
+            }
+            JobState::Running => {
+                row.job.cancel_requested = true;
+                CancelResult::Requested
+            }
+            _ => return None,
+        };
+        let kind = if result == CancelResult::Cancelled {
+            "cancelled"
+        } else {
+            "cancel-requested"
+        };
+        self.event(id, now, kind, None, None, None);
+        if result == CancelResult::Requested {
+            self.notify(Wakeup::Cancel(id));
+        }
+        Some(result)
+    }
+
     fn notify(&mut self, wakeup: Wakeup) {
         // A full channel already holds a wake-up; a closed one is dropped.
         self.subscribers.retain(|tx| !tx.is_closed());
@@ -179,12 +247,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         validate_all(jobs)?;
         let now = self.now_ms();
         let mut state = self.begin()?;
-        let mut ids = Vec::with_capacity(jobs.len());
+        let mut answers = Vec::with_capacity(jobs.len());
         for new in jobs {
+            if let Some(key) = &new.unique_key {
+                let live = state
+                    .newest_with_key(key)
+                    .filter(|job| matches!(job.state, JobState::Queued | JobState::Running));
+                if let Some(job) = live {
+                    answers.push(Enqueued {
+                        id: job.id,
+                        existed: true,
+                    });
+                    continue;
+                }
+            }
             let id = state.next_id;
             state.next_id += 1;
             let job = Job {
@@ -203,9 +283,10 @@ impl Store for MemoryStore {
                 lease_token: 0,
                 cancel_requested: false,
                 created_at: now,
-                run_at: now + new.delay.as_millis() as i64,
+                run_at: new.run_at.unwrap_or(now + new.delay.as_millis() as i64),
                 started_at: None,
                 finished_at: None,
+                unique_key: new.unique_key.clone(),
             };
             state.jobs.insert(
                 id,
@@ -218,12 +299,15 @@ impl Store for MemoryStore {
                 },
             );
             state.event(JobId(id), now, "enqueued", None, None, None);
-            ids.push(JobId(id));
+            answers.push(Enqueued {
+                id: JobId(id),
+                existed: false,
+            });
         }
-        if !ids.is_empty() {
+        if answers.iter().any(|a| !a.existed) {
             state.notify(Wakeup::Jobs);
         }
-        Ok(ids)
+        Ok(answers)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -243,6 +327,7 @@ impl Store for MemoryStore {
                 row.job.state == JobState::Queued
                     && row.job.run_at <= now
                     && queues.contains(&row.job.queue)
+                    && !state.paused.contains(&row.job.queue)
                     && (request.images || row.job.spec.image.is_none())
             })
             .map(|row| (-row.job.priority, row.job.run_at, row.job.id.0))
@@ -429,51 +514,114 @@ impl Store for MemoryStore {
     async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         let now = self.now_ms();
         let mut state = self.begin()?;
-        let row = state.jobs.get_mut(&id.0).ok_or(StoreError::NotFound(id))?;
-        let result = match row.job.state {
-            JobState::Queued => {
-                row.job.state = JobState::Cancelled;
-                row.job.finished_at = Some(now);
-                row.lease_expired = false;
-                CancelResult::Cancelled
-            }
-            JobState::Running => {
-                row.job.cancel_requested = true;
-                CancelResult::Requested
-            }
-            other => return Ok(CancelResult::AlreadyFinal(other)),
-        };
-        let kind = if result == CancelResult::Cancelled {
-            "cancelled"
-        } else {
-            "cancel-requested"
-        };
-        state.event(id, now, kind, None, None, None);
-        if result == CancelResult::Requested {
-            state.notify(Wakeup::Cancel(id));
-        }
-        Ok(result)
+        let current = state
+            .jobs
+            .get(&id.0)
+            .ok_or(StoreError::NotFound(id))?
+            .job
+            .state;
+        Ok(state
+            .cancel_one(id, now)
+            .unwrap_or(CancelResult::AlreadyFinal(current)))
     }
 
     async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
         let now = self.now_ms();
         let mut state = self.begin()?;
-        let row = state.jobs.get_mut(&id.0).ok_or(StoreError::NotFound(id))?;
-        if !matches!(row.job.state, JobState::Failed | JobState::Cancelled) {
+        let row = state.jobs.get(&id.0).ok_or(StoreError::NotFound(id))?;
+        if !state.retryable(&row.job) {
             return Ok(false);
         }
-        row.job.state = JobState::Queued;
-        row.job.run_at = now;
-        row.job.max_attempts = row.job.max_attempts.max(row.job.attempts + 1);
-        row.job.interruptions = 0;
-        row.job.cancel_requested = false;
-        row.job.error = None;
-        row.job.exit_code = None;
-        row.job.finished_at = None;
-        row.lease_expired = false;
-        state.event(id, now, "retried", None, None, None);
+        state.requeue_for_retry(id, now);
         state.notify(Wakeup::Jobs);
         Ok(true)
+    }
+
+    async fn bulk(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let states = action.select(filter)?;
+        let now = self.now_ms();
+        let before = filter
+            .older_than
+            .map(|d| now.saturating_sub(d.as_millis() as i64));
+        let mut state = self.begin()?;
+        let chosen: Vec<JobId> = state
+            .jobs
+            .values()
+            .map(|row| &row.job)
+            .filter(|job| states.contains(&job.state))
+            .filter(|job| filter.queue.as_ref().is_none_or(|q| &job.queue == q))
+            .filter(|job| before.is_none_or(|b| state_since(job) < b))
+            .filter(|job| match action {
+                BulkAction::Cancel => !job.cancel_requested,
+                BulkAction::Retry => state.retryable(job),
+            })
+            .map(|job| job.id)
+            .collect();
+        if dry_run {
+            return Ok(chosen.len() as u64);
+        }
+        for id in &chosen {
+            match action {
+                BulkAction::Cancel => {
+                    state.cancel_one(*id, now);
+                }
+                BulkAction::Retry => state.requeue_for_retry(*id, now),
+            }
+        }
+        if action == BulkAction::Retry && !chosen.is_empty() {
+            state.notify(Wakeup::Jobs);
+        }
+        Ok(chosen.len() as u64)
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let now = self.now_ms();
+        let state = self.begin()?;
+        let mut queues: BTreeMap<&str, QueueStats> = BTreeMap::new();
+        for row in state.jobs.values() {
+            let job = &row.job;
+            let q = queues.entry(&job.queue).or_default();
+            match job.state {
+                JobState::Queued if job.run_at > now => q.scheduled += 1,
+                JobState::Queued => {
+                    q.ready += 1;
+                    q.oldest_ready_age_ms = q.oldest_ready_age_ms.max((now - job.run_at) as u64);
+                }
+                JobState::Running => q.running += 1,
+                JobState::Succeeded => q.succeeded += 1,
+                JobState::Failed => q.failed += 1,
+                JobState::Cancelled => q.cancelled += 1,
+            }
+        }
+        for name in &state.paused {
+            queues.entry(name).or_default().paused = true;
+        }
+        Ok(queues
+            .into_iter()
+            .map(|(name, mut stats)| {
+                stats.queue = name.to_string();
+                stats
+            })
+            .collect())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        super::validate_queue_name(queue)?;
+        let mut state = self.begin()?;
+        let changed = if paused {
+            state.paused.insert(queue.to_string())
+        } else {
+            state.paused.remove(queue)
+        };
+        if changed && !paused {
+            state.notify(Wakeup::Jobs);
+        }
+        Ok(changed)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -482,6 +630,7 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        let now = self.now_ms();
         let state = self.begin()?;
         Ok(state
             .jobs
@@ -489,6 +638,11 @@ impl Store for MemoryStore {
             .rev()
             .filter(|row| filter.state.is_none_or(|s| row.job.state == s))
             .filter(|row| filter.queue.as_ref().is_none_or(|q| &row.job.queue == q))
+            .filter(|row| {
+                filter
+                    .scheduled
+                    .is_none_or(|scheduled| row.job.is_scheduled(now) == scheduled)
+            })
             .take(filter.limit() as usize)
             .map(|row| row.job.clone())
             .collect())
@@ -575,6 +729,17 @@ impl Store for MemoryStore {
 }
 
 /// A claimed job as handed to a worker.
+/// When a job entered its state, as `--older-than` judges it: finished
+/// jobs by when they finished, running ones by their claim, queued ones by
+/// when they became due.
+fn state_since(job: &Job) -> i64 {
+    match job.state {
+        JobState::Queued => job.run_at,
+        JobState::Running => job.started_at.unwrap_or(job.run_at),
+        _ => job.finished_at.unwrap_or(job.created_at),
+    }
+}
+
 fn claimed_job(row: &Row, now: i64) -> ClaimedJob {
     ClaimedJob {
         lease: Lease {

@@ -64,7 +64,11 @@ pub const MIN_JOB_MEMORY: u64 = 6 << 20;
 /// Docker reads it as "no limit".
 pub const MAX_JOB_PIDS: u32 = 4_194_304;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+/// Longest unique key.
+pub const MAX_UNIQUE_KEY_LEN: usize = 200;
+/// Latest run time a job may ask for: the end of year 9999 (unix ms).
+pub const MAX_RUN_AT_MS: i64 = 253_402_300_799_999;
 
 /// What can go wrong talking to the store, in words a user can act on.
 #[derive(Debug, Error)]
@@ -211,7 +215,111 @@ pub struct Job {
     pub started_at: Option<i64>,
     /// Reached a final state (unix ms).
     pub finished_at: Option<i64>,
+    /// The job's unique key, if it was enqueued with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
 }
+
+impl Job {
+    /// Queued, but not to run before a time still to come (a delay, `--at`
+    /// or a retry's backoff), judged at `now_ms`.
+    pub fn is_scheduled(&self, now_ms: i64) -> bool {
+        self.state == JobState::Queued && self.run_at > now_ms
+    }
+}
+
+/// One answer of [`Store::enqueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    /// The new job, or the live job that holds the same unique key.
+    pub id: JobId,
+    /// True when nothing was created because of the unique key.
+    pub existed: bool,
+}
+
+/// One queue as `dockhand queues` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Its name.
+    pub queue: String,
+    /// Queued and due.
+    pub ready: u64,
+    /// Queued, due later.
+    pub scheduled: u64,
+    /// Held by a worker.
+    pub running: u64,
+    /// Finished in success (still in the table).
+    pub succeeded: u64,
+    /// Out of attempts or interrupted too often.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Paused by an operator: workers claim nothing from it.
+    pub paused: bool,
+    /// Age of its oldest ready job, in milliseconds (0 when none is ready).
+    pub oldest_ready_age_ms: u64,
+}
+
+/// What a bulk `cancel` or `retry` applies to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BulkFilter {
+    /// Only jobs in this state (`None`: every state the action applies to).
+    pub state: Option<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only jobs that entered their state longer ago than this.
+    pub older_than: Option<Duration>,
+}
+
+/// A bulk action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Cancel queued jobs, ask workers to stop running ones.
+    Cancel,
+    /// Requeue failed and cancelled jobs.
+    Retry,
+}
+
+impl BulkAction {
+    /// The states the action applies to.
+    pub fn states(self) -> &'static [JobState] {
+        match self {
+            BulkAction::Cancel => &[JobState::Queued, JobState::Running],
+            BulkAction::Retry => &[JobState::Failed, JobState::Cancelled],
+        }
+    }
+
+    /// The states a filter selects for this action; an error names a state
+    /// the action does not apply to.
+    pub fn select(self, filter: &BulkFilter) -> Result<Vec<JobState>, StoreError> {
+        match filter.state {
+            None => Ok(self.states().to_vec()),
+            Some(state) if self.states().contains(&state) => Ok(vec![state]),
+            Some(state) => Err(StoreError::InvalidJob(format!(
+                "{} applies to {} jobs, not {}",
+                self.verb(),
+                self.states()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                state.as_str()
+            ))),
+        }
+    }
+
+    /// `cancel` or `retry`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            BulkAction::Cancel => "cancel",
+            BulkAction::Retry => "retry",
+        }
+    }
+}
+
+/// Rows one bulk statement changes at most: a batch holds its row locks
+/// briefly, so workers claiming beside it are never blocked for long.
+pub const BULK_BATCH: u32 = 1000;
 
 /// One entry of a job's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -239,6 +347,9 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// At most this many (newest first); capped at [`MAX_LIST`].
     pub limit: Option<u32>,
+    /// Only queued jobs due later (`Some(true)`); only jobs that are not
+    /// (`Some(false)`).
+    pub scheduled: Option<bool>,
 }
 
 impl JobFilter {
@@ -350,11 +461,30 @@ pub trait Store: Send + Sync + 'static {
     /// Create or upgrade the schema; safe when several processes do it at once.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Enqueue jobs, all or nothing; ids in input order.
+    /// Enqueue jobs, all or nothing; one answer per job, in input order. A
+    /// job whose unique key is held by a live (queued or running) job, or
+    /// by an earlier job of the same call, creates nothing and answers with
+    /// that job's id (`existed`). The database enforces the key, so
+    /// concurrent enqueues of one key create one job.
+    fn enqueue(
+        &self,
+        jobs: &[NewJob],
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
+
+    /// [`Store::enqueue`], answering with the ids only.
     fn enqueue_many(
         &self,
         jobs: &[NewJob],
-    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .enqueue(jobs)
+                .await?
+                .into_iter()
+                .map(|e| e.id)
+                .collect())
+        }
+    }
 
     /// Claim up to `request.max` ready jobs in one statement, each with a
     /// fresh lease token. The rows remember the claim id (unique per worker),
@@ -397,6 +527,27 @@ pub trait Store: Send + Sync + 'static {
     /// Put a failed or cancelled job back in the queue. `false` if it is in
     /// another state.
     fn retry(&self, id: JobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Cancel or retry every job the filter selects, in batches of at
+    /// most [`BULK_BATCH`] rows (one statement each); with `dry_run`, only
+    /// count them. Answers how many jobs were (or would be) changed.
+    fn bulk(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every queue that has jobs or was paused, by name.
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>, StoreError>> + Send;
+
+    /// Pause (workers claim nothing from it) or resume a queue; whether
+    /// that changed anything.
+    fn set_paused(
+        &self,
+        queue: &str,
+        paused: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// One job.
     fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
@@ -444,6 +595,104 @@ pub trait Store: Send + Sync + 'static {
     fn wakeups(
         &self,
     ) -> impl Future<Output = Result<Option<mpsc::Receiver<Wakeup>>, StoreError>> + Send;
+}
+
+/// Match each job of an enqueue call (its unique key, in input order) to
+/// its answer: `inserted` are the rows created, in input order (skipped
+/// rows left out); `holders` maps each skipped key to the job holding it.
+pub(crate) fn match_enqueued(
+    keys: &[Option<&str>],
+    inserted: &[(JobId, Option<String>)],
+    holders: &[(String, i64)],
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut answers = Vec::with_capacity(keys.len());
+    let mut next = inserted.iter().peekable();
+    for key in keys {
+        let created = next
+            .peek()
+            .filter(|(_, k)| k.as_deref() == *key)
+            .filter(|_| {
+                // An earlier row of this call with the same key took it.
+                key.is_none_or(|key| {
+                    !answers
+                        .iter()
+                        .zip(keys)
+                        .any(|(_, k): (&Enqueued, &Option<&str>)| *k == Some(key))
+                })
+            })
+            .map(|(id, _)| *id);
+        if let Some(id) = created {
+            next.next();
+            answers.push(Enqueued { id, existed: false });
+            continue;
+        }
+        let key = key.ok_or_else(|| {
+            StoreError::Corrupt("an enqueued job without a unique key was not created".into())
+        })?;
+        let earlier = answers
+            .iter()
+            .zip(keys)
+            .find(|(_, k)| **k == Some(key))
+            .map(|(a, _)| a.id);
+        let holder = holders
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, id)| JobId(*id));
+        let id = earlier
+            .or(holder)
+            .ok_or_else(|| StoreError::Corrupt(format!("no job holds the unique key {key:?}")))?;
+        answers.push(Enqueued { id, existed: true });
+    }
+    Ok(answers)
+}
+
+/// In SQL, whether a job may be retried as far as its unique key goes: it
+/// is the newest job of its key (a live job of the key would be newer, as
+/// it blocked every enqueue after it), so a retry never makes two live jobs
+/// of one key.
+pub(crate) const NEWEST_OF_KEY: &str = "(unique_key IS NULL OR id = (
+    SELECT max(k.id) FROM jobs k WHERE k.unique_key = jobs.unique_key))";
+
+/// In SQL, when a job entered its state, as `--older-than` judges it:
+/// finished jobs by when they finished, running ones by their claim,
+/// queued ones by when they became due.
+pub(crate) const SINCE: &str = "(CASE state WHEN 'queued' THEN run_at
+    WHEN 'running' THEN coalesce(started_at, run_at) ELSE coalesce(finished_at, created_at) END)";
+
+/// Read a row of the queue statistics query of either SQL backend.
+pub(crate) fn decode_queue_stats<R>(row: &R) -> Result<QueueStats, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let count = |name: &str| -> Result<u64, StoreError> {
+        let value: i64 = row.try_get(name)?;
+        Ok(value.max(0) as u64)
+    };
+    Ok(QueueStats {
+        queue: row.try_get("queue")?,
+        ready: count("ready")?,
+        scheduled: count("scheduled")?,
+        running: count("running")?,
+        succeeded: count("succeeded")?,
+        failed: count("failed")?,
+        cancelled: count("cancelled")?,
+        paused: row.try_get("paused")?,
+        oldest_ready_age_ms: count("oldest_ms")?,
+    })
+}
+
+/// A queue name as `pause` and `resume` take it.
+pub fn validate_queue_name(queue: &str) -> Result<(), StoreError> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN || queue.contains('\0') {
+        return Err(StoreError::InvalidJob(format!(
+            "queue name must be 1 to {MAX_QUEUE_LEN} characters without NUL"
+        )));
+    }
+    Ok(())
 }
 
 /// Check a job before any write, so a bad item in a bulk enqueue writes nothing.
@@ -511,6 +760,19 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     }
     if job.delay > Duration::from_secs(366 * 24 * 3600) {
         return bad("delay must be under a year".into());
+    }
+    if job
+        .run_at
+        .is_some_and(|ms| !(0..=MAX_RUN_AT_MS).contains(&ms))
+    {
+        return bad("run time must be between 1970 and 9999".into());
+    }
+    if let Some(key) = &job.unique_key {
+        if key.is_empty() || key.len() > MAX_UNIQUE_KEY_LEN || key.contains('\0') {
+            return bad(format!(
+                "unique key must be 1 to {MAX_UNIQUE_KEY_LEN} bytes without NUL"
+            ));
+        }
     }
     let spec_len = serde_json::to_vec(&job.spec)
         .map(|v| v.len())
@@ -706,6 +968,7 @@ where
         run_at: row.try_get("run_ms")?,
         started_at: row.try_get("started_ms")?,
         finished_at: row.try_get("finished_ms")?,
+        unique_key: row.try_get("unique_key")?,
     })
 }
 

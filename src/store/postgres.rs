@@ -11,16 +11,18 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, migration_plan, outcome_params, redact_url, validate_all,
-    CancelResult, ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup, WorkerInfo,
-    WorkerRow, LOST_AFTER_LEASES, REAP_BATCH, WAKEUP_CAPACITY,
+    decode_claimed, decode_job, decode_queue_stats, match_enqueued, migration_plan, outcome_params,
+    redact_url, validate_all, validate_queue_name, BulkAction, BulkFilter, CancelResult,
+    ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store, StoreError, Wakeup,
+    WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 3] = [
+const MIGRATIONS: [(i64, &str); 4] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
@@ -29,6 +31,10 @@ const MIGRATIONS: [(i64, &str); 3] = [
     (
         3,
         include_str!("../../migrations/postgres/0003_engines.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_operations.sql"),
     ),
 ];
 /// Channel NOTIFYed when jobs become ready.
@@ -44,7 +50,7 @@ const JOB_COLUMNS: &str =
     (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
     (extract(epoch FROM run_at) * 1000)::bigint AS run_ms,
     (extract(epoch FROM started_at) * 1000)::bigint AS started_ms,
-    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_ms";
+    (extract(epoch FROM finished_at) * 1000)::bigint AS finished_ms, unique_key";
 
 /// A PostgreSQL store over a small connection pool.
 #[derive(Clone, Debug)]
@@ -209,7 +215,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         validate_all(jobs)?;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -220,8 +226,12 @@ impl Store for PostgresStore {
         let mut max_attempts = Vec::with_capacity(jobs.len());
         let mut delays = Vec::with_capacity(jobs.len());
         let mut images: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+        let mut keys: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+        let mut run_ats: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
         for job in jobs {
             images.push(job.spec.image.as_deref());
+            keys.push(job.unique_key.as_deref());
+            run_ats.push(job.run_at);
             queues.push(job.queue.clone());
             specs.push(
                 serde_json::to_string(&job.spec)
@@ -232,18 +242,26 @@ impl Store for PostgresStore {
             delays.push(job.delay.as_millis() as i64);
         }
         let mut tx = self.pool.begin().await?;
-        // unnest keeps array order, and ids are drawn in that order.
-        let ids: Vec<i64> = sqlx::query_scalar(
+        // Rows are inserted, and ids drawn, in input order. A row whose key
+        // a live job holds (or an earlier row of this call) is skipped by
+        // the partial unique index; concurrent enqueues of one key wait for
+        // each other there, so only one of them creates a job.
+        let rows = sqlx::query(
             "WITH ins AS (
-                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image)
-                SELECT q, s::jsonb, p, m, $6, now() + d * interval '1 millisecond', i
-                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[], $7::text[])
-                    AS t(q, s, p, m, d, i)
-                RETURNING id
+                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image, unique_key)
+                SELECT q, s::jsonb, p, m, $6,
+                    coalesce(to_timestamp(a / 1000.0), now() + d * interval '1 millisecond'), i, k
+                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[], $7::text[],
+                            $8::text[], $9::bigint[])
+                    WITH ORDINALITY AS t(q, s, p, m, d, i, k, a, n)
+                ORDER BY n
+                ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+                DO NOTHING
+                RETURNING id, unique_key
             ), ev AS (
                 INSERT INTO job_events (job_id, kind) SELECT id, 'enqueued' FROM ins
             )
-            SELECT id FROM ins ORDER BY id",
+            SELECT id, unique_key FROM ins ORDER BY id",
         )
         .bind(&queues)
         .bind(&specs)
@@ -252,11 +270,42 @@ impl Store for PostgresStore {
         .bind(&delays)
         .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
         .bind(&images)
+        .bind(&keys)
+        .bind(&run_ats)
         .fetch_all(&mut *tx)
         .await?;
-        notify(&mut *tx, JOBS_CHANNEL, "").await?;
+        let mut inserted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let key: Option<String> = row.try_get("unique_key")?;
+            inserted.push((JobId(id), key));
+        }
+        let skipped: Vec<&str> = keys
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|k| !inserted.iter().any(|(_, key)| key.as_deref() == Some(*k)))
+            .collect();
+        // The jobs that hold the skipped keys: live ones first (one may
+        // also have finished since it made us skip).
+        let holders: Vec<(String, i64)> = if skipped.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT DISTINCT ON (unique_key) unique_key, id FROM jobs
+                 WHERE unique_key = ANY($1)
+                 ORDER BY unique_key, (state IN ('queued', 'running')) DESC, id DESC",
+            )
+            .bind(&skipped)
+            .fetch_all(&mut *tx)
+            .await?
+        };
+        let answers = match_enqueued(&keys, &inserted, &holders)?;
+        if !inserted.is_empty() {
+            notify(&mut *tx, JOBS_CHANNEL, "").await?;
+        }
         tx.commit().await?;
-        Ok(ids.into_iter().map(JobId).collect())
+        Ok(answers)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -265,6 +314,7 @@ impl Store for PostgresStore {
                 SELECT id FROM jobs
                 WHERE state = 'queued' AND queue = ANY($2) AND run_at <= now()
                   AND ($6 OR image IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = jobs.queue AND p.paused)
                 ORDER BY priority DESC, run_at, id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
@@ -482,13 +532,13 @@ impl Store for PostgresStore {
 
     async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated: Option<i64> = sqlx::query_scalar(
+        let updated: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE jobs SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
                 interruptions = 0, cancel_requested = false, lease_expired = false,
                 error = NULL, exit_code = NULL, finished_at = NULL
-             WHERE id = $1 AND state IN ('failed', 'cancelled')
-             RETURNING id",
-        )
+             WHERE id = $1 AND state IN ('failed', 'cancelled') AND {NEWEST_OF_KEY}
+             RETURNING id"
+        ))
         .bind(id.0)
         .fetch_optional(&mut *tx)
         .await?;
@@ -511,6 +561,144 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    async fn bulk(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let states: Vec<&str> = action.select(filter)?.iter().map(|s| s.as_str()).collect();
+        let older_ms = filter.older_than.map(|d| d.as_millis() as i64);
+        let selected = format!(
+            "state = ANY($1) AND ($2::text IS NULL OR queue = $2)
+             AND ($3::bigint IS NULL OR {SINCE} < now() - $3 * interval '1 millisecond')
+             AND {}",
+            match action {
+                BulkAction::Cancel => "NOT cancel_requested",
+                BulkAction::Retry => NEWEST_OF_KEY,
+            }
+        );
+        if dry_run {
+            let count: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {selected}"))
+                    .bind(&states)
+                    .bind(filter.queue.as_deref())
+                    .bind(older_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Ok(count as u64);
+        }
+        let change = match action {
+            BulkAction::Cancel => {
+                "UPDATE jobs j SET
+                    state = CASE WHEN j.state = 'queued' THEN 'cancelled' ELSE j.state END,
+                    cancel_requested = (j.state = 'running'),
+                    lease_expired = false,
+                    finished_at = CASE WHEN j.state = 'queued' THEN now() ELSE j.finished_at END
+                 FROM picked WHERE j.id = picked.id
+                 RETURNING j.id, CASE WHEN j.state = 'cancelled' THEN 'cancelled' ELSE 'cancel-requested' END AS kind"
+            }
+            BulkAction::Retry => {
+                "UPDATE jobs j SET state = 'queued', run_at = now(),
+                    max_attempts = greatest(j.max_attempts, j.attempts + 1),
+                    interruptions = 0, cancel_requested = false, lease_expired = false,
+                    error = NULL, exit_code = NULL, finished_at = NULL
+                 FROM picked WHERE j.id = picked.id
+                 RETURNING j.id, 'retried' AS kind"
+            }
+        };
+        // One statement per batch of at most BULK_BATCH rows, locked with
+        // SKIP LOCKED: a row a worker is claiming or recording right now is
+        // taken by a later batch, never waited for.
+        let sql = format!(
+            "WITH picked AS (
+                SELECT id FROM jobs WHERE {selected}
+                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED
+            ), changed AS ({change}
+            ), ev AS (
+                INSERT INTO job_events (job_id, kind) SELECT id, kind FROM changed
+            )
+            SELECT id, kind FROM changed"
+        );
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let changed: Vec<(i64, String)> = sqlx::query_as(&sql)
+                .bind(&states)
+                .bind(filter.queue.as_deref())
+                .bind(older_ms)
+                .bind(i64::from(BULK_BATCH))
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id, kind) in &changed {
+                if kind == "cancel-requested" {
+                    notify(&mut *tx, CANCEL_CHANNEL, &id.to_string()).await?;
+                }
+            }
+            if action == BulkAction::Retry && !changed.is_empty() {
+                notify(&mut *tx, JOBS_CHANNEL, "").await?;
+            }
+            tx.commit().await?;
+            total += changed.len() as u64;
+            if changed.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        // Counts by state come from the (state, id) index; the ready and
+        // scheduled split and the oldest age read only queued rows.
+        let rows = sqlx::query(
+            "WITH counts AS (
+                SELECT queue,
+                    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS ready,
+                    count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+                    count(*) FILTER (WHERE state = 'running') AS running,
+                    count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                    count(*) FILTER (WHERE state = 'failed') AS failed,
+                    count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+                    coalesce((extract(epoch FROM now() - min(run_at) FILTER (
+                        WHERE state = 'queued' AND run_at <= now())) * 1000)::bigint, 0) AS oldest_ms
+                FROM jobs GROUP BY queue
+            )
+            SELECT coalesce(c.queue, q.name) AS queue, coalesce(c.ready, 0) AS ready,
+                coalesce(c.scheduled, 0) AS scheduled, coalesce(c.running, 0) AS running,
+                coalesce(c.succeeded, 0) AS succeeded, coalesce(c.failed, 0) AS failed,
+                coalesce(c.cancelled, 0) AS cancelled, coalesce(c.oldest_ms, 0) AS oldest_ms,
+                coalesce(q.paused, false) AS paused
+            FROM counts c FULL JOIN queues q ON q.name = c.queue
+            WHERE c.queue IS NOT NULL OR q.paused
+            ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_queue_stats).collect()
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        validate_queue_name(queue)?;
+        let mut tx = self.pool.begin().await?;
+        let sql = if paused {
+            "INSERT INTO queues (name, paused) VALUES ($1, true)
+             ON CONFLICT (name) DO UPDATE SET paused = true, changed_at = now()
+                 WHERE NOT queues.paused
+             RETURNING name"
+        } else {
+            "UPDATE queues SET paused = false, changed_at = now()
+             WHERE name = $1 AND paused RETURNING name"
+        };
+        let changed: Option<String> = sqlx::query_scalar(sql)
+            .bind(queue)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if changed.is_some() && !paused {
+            notify(&mut *tx, JOBS_CHANNEL, "").await?;
+        }
+        tx.commit().await?;
+        Ok(changed.is_some())
+    }
+
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id.0)
@@ -523,11 +711,13 @@ impl Store for PostgresStore {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
+               AND ($4::boolean IS NULL OR (state = 'queued' AND run_at > now()) = $4)
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.state.map(|s| s.as_str()))
         .bind(filter.queue.as_deref())
         .bind(filter.limit())
+        .bind(filter.scheduled)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_job).collect()

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, migration_plan, outcome_params, redact_url, unix_ms_now,
-    validate_all, CancelResult, ClaimRequest, Job, JobEvent, JobFilter, Store, StoreError, Wakeup,
-    WorkerInfo, WorkerRow, LOST_AFTER_LEASES, REAP_BATCH,
+    decode_claimed, decode_job, decode_queue_stats, match_enqueued, migration_plan, outcome_params,
+    redact_url, unix_ms_now, validate_all, validate_queue_name, BulkAction, BulkFilter,
+    CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store, StoreError,
+    Wakeup, WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -29,18 +30,22 @@ use crate::job::{HeartbeatAnswer, Phase};
 /// How often a worker looks for cancels of running jobs.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
-const MIGRATIONS: [(i64, &str); 3] = [
+const MIGRATIONS: [(i64, &str); 4] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/sqlite/0002_bytes_and_late_outcomes.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_engines.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_operations.sql"),
+    ),
 ];
 
 const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attempts, interruptions, max_interruptions,
     exit_code, error, lease_owner, lease_token, cancel_requested,
-    created_at AS created_ms, run_at AS run_ms, started_at AS started_ms, finished_at AS finished_ms";
+    created_at AS created_ms, run_at AS run_ms, started_at AS started_ms, finished_at AS finished_ms, unique_key";
 
 /// A SQLite store over a small pool.
 #[derive(Clone, Debug)]
@@ -161,37 +166,62 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<JobId>, StoreError> {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         validate_all(jobs)?;
         let now = unix_ms_now();
         let mut tx = self.write().await?;
-        let mut ids = Vec::with_capacity(jobs.len());
+        let mut inserted = Vec::with_capacity(jobs.len());
+        let mut skipped = Vec::new();
         for job in jobs {
             let spec = serde_json::to_string(&job.spec)
                 .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            // The partial unique index skips a job whose key a live job
+            // holds; the write lock (BEGIN IMMEDIATE) orders concurrent
+            // enqueues.
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image, unique_key)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+                 DO NOTHING
+                 RETURNING id",
             )
             .bind(&job.queue)
             .bind(spec)
             .bind(job.priority)
             .bind(job.max_attempts as i64)
             .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
-            .bind(now + job.delay.as_millis() as i64)
+            .bind(job.run_at.unwrap_or(now + job.delay.as_millis() as i64))
             .bind(now)
             .bind(job.spec.image.as_deref())
-            .fetch_one(&mut *tx)
+            .bind(job.unique_key.as_deref())
+            .fetch_optional(&mut *tx)
             .await?;
+            let Some(id) = id else {
+                skipped.extend(job.unique_key.as_deref());
+                continue;
+            };
             sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, 'enqueued')")
                 .bind(id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            ids.push(JobId(id));
+            inserted.push((JobId(id), job.unique_key.clone()));
         }
+        let mut holders = Vec::with_capacity(skipped.len());
+        for key in skipped {
+            let holder: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE unique_key = ?
+                 ORDER BY (state IN ('queued', 'running')) DESC, id DESC LIMIT 1",
+            )
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            holders.extend(holder.map(|id| (key.to_string(), id)));
+        }
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+        let answers = match_enqueued(&keys, &inserted, &holders)?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(answers)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -208,6 +238,7 @@ impl Store for SqliteStore {
                 SELECT id FROM jobs
                 WHERE state = 'queued' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?4))
                   AND (?7 OR image IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = jobs.queue AND p.paused)
                 ORDER BY priority DESC, run_at, id LIMIT ?5
              )
              RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at,
@@ -483,13 +514,13 @@ impl Store for SqliteStore {
     async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
         let now = unix_ms_now();
         let mut tx = self.write().await?;
-        let updated: Option<i64> = sqlx::query_scalar(
+        let updated: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE jobs SET state = 'queued', run_at = ?2, max_attempts = max(max_attempts, attempts + 1),
                 interruptions = 0, cancel_requested = 0, lease_expired = 0,
                 error = NULL, exit_code = NULL, finished_at = NULL
-             WHERE id = ?1 AND state IN ('failed', 'cancelled')
-             RETURNING id",
-        )
+             WHERE id = ?1 AND state IN ('failed', 'cancelled') AND {NEWEST_OF_KEY}
+             RETURNING id"
+        ))
         .bind(id.0)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -513,6 +544,142 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn bulk(
+        &self,
+        action: BulkAction,
+        filter: &BulkFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let states = serde_json::to_string(
+            &action
+                .select(filter)?
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let now = unix_ms_now();
+        let before = filter
+            .older_than
+            .map(|d| now.saturating_sub(d.as_millis() as i64));
+        let selected = format!(
+            "state IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR queue = ?2)
+             AND (?3 IS NULL OR {SINCE} < ?3) AND {}",
+            match action {
+                BulkAction::Cancel => "NOT cancel_requested",
+                BulkAction::Retry => NEWEST_OF_KEY,
+            }
+        );
+        if dry_run {
+            let count: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {selected}"))
+                    .bind(&states)
+                    .bind(filter.queue.as_deref())
+                    .bind(before)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Ok(count as u64);
+        }
+        let change = match action {
+            BulkAction::Cancel => {
+                "UPDATE jobs SET
+                    state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+                    cancel_requested = (state = 'running'),
+                    lease_expired = 0,
+                    finished_at = CASE WHEN state = 'queued' THEN ?4 ELSE finished_at END"
+            }
+            BulkAction::Retry => {
+                "UPDATE jobs SET state = 'queued', run_at = ?4,
+                    max_attempts = max(max_attempts, attempts + 1),
+                    interruptions = 0, cancel_requested = 0, lease_expired = 0,
+                    error = NULL, exit_code = NULL, finished_at = NULL"
+            }
+        };
+        // One statement per batch of at most BULK_BATCH rows, each in its
+        // own short write transaction, so workers' claims and records
+        // interleave with a long bulk change.
+        let sql = format!(
+            "{change} WHERE id IN (SELECT id FROM jobs WHERE {selected} ORDER BY id LIMIT ?5)
+             RETURNING id, CASE state WHEN 'cancelled' THEN 'cancelled' WHEN 'running' THEN 'cancel-requested'
+                 ELSE 'retried' END AS kind"
+        );
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.write().await?;
+            let changed: Vec<(i64, String)> = sqlx::query_as(&sql)
+                .bind(&states)
+                .bind(filter.queue.as_deref())
+                .bind(before)
+                .bind(now)
+                .bind(i64::from(BULK_BATCH))
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id, kind) in &changed {
+                sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, ?)")
+                    .bind(id)
+                    .bind(now)
+                    .bind(kind)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            total += changed.len() as u64;
+            if changed.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let rows = sqlx::query(
+            "WITH counts AS (
+                SELECT queue,
+                    sum(state = 'queued' AND run_at <= ?1) AS ready,
+                    sum(state = 'queued' AND run_at > ?1) AS scheduled,
+                    sum(state = 'running') AS running,
+                    sum(state = 'succeeded') AS succeeded,
+                    sum(state = 'failed') AS failed,
+                    sum(state = 'cancelled') AS cancelled,
+                    coalesce(?1 - min(CASE WHEN state = 'queued' AND run_at <= ?1 THEN run_at END), 0) AS oldest_ms
+                FROM jobs GROUP BY queue
+            ), names AS (
+                SELECT queue AS name FROM counts UNION SELECT name FROM queues WHERE paused
+            )
+            SELECT n.name AS queue, coalesce(c.ready, 0) AS ready,
+                coalesce(c.scheduled, 0) AS scheduled, coalesce(c.running, 0) AS running,
+                coalesce(c.succeeded, 0) AS succeeded, coalesce(c.failed, 0) AS failed,
+                coalesce(c.cancelled, 0) AS cancelled, coalesce(c.oldest_ms, 0) AS oldest_ms,
+                coalesce(q.paused, 0) != 0 AS paused
+            FROM names n LEFT JOIN counts c ON c.queue = n.name LEFT JOIN queues q ON q.name = n.name
+            ORDER BY n.name",
+        )
+        .bind(unix_ms_now())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_queue_stats).collect()
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
+        validate_queue_name(queue)?;
+        let mut tx = self.write().await?;
+        let sql = if paused {
+            "INSERT INTO queues (name, paused, changed_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (name) DO UPDATE SET paused = 1, changed_at = ?2
+                 WHERE NOT queues.paused
+             RETURNING name"
+        } else {
+            "UPDATE queues SET paused = 0, changed_at = ?2
+             WHERE name = ?1 AND paused RETURNING name"
+        };
+        let changed: Option<String> = sqlx::query_scalar(sql)
+            .bind(queue)
+            .bind(unix_ms_now())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(changed.is_some())
+    }
+
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
             .bind(id.0)
@@ -525,11 +692,14 @@ impl Store for SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2)
+               AND (?4 IS NULL OR (state = 'queued' AND run_at > ?5) = ?4)
              ORDER BY id DESC LIMIT ?3"
         ))
         .bind(filter.state.map(|s| s.as_str()))
         .bind(filter.queue.as_deref())
         .bind(filter.limit())
+        .bind(filter.scheduled)
+        .bind(unix_ms_now())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_job).collect()
