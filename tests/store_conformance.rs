@@ -12,7 +12,8 @@ use dockhand::job::{
 };
 use dockhand::machine::Phase;
 use dockhand::store::{
-    AnyStore, CancelResult, ClaimRequest, JobFilter, Store, StoreError, WorkerInfo,
+    AnyStore, BulkAction, BulkFilter, CancelResult, ClaimRequest, JobFilter, Store, StoreError,
+    WorkerInfo,
 };
 
 const W1: &str = "worker-1";
@@ -922,6 +923,302 @@ async fn migrate_twice_is_harmless(store: AnyStore) {
     store.enqueue_many(&[job("true")]).await.unwrap();
 }
 
+fn keyed(cmd: &str, key: &str) -> NewJob {
+    let mut new = job(cmd);
+    new.unique_key = Some(key.to_string());
+    new
+}
+
+async fn unique_keys_hold_while_a_job_is_live(store: AnyStore) {
+    let first = store.enqueue(&[keyed("a", "k1")]).await.unwrap();
+    assert!(!first[0].existed);
+    // Again, and twice in one call beside a new key and a keyless job.
+    let again = store
+        .enqueue(&[
+            keyed("a", "k1"),
+            keyed("b", "k2"),
+            job("c"),
+            keyed("d", "k2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, first[0].id);
+    assert!(again[0].existed);
+    assert!(!again[1].existed && !again[2].existed);
+    assert_ne!(again[1].id, again[2].id);
+    assert_eq!(
+        again[3].id, again[1].id,
+        "the second k2 of the call gets the first's id"
+    );
+    assert!(again[3].existed);
+    let all = store.list(&JobFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3, "k1, k2 and the keyless job: {all:?}");
+    assert_eq!(
+        get(&store, first[0].id).await.unique_key.as_deref(),
+        Some("k1")
+    );
+    // Still held while running.
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 10, LEASE, 1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let running = store.enqueue(&[keyed("a", "k1")]).await.unwrap();
+    assert_eq!(running[0].id, first[0].id);
+    assert!(running[0].existed);
+    // Free again once it finished.
+    let k1 = claimed.iter().find(|c| c.lease.job == first[0].id).unwrap();
+    store
+        .record(W1, &[done(k1.lease, Outcome::Cancelled)])
+        .await
+        .unwrap();
+    let later = store.enqueue(&[keyed("a", "k1")]).await.unwrap();
+    assert!(!later[0].existed);
+    assert_ne!(later[0].id, first[0].id);
+    // The old, cancelled job cannot be retried beside the new live one.
+    assert!(!store.retry(first[0].id).await.unwrap());
+    assert_eq!(
+        store
+            .bulk(BulkAction::Retry, &BulkFilter::default(), false)
+            .await
+            .unwrap(),
+        0
+    );
+    // A bad key writes nothing.
+    let err = store.enqueue(&[keyed("x", "")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidJob(_)), "{err}");
+}
+
+async fn concurrent_enqueues_of_one_key_create_one_job(store: AnyStore) {
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.enqueue(&[keyed("race", "the-key")]).await.unwrap()[0]
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let created: Vec<_> = answers.iter().filter(|a| !a.existed).collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(|a| a.id == created[0].id), "{answers:?}");
+    assert_eq!(store.list(&JobFilter::default()).await.unwrap().len(), 1);
+}
+
+async fn paused_queues_are_not_claimed(store: AnyStore) {
+    let mut other = job("other");
+    other.queue = "other".into();
+    let ids = store.enqueue_many(&[job("a"), other]).await.unwrap();
+    assert!(store.set_paused("default", true).await.unwrap());
+    assert!(
+        !store.set_paused("default", true).await.unwrap(),
+        "already paused"
+    );
+    let both = vec!["default".to_string(), "other".to_string()];
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &both, 10, LEASE, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.lease.job).collect::<Vec<_>>(),
+        vec![ids[1]],
+        "only the queue that is not paused"
+    );
+    // Enqueue still works on a paused queue; stats show it paused.
+    store.enqueue_many(&[job("b")]).await.unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    let default = stats.iter().find(|q| q.queue == "default").unwrap();
+    assert!(default.paused);
+    assert_eq!(default.ready, 2);
+    let other = stats.iter().find(|q| q.queue == "other").unwrap();
+    assert!(!other.paused);
+    assert_eq!(other.running, 1);
+    // A paused queue with no jobs is listed too.
+    assert!(store.set_paused("empty", true).await.unwrap());
+    let stats = store.queue_stats().await.unwrap();
+    assert!(stats
+        .iter()
+        .any(|q| q.queue == "empty" && q.paused && q.ready == 0));
+    assert!(store.set_paused("default", false).await.unwrap());
+    assert!(
+        !store.set_paused("default", false).await.unwrap(),
+        "not paused"
+    );
+    assert!(!store.set_paused("never-paused", false).await.unwrap());
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &both, 10, LEASE, 2))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "resumed");
+    assert!(store.set_paused("", true).await.is_err());
+}
+
+async fn queue_stats_count_every_state(store: AnyStore) {
+    let mut later = job("later");
+    later.delay = Duration::from_secs(3600);
+    let mut at = job("at");
+    at.run_at = Some(4_102_444_800_000); // 2100-01-01
+    let mut fail = job("fail");
+    fail.max_attempts = 1;
+    let ids = store
+        .enqueue_many(&[
+            fail,
+            job("ok"),
+            job("cancel me"),
+            job("run"),
+            later,
+            at,
+            job("ready"),
+        ])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 3, LEASE, 1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    store
+        .record(
+            W1,
+            &[
+                done(claimed[0].lease, failed(1)),
+                done(claimed[1].lease, Outcome::Succeeded),
+            ],
+        )
+        .await
+        .unwrap();
+    store.cancel(ids[3]).await.unwrap(); // queued: cancelled at once
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.len(), 1);
+    let q = &stats[0];
+    assert_eq!(
+        (
+            q.ready,
+            q.scheduled,
+            q.running,
+            q.succeeded,
+            q.failed,
+            q.cancelled
+        ),
+        (1, 2, 1, 1, 1, 1),
+        "{q:?}"
+    );
+    assert!(q.oldest_ready_age_ms >= 10, "{q:?}");
+    assert!(q.oldest_ready_age_ms < 600_000, "{q:?}");
+    // `scheduled` lists the two due later, newest first.
+    let scheduled = store
+        .list(&JobFilter {
+            state: Some(JobState::Queued),
+            scheduled: Some(true),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        scheduled.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[5], ids[4]]
+    );
+    assert_eq!(get(&store, ids[5]).await.run_at, 4_102_444_800_000);
+    let err = {
+        let mut bad = job("x");
+        bad.run_at = Some(-1);
+        store.enqueue_many(&[bad]).await.unwrap_err()
+    };
+    assert!(matches!(err, StoreError::InvalidJob(_)), "{err}");
+}
+
+async fn bulk_cancel_and_retry_by_filter(store: AnyStore) {
+    let mut jobs: Vec<NewJob> = (0..2_500).map(|i| job(&format!("bulk {i}"))).collect();
+    for j in jobs.iter_mut().skip(2_000) {
+        j.queue = "keep".into();
+    }
+    store.enqueue_many(&jobs).await.unwrap();
+    let running = store
+        .claim(&ClaimRequest::new(W1, &queues(), 5, LEASE, 1))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 5);
+    let filter = BulkFilter {
+        queue: Some("default".into()),
+        ..BulkFilter::default()
+    };
+    // A dry run counts and changes nothing.
+    assert_eq!(
+        store.bulk(BulkAction::Cancel, &filter, true).await.unwrap(),
+        2_000
+    );
+    assert_eq!(store.queue_stats().await.unwrap()[0].cancelled, 0);
+    // Over several batches: queued ones cancelled, running ones asked to stop.
+    assert_eq!(
+        store
+            .bulk(BulkAction::Cancel, &filter, false)
+            .await
+            .unwrap(),
+        2_000
+    );
+    assert_eq!(
+        store
+            .bulk(BulkAction::Cancel, &filter, false)
+            .await
+            .unwrap(),
+        0
+    );
+    let stats = store.queue_stats().await.unwrap();
+    let default = stats.iter().find(|q| q.queue == "default").unwrap();
+    assert_eq!(
+        (default.ready, default.running, default.cancelled),
+        (0, 5, 1_995)
+    );
+    let keep = stats.iter().find(|q| q.queue == "keep").unwrap();
+    assert_eq!(keep.ready, 500, "another queue is untouched");
+    let answer = store
+        .heartbeat(
+            W1,
+            Phase::Running,
+            &running.iter().map(|c| c.lease).collect::<Vec<_>>(),
+            LEASE,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.cancelled.len(), 5, "running jobs are asked to stop");
+    // Retry: the state must be one retry applies to.
+    let wrong = BulkFilter {
+        state: Some(JobState::Running),
+        ..BulkFilter::default()
+    };
+    assert!(store.bulk(BulkAction::Retry, &wrong, true).await.is_err());
+    // Older than an hour: none yet.
+    let old = BulkFilter {
+        state: Some(JobState::Cancelled),
+        older_than: Some(Duration::from_secs(3600)),
+        ..BulkFilter::default()
+    };
+    assert_eq!(store.bulk(BulkAction::Retry, &old, true).await.unwrap(), 0);
+    let cancelled = BulkFilter {
+        state: Some(JobState::Cancelled),
+        ..BulkFilter::default()
+    };
+    assert_eq!(
+        store
+            .bulk(BulkAction::Retry, &cancelled, false)
+            .await
+            .unwrap(),
+        1_995
+    );
+    let default = store.queue_stats().await.unwrap();
+    assert_eq!(default[0].ready, 1_995);
+    let history = kinds(&store, JobId(1)).await;
+    assert!(
+        history.ends_with(&["cancelled".to_string(), "retried".to_string()])
+            || history.ends_with(&["cancel-requested".to_string()]),
+        "{history:?}"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $open:path; $($test:ident),* $(,)?) => {
         mod $backend {
@@ -960,6 +1257,11 @@ macro_rules! suite {
                 claims_whose_reply_was_lost_are_recovered_by_heartbeat,
                 a_worker_without_an_engine_leaves_image_jobs,
                 migrate_twice_is_harmless,
+                unique_keys_hold_while_a_job_is_live,
+                concurrent_enqueues_of_one_key_create_one_job,
+                paused_queues_are_not_claimed,
+                queue_stats_count_every_state,
+                bulk_cancel_and_retry_by_filter,
             );
         )*
     };
