@@ -361,9 +361,135 @@ async fn scheduled_and_unique_jobs(db: Db) {
     assert_eq!(worker.wait(Duration::from_secs(30)), 0);
 }
 
+/// The slots of the jobs a schedule enqueued (from their history).
+async fn slots_of(db: &Db, name: &str) -> Vec<i64> {
+    let store = db.store().await;
+    let jobs = store
+        .list(&dockhand::store::JobFilter::default())
+        .await
+        .unwrap();
+    let mut slots = Vec::new();
+    let prefix = format!("schedule {name} slot ");
+    for job in jobs {
+        let history = store.history(job.id).await.unwrap();
+        if let Some(slot) = history[0]
+            .detail
+            .as_deref()
+            .and_then(|d| d.strip_prefix(&prefix))
+        {
+            slots.push(slot.parse().unwrap());
+        }
+    }
+    slots.sort();
+    slots
+}
+
+async fn periodic_jobs_run_once_per_slot_across_workers(db: Db) {
+    let marker = db.path("ticks");
+    let out = ok(
+        &db,
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--cron",
+            "*/2 * * * * *",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $DOCKHAND_JOB_ID >> {marker}"),
+        ],
+    );
+    assert!(out.contains("schedule tick added: next slot"), "{out}");
+    let list = json(&db, &["schedule", "list", "--json"]);
+    assert_eq!(list["schedules"][0]["cron"], "*/2 * * * * *", "{list}");
+    // Two workers, both looking every second.
+    let mut a = db.worker(&["--poll-interval", "200ms"]);
+    let mut b = db.worker(&["--poll-interval", "200ms"]);
+    eventually("four slots run", Duration::from_secs(30), || {
+        let marker = marker.clone();
+        async move {
+            let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+            (ran.lines().count() >= 4).then_some(())
+        }
+    })
+    .await;
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    assert_eq!(a.wait(Duration::from_secs(30)), 0);
+    assert_eq!(b.wait(Duration::from_secs(30)), 0);
+    let slots = slots_of(&db, "tick").await;
+    let distinct: std::collections::BTreeSet<_> = slots.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        slots.len(),
+        "a slot enqueued twice: {slots:?}"
+    );
+    assert!(
+        slots
+            .windows(2)
+            .all(|w| w[1] - w[0] >= 2_000 && w[0] % 2_000 == 0),
+        "slots on the expression's seconds: {slots:?}"
+    );
+    // Each one ran once.
+    let ran = std::fs::read_to_string(&marker).unwrap();
+    let lines: Vec<&str> = ran.lines().collect();
+    let once: std::collections::BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(once.len(), lines.len(), "a job ran twice: {lines:?}");
+    assert!(slots.len() >= lines.len(), "{slots:?} {lines:?}");
+    assert!(ok(&db, &["schedule", "remove", "tick"]).contains("removed"));
+    let out = db.cli(&["schedule", "remove", "tick"]);
+    assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
+}
+
+async fn after_downtime_only_the_latest_missed_slot_runs(db: Db) {
+    ok(
+        &db,
+        &[
+            "schedule",
+            "add",
+            "tock",
+            "--cron",
+            "*/2 * * * * *",
+            "--",
+            "true",
+        ],
+    );
+    // No worker for three slots and more.
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    assert!(slots_of(&db, "tock").await.is_empty());
+    let started = dockhand::store::unix_ms_now();
+    let mut worker = db.worker(&["--poll-interval", "200ms"]);
+    let first = eventually("a slot enqueued", Duration::from_secs(20), || {
+        let db = &db;
+        async move { slots_of(db, "tock").await.first().copied() }
+    })
+    .await;
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(Duration::from_secs(30)), 0);
+    // The first slot enqueued is the latest one before the worker came:
+    // the missed ones before it were skipped, not replayed.
+    assert!(
+        first > started - 2_000,
+        "first slot {first}, worker started at {started}"
+    );
+    let slots = slots_of(&db, "tock").await;
+    let ended = dockhand::store::unix_ms_now();
+    assert!(
+        slots.len() as i64 <= (ended - started) / 2_000 + 2,
+        "a storm of missed slots: {slots:?}"
+    );
+}
+
 /// Bad values get one line and change nothing.
 async fn bad_operations_input(db: Db) {
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 8] = [
+        (
+            &["schedule", "add", "x", "--cron", "nope", "--", "true"],
+            2,
+            "cron",
+        ),
+        (&["schedule", "add", "x", "--cron", "* * * * *"], 2, "CMD"),
         (
             &["enqueue", "--at", "tomorrow", "--", "true"],
             2,
@@ -435,4 +561,6 @@ on_both! {
     bulk_cancel_and_retry_while_a_worker_runs,
     scheduled_and_unique_jobs,
     bad_operations_input,
+    periodic_jobs_run_once_per_slot_across_workers,
+    after_downtime_only_the_latest_missed_slot_runs,
 }

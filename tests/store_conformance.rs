@@ -1219,6 +1219,64 @@ async fn bulk_cancel_and_retry_by_filter(store: AnyStore) {
     );
 }
 
+async fn schedules_fire_each_slot_once(store: AnyStore) {
+    let schedule = dockhand::store::Schedule {
+        name: "nightly".into(),
+        cron: "0 3 * * *".into(),
+        job: job("echo nightly"),
+        last_slot_ms: 1_000,
+    };
+    assert!(!store.put_schedule(&schedule).await.unwrap(), "added");
+    assert_eq!(store.schedules().await.unwrap(), vec![schedule.clone()]);
+    // Eight workers race for one slot: one job.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.fire_schedule("nightly", 5_000).await.unwrap()
+        }));
+    }
+    let mut fired = Vec::new();
+    for task in tasks {
+        fired.extend(task.await.unwrap());
+    }
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    let made = get(&store, fired[0]).await;
+    assert_eq!(made.spec.command, job("echo nightly").spec.command);
+    assert_eq!(made.state, JobState::Queued);
+    let history = store.history(fired[0]).await.unwrap();
+    assert_eq!(
+        history[0].detail.as_deref(),
+        Some("schedule nightly slot 5000")
+    );
+    // The same or an older slot again: nothing.
+    assert_eq!(store.fire_schedule("nightly", 5_000).await.unwrap(), None);
+    assert_eq!(store.fire_schedule("nightly", 4_000).await.unwrap(), None);
+    // Replacing keeps the last slot taken.
+    let mut changed = schedule.clone();
+    changed.cron = "0 4 * * *".into();
+    changed.job.queue = "other".into();
+    assert!(store.put_schedule(&changed).await.unwrap(), "replaced");
+    let listed = store.schedules().await.unwrap();
+    assert_eq!(listed[0].last_slot_ms, 5_000);
+    assert_eq!(listed[0].cron, "0 4 * * *");
+    assert_eq!(store.fire_schedule("nightly", 5_000).await.unwrap(), None);
+    let next = store
+        .fire_schedule("nightly", 9_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(get(&store, next).await.queue, "other");
+    assert!(store.remove_schedule("nightly").await.unwrap());
+    assert!(!store.remove_schedule("nightly").await.unwrap());
+    assert_eq!(store.fire_schedule("nightly", 20_000).await.unwrap(), None);
+    // A bad job is refused whole.
+    let mut bad = schedule.clone();
+    bad.job.spec.command.clear();
+    assert!(store.put_schedule(&bad).await.is_err());
+    assert!(store.schedules().await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident, $open:path; $($test:ident),* $(,)?) => {
         mod $backend {
@@ -1262,6 +1320,7 @@ macro_rules! suite {
                 paused_queues_are_not_claimed,
                 queue_stats_count_every_state,
                 bulk_cancel_and_retry_by_filter,
+                schedules_fire_each_slot_once,
             );
         )*
     };

@@ -8,7 +8,7 @@ use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
 use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
     BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
-    MemoryStore, QueueStats, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    MemoryStore, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -279,6 +279,18 @@ impl Store for RemoteStore {
         Err(unsupported())
     }
     async fn set_paused(&self, _queue: &str, _paused: bool) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    async fn put_schedule(&self, _schedule: &Schedule) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    async fn remove_schedule(&self, _name: &str) -> Result<bool, StoreError> {
+        Err(unsupported())
+    }
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        Err(unsupported())
+    }
+    async fn fire_schedule(&self, _name: &str, _slot_ms: i64) -> Result<Option<JobId>, StoreError> {
         Err(unsupported())
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {

@@ -12,9 +12,9 @@ use super::{parse_duration, CliError};
 use crate::job::{JobSpec, NewJob};
 use crate::store::{validate, AnyStore, Store, MAX_BULK};
 
-/// `enqueue` options.
+/// What a job is and how it runs: shared by `enqueue` and `schedule add`.
 #[derive(Debug, Args)]
-pub struct EnqueueArgs {
+pub struct JobArgs {
     /// Queue to put the job on.
     #[arg(long, default_value = "default")]
     pub queue: String,
@@ -30,17 +30,6 @@ pub struct EnqueueArgs {
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
-    /// Not before this long from now.
-    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
-    pub delay: Option<Duration>,
-    /// Not before this time: RFC 3339, e.g. 2026-12-01T09:00:00Z or
-    /// 2026-12-01T10:00:00+01:00 (until then the job is `scheduled`).
-    #[arg(long, value_name = "TIME", value_parser = parse_at)]
-    pub at: Option<i64>,
-    /// While a job with this key is queued or running, enqueue nothing and
-    /// print that job's id instead (exit 0; stderr says it already existed).
-    #[arg(long, value_name = "KEY")]
-    pub unique_key: Option<String>,
     /// Container memory limit, e.g. 256m or 1g (image jobs; default: the worker's).
     #[arg(long, value_parser = parse_memory)]
     pub memory: Option<u64>,
@@ -53,6 +42,48 @@ pub struct EnqueueArgs {
     /// Environment variable for the job (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+}
+
+impl JobArgs {
+    /// The job these flags describe, running `command` now.
+    pub fn into_job(self, command: Vec<String>) -> NewJob {
+        NewJob {
+            queue: self.queue,
+            spec: JobSpec {
+                command,
+                image: self.image,
+                env: self.env.into_iter().collect(),
+                timeout_ms: self.timeout.map(|t| t.as_millis() as u64),
+                memory_bytes: self.memory,
+                cpu_millis: self.cpus,
+                pids: self.pids,
+            },
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            delay: Duration::ZERO,
+            run_at: None,
+            unique_key: None,
+        }
+    }
+}
+
+/// `enqueue` options.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job.
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Not before this long from now.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+    /// Not before this time: RFC 3339, e.g. 2026-12-01T09:00:00Z or
+    /// 2026-12-01T10:00:00+01:00 (until then the job is `scheduled`).
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub at: Option<i64>,
+    /// While a job with this key is queued or running, enqueue nothing and
+    /// print that job's id instead (exit 0; stderr says it already existed).
+    #[arg(long, value_name = "KEY")]
+    pub unique_key: Option<String>,
     /// Enqueue every line of this JSON-lines file, all or nothing, and print
     /// their ids: {"command": ["sh","-c","..."], "queue", "image", "timeout",
     /// "max_attempts", "priority", "delay", "at", "unique_key",
@@ -129,7 +160,8 @@ pub fn parse_cpus(text: &str) -> Result<u32, String> {
     Ok((cpus * 1000.0).round() as u32)
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE`.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
@@ -222,21 +254,10 @@ pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
     let jobs = match &args.from_file {
         Some(path) => read_file(path)?,
         None => vec![NewJob {
-            queue: args.queue,
-            spec: JobSpec {
-                command: args.command,
-                image: args.image,
-                env: args.env.into_iter().collect(),
-                timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
-                memory_bytes: args.memory,
-                cpu_millis: args.cpus,
-                pids: args.pids,
-            },
-            priority: args.priority,
-            max_attempts: args.max_attempts,
             delay: args.delay.unwrap_or(Duration::ZERO),
             run_at: args.at,
             unique_key: args.unique_key,
+            ..args.job.into_job(args.command)
         }],
     };
     let answers = store.enqueue(&jobs).await?;

@@ -6,6 +6,7 @@ mod demo;
 mod enqueue;
 pub mod out;
 mod output;
+mod schedule;
 mod worker;
 
 use std::time::Duration;
@@ -91,6 +92,12 @@ pub enum Command {
     Pause(QueueArg),
     /// Resume a paused queue.
     Resume(QueueArg),
+    /// Periodic jobs: add, list, remove.
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
     /// Show the workers of the fleet.
     Status(StatusArgs),
     /// A self-contained tour: six jobs, a worker, a SIGTERM half-way (no server needed).
@@ -403,6 +410,7 @@ pub async fn run(
         Command::Queues(args) => output::queues(&store, args).await,
         Command::Pause(args) => output::pause(&store, &args.queue, true).await,
         Command::Resume(args) => output::pause(&store, &args.queue, false).await,
+        Command::Schedule { command } => schedule::run(&store, command).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
         Command::Demo | Command::Worker(_) => Ok(0),

@@ -261,7 +261,14 @@ pub async fn run(
         process_executor(watchdog, user),
         docker_executor(&store, &args, &worker_id, lease).await,
     );
+    // Every worker enqueues the due slots of periodic jobs; the store makes
+    // each slot one job across the fleet.
+    let schedules = tokio::spawn(super::schedule::enqueue_due(
+        store.clone(),
+        worker_id.clone(),
+    ));
     let report = shell::run(store, executor, signals, shell_config).await;
+    schedules.abort();
     if let Some(message) = report.fatal {
         return Err(CliError::fatal(message));
     }

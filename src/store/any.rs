@@ -6,8 +6,8 @@ use tokio::sync::mpsc;
 
 use super::{
     redact_url, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
-    JobFilter, MemoryStore, PostgresStore, QueueStats, SqliteStore, Store, StoreError, Wakeup,
-    WorkerInfo, WorkerRow,
+    JobFilter, MemoryStore, PostgresStore, QueueStats, Schedule, SqliteStore, Store, StoreError,
+    Wakeup, WorkerInfo, WorkerRow,
 };
 use crate::job::{
     ClaimedJob, Completion, HeartbeatAnswer, JobId, Lease, NewJob, Phase, RecordResult,
@@ -74,6 +74,18 @@ impl Store for AnyStore {
     }
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
         delegate!(self, s => s.set_paused(queue, paused))
+    }
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        delegate!(self, s => s.put_schedule(schedule))
+    }
+    async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        delegate!(self, s => s.remove_schedule(name))
+    }
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        delegate!(self, s => s.schedules())
+    }
+    async fn fire_schedule(&self, name: &str, slot_ms: i64) -> Result<Option<JobId>, StoreError> {
+        delegate!(self, s => s.fire_schedule(name, slot_ms))
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         delegate!(self, s => s.claim(request))

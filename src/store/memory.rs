@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use super::{
     outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, BulkAction,
-    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store,
-    StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, WAKEUP_CAPACITY,
+    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
+    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, WAKEUP_CAPACITY,
 };
 use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
@@ -42,6 +42,7 @@ struct State {
     workers: BTreeMap<String, WorkerRow>,
     /// Queues an operator paused.
     paused: BTreeSet<String>,
+    schedules: BTreeMap<String, Schedule>,
     subscribers: Vec<mpsc::Sender<Wakeup>>,
     rng: fastrand::Rng,
     fail_next: u32,
@@ -78,6 +79,7 @@ impl MemoryStore {
                 events: BTreeMap::new(),
                 workers: BTreeMap::new(),
                 paused: BTreeSet::new(),
+                schedules: BTreeMap::new(),
                 subscribers: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
                 fail_next: 0,
@@ -139,6 +141,46 @@ impl State {
             lease_token: token,
             detail,
         });
+    }
+
+    /// Insert a new queued job (validated already) with its first history
+    /// row.
+    fn insert_job(&mut self, new: &NewJob, now: i64, kind: &str, detail: Option<String>) -> JobId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let job = Job {
+            id: JobId(id),
+            queue: new.queue.clone(),
+            state: JobState::Queued,
+            spec: new.spec.clone(),
+            priority: new.priority,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            interruptions: 0,
+            max_interruptions: DEFAULT_MAX_INTERRUPTIONS,
+            exit_code: None,
+            error: None,
+            worker_id: None,
+            lease_token: 0,
+            cancel_requested: false,
+            created_at: now,
+            run_at: new.run_at.unwrap_or(now + new.delay.as_millis() as i64),
+            started_at: None,
+            finished_at: None,
+            unique_key: new.unique_key.clone(),
+        };
+        self.jobs.insert(
+            id,
+            Row {
+                job,
+                output: None,
+                lease_expires_at: None,
+                lease_expired: false,
+                claim_id: None,
+            },
+        );
+        self.event(JobId(id), now, kind, None, None, detail);
+        JobId(id)
     }
 
     /// The newest job holding `key`: while it is queued or running, the key
@@ -265,44 +307,8 @@ impl Store for MemoryStore {
                     continue;
                 }
             }
-            let id = state.next_id;
-            state.next_id += 1;
-            let job = Job {
-                id: JobId(id),
-                queue: new.queue.clone(),
-                state: JobState::Queued,
-                spec: new.spec.clone(),
-                priority: new.priority,
-                attempts: 0,
-                max_attempts: new.max_attempts,
-                interruptions: 0,
-                max_interruptions: DEFAULT_MAX_INTERRUPTIONS,
-                exit_code: None,
-                error: None,
-                worker_id: None,
-                lease_token: 0,
-                cancel_requested: false,
-                created_at: now,
-                run_at: new.run_at.unwrap_or(now + new.delay.as_millis() as i64),
-                started_at: None,
-                finished_at: None,
-                unique_key: new.unique_key.clone(),
-            };
-            state.jobs.insert(
-                id,
-                Row {
-                    job,
-                    output: None,
-                    lease_expires_at: None,
-                    lease_expired: false,
-                    claim_id: None,
-                },
-            );
-            state.event(JobId(id), now, "enqueued", None, None, None);
-            answers.push(Enqueued {
-                id: JobId(id),
-                existed: false,
-            });
+            let id = state.insert_job(new, now, "enqueued", None);
+            answers.push(Enqueued { id, existed: false });
         }
         if answers.iter().any(|a| !a.existed) {
             state.notify(Wakeup::Jobs);
@@ -622,6 +628,55 @@ impl Store for MemoryStore {
             state.notify(Wakeup::Jobs);
         }
         Ok(changed)
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        super::validate_schedule(schedule)?;
+        let mut state = self.begin()?;
+        let mut new = schedule.clone();
+        let replaced = match state.schedules.get(&schedule.name) {
+            Some(old) => {
+                new.last_slot_ms = old.last_slot_ms.max(schedule.last_slot_ms);
+                true
+            }
+            None => false,
+        };
+        state.schedules.insert(new.name.clone(), new);
+        Ok(replaced)
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.begin()?.schedules.remove(name).is_some())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        Ok(self.begin()?.schedules.values().cloned().collect())
+    }
+
+    async fn fire_schedule(&self, name: &str, slot_ms: i64) -> Result<Option<JobId>, StoreError> {
+        let now = self.now_ms();
+        let mut state = self.begin()?;
+        let Some(schedule) = state.schedules.get_mut(name) else {
+            return Ok(None);
+        };
+        if schedule.last_slot_ms >= slot_ms {
+            return Ok(None);
+        }
+        schedule.last_slot_ms = slot_ms;
+        let job = NewJob {
+            delay: Duration::ZERO,
+            run_at: None,
+            unique_key: None,
+            ..schedule.job.clone()
+        };
+        let id = state.insert_job(
+            &job,
+            now,
+            "enqueued",
+            Some(format!("schedule {name} slot {slot_ms}")),
+        );
+        state.notify(Wakeup::Jobs);
+        Ok(Some(id))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {

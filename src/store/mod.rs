@@ -64,7 +64,7 @@ pub const MIN_JOB_MEMORY: u64 = 6 << 20;
 /// Docker reads it as "no limit".
 pub const MAX_JOB_PIDS: u32 = 4_194_304;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// Longest unique key.
 pub const MAX_UNIQUE_KEY_LEN: usize = 200;
 /// Latest run time a job may ask for: the end of year 9999 (unix ms).
@@ -258,6 +258,21 @@ pub struct QueueStats {
     pub paused: bool,
     /// Age of its oldest ready job, in milliseconds (0 when none is ready).
     pub oldest_ready_age_ms: u64,
+}
+
+/// A periodic job: what `dockhand schedule add` stores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Its name (unique).
+    pub name: String,
+    /// The cron expression, evaluated in UTC.
+    pub cron: String,
+    /// The job each due slot enqueues (its delay, run time and unique key
+    /// are not used).
+    pub job: NewJob,
+    /// The latest slot enqueued (unix ms); a slot at or before it is never
+    /// enqueued again. When the schedule is added: the time it was added.
+    pub last_slot_ms: i64,
 }
 
 /// What a bulk `cancel` or `retry` applies to.
@@ -549,6 +564,31 @@ pub trait Store: Send + Sync + 'static {
         paused: bool,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Add a schedule, or replace the one of that name (its last slot is
+    /// kept, so a replaced schedule does not fire a slot twice). Whether
+    /// one was replaced.
+    fn put_schedule(
+        &self,
+        schedule: &Schedule,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Remove a schedule; whether it existed.
+    fn remove_schedule(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every schedule, by name.
+    fn schedules(&self) -> impl Future<Output = Result<Vec<Schedule>, StoreError>> + Send;
+
+    /// Enqueue the schedule's job for `slot_ms` if no process did yet:
+    /// moving the schedule's last slot forward and the insert are one
+    /// transaction, so across a fleet each slot is enqueued once. The new
+    /// job's id, or `None` when the slot was already taken (or the
+    /// schedule is gone).
+    fn fire_schedule(
+        &self,
+        name: &str,
+        slot_ms: i64,
+    ) -> impl Future<Output = Result<Option<JobId>, StoreError>> + Send;
+
     /// One job.
     fn get(&self, id: JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
 
@@ -683,6 +723,51 @@ where
         paused: row.try_get("paused")?,
         oldest_ready_age_ms: count("oldest_ms")?,
     })
+}
+
+/// Read a row of the schedules table of either SQL backend.
+pub(crate) fn decode_schedule<R>(row: &R) -> Result<Schedule, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let spec: String = row.try_get("spec")?;
+    let max_attempts: i32 = row.try_get("max_attempts")?;
+    Ok(Schedule {
+        name: row.try_get("name")?,
+        cron: row.try_get("cron")?,
+        job: NewJob {
+            queue: row.try_get("queue")?,
+            spec: serde_json::from_str(&spec)
+                .map_err(|e| StoreError::Corrupt(format!("schedule spec: {e}")))?,
+            priority: row.try_get("priority")?,
+            max_attempts: u32::try_from(max_attempts)
+                .map_err(|_| StoreError::Corrupt("max_attempts is negative".into()))?,
+            delay: Duration::ZERO,
+            run_at: None,
+            unique_key: None,
+        },
+        last_slot_ms: row.try_get("last_slot_ms")?,
+    })
+}
+
+/// A schedule before it is stored: its name and its job.
+pub fn validate_schedule(schedule: &Schedule) -> Result<(), StoreError> {
+    let name = &schedule.name;
+    if name.is_empty() || name.len() > MAX_QUEUE_LEN || name.contains('\0') {
+        return Err(StoreError::InvalidJob(format!(
+            "schedule name must be 1 to {MAX_QUEUE_LEN} characters without NUL"
+        )));
+    }
+    if schedule.cron.is_empty() || schedule.cron.len() > 200 || schedule.cron.contains('\0') {
+        return Err(StoreError::InvalidJob(
+            "cron expression must be 1 to 200 characters".into(),
+        ));
+    }
+    validate(&schedule.job)
 }
 
 /// A queue name as `pause` and `resume` take it.

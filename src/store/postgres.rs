@@ -11,18 +11,18 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, decode_queue_stats, match_enqueued, migration_plan, outcome_params,
-    redact_url, validate_all, validate_queue_name, BulkAction, BulkFilter, CancelResult,
-    ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store, StoreError, Wakeup,
-    WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
-    WAKEUP_CAPACITY,
+    decode_claimed, decode_job, decode_queue_stats, decode_schedule, match_enqueued,
+    migration_plan, outcome_params, redact_url, validate_all, validate_queue_name,
+    validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
+    JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, BULK_BATCH,
+    LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 4] = [
+const MIGRATIONS: [(i64, &str); 5] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
@@ -35,6 +35,10 @@ const MIGRATIONS: [(i64, &str); 4] = [
     (
         4,
         include_str!("../../migrations/postgres/0004_operations.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_schedules.sql"),
     ),
 ];
 /// Channel NOTIFYed when jobs become ready.
@@ -697,6 +701,82 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(changed.is_some())
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        validate_schedule(schedule)?;
+        let spec = serde_json::to_string(&schedule.job.spec)
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        // xmax = 0 tells an insert from an update in RETURNING.
+        let inserted: bool = sqlx::query_scalar(
+            "INSERT INTO schedules (name, cron, queue, spec, priority, max_attempts, last_slot_ms)
+             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+             ON CONFLICT (name) DO UPDATE SET cron = EXCLUDED.cron, queue = EXCLUDED.queue,
+                 spec = EXCLUDED.spec, priority = EXCLUDED.priority,
+                 max_attempts = EXCLUDED.max_attempts,
+                 last_slot_ms = greatest(schedules.last_slot_ms, EXCLUDED.last_slot_ms)
+             RETURNING (xmax = 0)",
+        )
+        .bind(&schedule.name)
+        .bind(&schedule.cron)
+        .bind(&schedule.job.queue)
+        .bind(spec)
+        .bind(schedule.job.priority)
+        .bind(schedule.job.max_attempts as i32)
+        .bind(schedule.last_slot_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(!inserted)
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM schedules WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, cron, queue, spec::text AS spec, priority, max_attempts, last_slot_ms
+             FROM schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_schedule).collect()
+    }
+
+    async fn fire_schedule(&self, name: &str, slot_ms: i64) -> Result<Option<JobId>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The guarded update takes the slot (concurrent workers wait on
+        // the row and then find it taken); the insert is in the same
+        // statement, so a slot is taken only with its job.
+        let id: Option<i64> = sqlx::query_scalar(
+            "WITH s AS (
+                UPDATE schedules SET last_slot_ms = $2 WHERE name = $1 AND last_slot_ms < $2
+                RETURNING queue, spec, priority, max_attempts
+            ), ins AS (
+                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image)
+                SELECT queue, spec, priority, max_attempts, $3, now(), spec->>'image' FROM s
+                RETURNING id
+            ), ev AS (
+                INSERT INTO job_events (job_id, kind, detail)
+                SELECT id, 'enqueued', 'schedule ' || $1 || ' slot ' || $2 FROM ins
+            )
+            SELECT id FROM ins",
+        )
+        .bind(name)
+        .bind(slot_ms)
+        .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if id.is_some() {
+            notify(&mut *tx, JOBS_CHANNEL, "").await?;
+        }
+        tx.commit().await?;
+        Ok(id.map(JobId))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {

@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, decode_queue_stats, match_enqueued, migration_plan, outcome_params,
-    redact_url, unix_ms_now, validate_all, validate_queue_name, BulkAction, BulkFilter,
-    CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Store, StoreError,
-    Wakeup, WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    decode_claimed, decode_job, decode_queue_stats, decode_schedule, match_enqueued,
+    migration_plan, outcome_params, redact_url, unix_ms_now, validate_all, validate_queue_name,
+    validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
+    JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, BULK_BATCH,
+    LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -30,7 +31,7 @@ use crate::job::{HeartbeatAnswer, Phase};
 /// How often a worker looks for cancels of running jobs.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 
-const MIGRATIONS: [(i64, &str); 4] = [
+const MIGRATIONS: [(i64, &str); 5] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (
         2,
@@ -40,6 +41,10 @@ const MIGRATIONS: [(i64, &str); 4] = [
     (
         4,
         include_str!("../../migrations/sqlite/0004_operations.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_schedules.sql"),
     ),
 ];
 
@@ -678,6 +683,94 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(changed.is_some())
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
+        validate_schedule(schedule)?;
+        let spec = serde_json::to_string(&schedule.job.spec)
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let mut tx = self.write().await?;
+        let replaced: Option<String> =
+            sqlx::query_scalar("SELECT name FROM schedules WHERE name = ?")
+                .bind(&schedule.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO schedules (name, cron, queue, spec, priority, max_attempts, last_slot_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, queue = excluded.queue,
+                 spec = excluded.spec, priority = excluded.priority,
+                 max_attempts = excluded.max_attempts,
+                 last_slot_ms = max(schedules.last_slot_ms, excluded.last_slot_ms)",
+        )
+        .bind(&schedule.name)
+        .bind(&schedule.cron)
+        .bind(&schedule.job.queue)
+        .bind(spec)
+        .bind(schedule.job.priority)
+        .bind(i64::from(schedule.job.max_attempts))
+        .bind(schedule.last_slot_ms)
+        .bind(unix_ms_now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(replaced.is_some())
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let removed = sqlx::query("DELETE FROM schedules WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, cron, queue, spec, priority, max_attempts, last_slot_ms
+             FROM schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_schedule).collect()
+    }
+
+    async fn fire_schedule(&self, name: &str, slot_ms: i64) -> Result<Option<JobId>, StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image)
+             SELECT queue, spec, priority, max_attempts, ?3, ?4, ?4, json_extract(spec, '$.image')
+             FROM schedules WHERE name = ?1 AND last_slot_ms < ?2
+             RETURNING id",
+        )
+        .bind(name)
+        .bind(slot_ms)
+        .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE schedules SET last_slot_ms = ? WHERE name = ?")
+            .bind(slot_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, kind, detail) VALUES (?, ?, 'enqueued', ?)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(format!("schedule {name} slot {slot_ms}"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(JobId(id)))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
