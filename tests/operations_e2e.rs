@@ -481,9 +481,135 @@ async fn after_downtime_only_the_latest_missed_slot_runs(db: Db) {
     );
 }
 
+/// Rows in the job tables, and finished jobs that finished more than
+/// `stale` ago, read directly (`list` is capped).
+async fn table_rows(db: &Db, stale: Duration) -> (i64, i64, i64) {
+    const FINISHED: &str = "state IN ('succeeded', 'failed', 'cancelled')";
+    let stale_ms = stale.as_millis() as i64;
+    match db.store().await {
+        dockhand::store::AnyStore::Postgres(pg) => {
+            let pool = pg.pool();
+            let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            let old: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM jobs WHERE {FINISHED}
+                 AND finished_at < now() - $1 * interval '1 millisecond'"
+            ))
+            .bind(stale_ms)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (jobs, events, old)
+        }
+        _ => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let events: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let old: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM jobs WHERE {FINISHED} AND finished_at < ?"
+            ))
+            .bind(dockhand::store::unix_ms_now() - stale_ms)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (jobs, events, old)
+        }
+    }
+}
+
+async fn retention_keeps_the_tables_bounded_under_load(db: Db) {
+    let mut worker = db.worker(&[
+        "--concurrency",
+        "8",
+        "--poll-interval",
+        "100ms",
+        "--retain",
+        "2s",
+        "--retain-failed",
+        "2s",
+    ]);
+    let file = db.path("batch.jsonl");
+    let batch: String = (0..20)
+        .map(|i| {
+            if i % 10 == 0 {
+                "{\"command\": [\"false\"], \"max_attempts\": 1}\n".to_string()
+            } else {
+                "{\"command\": [\"true\"]}\n".to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&file, batch).unwrap();
+    // Sustained load: 20 jobs every 200 ms for 8 s (800 jobs). With 2 s of
+    // retention and a pruning round every second, no finished job outlives
+    // its retention by more than a round (6 s leaves slack for a loaded
+    // machine), whatever the backlog.
+    let stale = Duration::from_secs(6);
+    let mut finished_then = 0;
+    for round in 0..40 {
+        ok(&db, &["enqueue", "--from-file", &file]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (jobs, _, old) = table_rows(&db, stale).await;
+        assert_eq!(
+            old, 0,
+            "round {round}: {old} finished jobs past retention ({jobs} rows)"
+        );
+        finished_then = finished_then.max(jobs);
+    }
+    // Once the load stops, everything finished goes, with its history.
+    eventually("the tables to empty", Duration::from_secs(60), || {
+        let db = &db;
+        async move { (table_rows(db, stale).await == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    assert!(finished_then > 0);
+    let out = ok(&db, &["prune", "--older-than", "1s", "--dry-run"]);
+    assert!(out.contains("would delete 0 job(s)"), "{out}");
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(Duration::from_secs(30)), 0);
+}
+
+async fn prune_by_hand(db: Db) {
+    let ids: Vec<i64> = (0..3).map(|_| db.enqueue(&[], &["true"])).collect();
+    ok(&db, &["cancel", &ids[0].to_string(), &ids[1].to_string()]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let out = ok(
+        &db,
+        &["prune", "--older-than", "1s", "--state", "succeeded"],
+    );
+    assert!(out.contains("deleted 0 job(s)"), "{out}");
+    let out = json(&db, &["prune", "--older-than", "1s", "--dry-run", "--json"]);
+    assert_eq!(out["count"], 2, "{out}");
+    let out = ok(
+        &db,
+        &["prune", "--older-than", "1s", "--state", "cancelled"],
+    );
+    assert!(out.contains("deleted 2 job(s) and their history"), "{out}");
+    let gone = db.cli(&["show", &ids[0].to_string()]);
+    assert_eq!(gone.status.code(), Some(66));
+    assert_eq!(db.show(ids[2])["state"], "queued");
+}
+
 /// Bad values get one line and change nothing.
 async fn bad_operations_input(db: Db) {
-    let cases: [(&[&str], i32, &str); 8] = [
+    let cases: [(&[&str], i32, &str); 10] = [
+        (
+            &["prune", "--older-than", "1d", "--state", "running"],
+            2,
+            "not running",
+        ),
+        (&["worker", "--retain", "10ms"], 2, "off"),
         (
             &["schedule", "add", "x", "--cron", "nope", "--", "true"],
             2,
@@ -563,4 +689,6 @@ on_both! {
     bad_operations_input,
     periodic_jobs_run_once_per_slot_across_workers,
     after_downtime_only_the_latest_missed_slot_runs,
+    retention_keeps_the_tables_bounded_under_load,
+    prune_by_hand,
 }

@@ -1277,6 +1277,78 @@ async fn schedules_fire_each_slot_once(store: AnyStore) {
     assert!(store.schedules().await.unwrap().is_empty());
 }
 
+async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
+    let mut jobs: Vec<NewJob> = (0..1_200).map(|i| job(&format!("p {i}"))).collect();
+    jobs[0].max_attempts = 1;
+    let ids = store.enqueue_many(&jobs).await.unwrap();
+    // 1,000 cancelled (more than one batch of each kind), one failed, one
+    // running, the rest queued.
+    let filter = BulkFilter::default();
+    let claimed = store
+        .claim(&ClaimRequest::new(W1, &queues(), 2, LEASE, 1))
+        .await
+        .unwrap();
+    store
+        .record(W1, &[done(claimed[0].lease, failed(1))])
+        .await
+        .unwrap();
+    let mut cancel: Vec<JobId> = ids[2..1_002].to_vec();
+    cancel.sort();
+    for id in &cancel {
+        store.cancel(*id).await.unwrap();
+    }
+    assert!(store.bulk(BulkAction::Cancel, &filter, true).await.unwrap() > 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let all = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+    // Not old enough yet.
+    assert_eq!(
+        store
+            .prune(&all, Duration::from_secs(3600), false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .prune(&[JobState::Cancelled], Duration::from_millis(10), true)
+            .await
+            .unwrap(),
+        1_000,
+        "dry run"
+    );
+    assert_eq!(
+        store
+            .prune(&[JobState::Cancelled], Duration::from_millis(10), false)
+            .await
+            .unwrap(),
+        1_000
+    );
+    assert!(store.get(cancel[0]).await.unwrap().is_none());
+    assert!(
+        store.history(cancel[0]).await.unwrap().is_empty(),
+        "history goes too"
+    );
+    assert_eq!(
+        get(&store, ids[0]).await.state,
+        JobState::Failed,
+        "another state"
+    );
+    assert_eq!(
+        store
+            .prune(&all, Duration::from_millis(10), false)
+            .await
+            .unwrap(),
+        1
+    );
+    // Live jobs stay, and cannot be asked for.
+    assert_eq!(get(&store, ids[1]).await.state, JobState::Running);
+    assert_eq!(store.queue_stats().await.unwrap()[0].ready, 198);
+    assert!(store
+        .prune(&[JobState::Running], Duration::ZERO, false)
+        .await
+        .is_err());
+}
+
 macro_rules! conformance {
     ($backend:ident, $open:path; $($test:ident),* $(,)?) => {
         mod $backend {
@@ -1321,6 +1393,7 @@ macro_rules! suite {
                 queue_stats_count_every_state,
                 bulk_cancel_and_retry_by_filter,
                 schedules_fire_each_slot_once,
+                prune_deletes_old_finished_jobs_with_their_history,
             );
         )*
     };

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dockhand::job::{ClaimedJob, Completion, JobId, Lease, NewJob, RecordResult};
+use dockhand::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult};
 use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
     BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
@@ -271,6 +271,14 @@ impl Store for RemoteStore {
         &self,
         _action: BulkAction,
         _filter: &BulkFilter,
+        _dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        Err(unsupported())
+    }
+    async fn prune(
+        &self,
+        _states: &[JobState],
+        _older_than: Duration,
         _dry_run: bool,
     ) -> Result<u64, StoreError> {
         Err(unsupported())

@@ -92,6 +92,9 @@ pub enum Command {
     Pause(QueueArg),
     /// Resume a paused queue.
     Resume(QueueArg),
+    /// Delete finished jobs and their history (workers also do it: see
+    /// `worker --retain`).
+    Prune(PruneArgs),
     /// Periodic jobs: add, list, remove.
     Schedule {
         /// What to do.
@@ -178,6 +181,24 @@ pub struct JsonArg {
 pub struct QueueArg {
     /// The queue.
     pub queue: String,
+}
+
+/// `prune` options.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Jobs that finished longer ago than this.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub older_than: Duration,
+    /// Only this state (repeatable): succeeded, failed, cancelled (default:
+    /// all three).
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<JobState>,
+    /// Count them; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cancel` and `retry`: ids, or a filter.
@@ -411,6 +432,7 @@ pub async fn run(
         Command::Pause(args) => output::pause(&store, &args.queue, true).await,
         Command::Resume(args) => output::pause(&store, &args.queue, false).await,
         Command::Schedule { command } => schedule::run(&store, command).await,
+        Command::Prune(args) => output::prune(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
         Command::Demo | Command::Worker(_) => Ok(0),

@@ -5,7 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::{BulkArgs, CliError, IdArg, JobsArgs, JsonArg, ShowArgs, StateFilter, StatusArgs};
+use super::{
+    BulkArgs, CliError, IdArg, JobsArgs, JsonArg, PruneArgs, ShowArgs, StateFilter, StatusArgs,
+};
 use crate::job::{JobId, JobState};
 use crate::machine::fmt_duration;
 use crate::redact::{redact_text, redacted_env};
@@ -392,6 +394,30 @@ pub async fn queues(store: &AnyStore, args: JsonArg) -> Result<i32, CliError> {
             q.cancelled,
             if q.paused { "yes" } else { "no" }
         );
+    }
+    Ok(0)
+}
+
+/// `prune`.
+pub async fn prune(store: &AnyStore, args: PruneArgs) -> Result<i32, CliError> {
+    let states = if args.states.is_empty() {
+        vec![JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+    } else {
+        args.states
+    };
+    let count = store
+        .prune(&states, args.older_than, args.dry_run)
+        .await
+        .map_err(|e| match e {
+            StoreError::InvalidJob(why) => CliError::usage(why),
+            other => other.into(),
+        })?;
+    if args.json {
+        print_json(&json!({ "dry_run": args.dry_run, "count": count }))?;
+    } else if args.dry_run {
+        crate::outln!("would delete {count} job(s) (dry run: nothing changed)");
+    } else {
+        crate::outln!("deleted {count} job(s) and their history");
     }
     Ok(0)
 }

@@ -55,6 +55,60 @@ pub struct WorkerArgs {
     /// explicit (logged) opt-out. A non-root worker runs them as itself.
     #[arg(long, value_name = "USER[:GROUP]", env = "DOCKHAND_JOB_USER")]
     pub job_user: Option<String>,
+    /// Delete succeeded and cancelled jobs (with their history) this long
+    /// after they finished; `off` keeps them.
+    #[arg(long, default_value = "1d", value_name = "DUR|off", value_parser = parse_retention)]
+    pub retain: Retention,
+    /// Delete failed jobs this long after they failed; `off` keeps them.
+    #[arg(long, default_value = "7d", value_name = "DUR|off", value_parser = parse_retention)]
+    pub retain_failed: Retention,
+}
+
+/// How long finished jobs are kept (`None`: for ever).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// `off` or a duration of at least a second.
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "off" {
+        return Ok(Retention(None));
+    }
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!(
+            "retention {text:?} is shorter than a second; use `off` to keep jobs"
+        ));
+    }
+    Ok(Retention(Some(duration)))
+}
+
+/// Delete finished jobs past their retention until the task is dropped: a
+/// round every quarter of the shortest retention (1 s to 60 s). Each round
+/// deletes in batches of short transactions, and concurrent workers skip
+/// each other's rows, so claims never wait behind it.
+async fn prune_finished(store: AnyStore, worker_id: String, retain: Retention, failed: Retention) {
+    use crate::job::JobState;
+    let rounds = [
+        (vec![JobState::Succeeded, JobState::Cancelled], retain.0),
+        (vec![JobState::Failed], failed.0),
+    ];
+    let Some(shortest) = rounds.iter().filter_map(|(_, keep)| *keep).min() else {
+        return;
+    };
+    let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (states, keep) in &rounds {
+            let Some(keep) = keep else { continue };
+            match store.prune(states, *keep, false).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(worker_id = %worker_id, "pruned {n} finished job(s)"),
+                Err(e) => tracing::warn!(worker_id = %worker_id, "pruning finished jobs: {e}"),
+            }
+        }
+    }
 }
 
 /// Who process jobs run as, given the flag and who the worker is: `None`
@@ -267,8 +321,15 @@ pub async fn run(
         store.clone(),
         worker_id.clone(),
     ));
+    let pruning = tokio::spawn(prune_finished(
+        store.clone(),
+        worker_id.clone(),
+        args.retain,
+        args.retain_failed,
+    ));
     let report = shell::run(store, executor, signals, shell_config).await;
     schedules.abort();
+    pruning.abort();
     if let Some(message) = report.fatal {
         return Err(CliError::fatal(message));
     }

@@ -10,7 +10,7 @@ use super::{
     Wakeup, WorkerInfo, WorkerRow,
 };
 use crate::job::{
-    ClaimedJob, Completion, HeartbeatAnswer, JobId, Lease, NewJob, Phase, RecordResult,
+    ClaimedJob, Completion, HeartbeatAnswer, JobId, JobState, Lease, NewJob, Phase, RecordResult,
 };
 
 /// Any backend, chosen by URL at run time.
@@ -68,6 +68,14 @@ impl Store for AnyStore {
         dry_run: bool,
     ) -> Result<u64, StoreError> {
         delegate!(self, s => s.bulk(action, filter, dry_run))
+    }
+    async fn prune(
+        &self,
+        states: &[JobState],
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, s => s.prune(states, older_than, dry_run))
     }
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         delegate!(self, s => s.queue_stats())

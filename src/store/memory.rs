@@ -585,6 +585,31 @@ impl Store for MemoryStore {
         Ok(chosen.len() as u64)
     }
 
+    async fn prune(
+        &self,
+        states: &[JobState],
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        super::check_prunable(states)?;
+        let before = self.now_ms().saturating_sub(older_than.as_millis() as i64);
+        let mut state = self.begin()?;
+        let doomed: Vec<i64> = state
+            .jobs
+            .values()
+            .filter(|row| states.contains(&row.job.state))
+            .filter(|row| row.job.finished_at.is_some_and(|at| at < before))
+            .map(|row| row.job.id.0)
+            .collect();
+        if !dry_run {
+            for id in &doomed {
+                state.jobs.remove(id);
+                state.events.remove(id);
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let now = self.now_ms();
         let state = self.begin()?;

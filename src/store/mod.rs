@@ -332,6 +332,22 @@ impl BulkAction {
     }
 }
 
+/// The states `prune` may delete; a live state is refused.
+pub fn check_prunable(states: &[JobState]) -> Result<(), StoreError> {
+    match states
+        .iter()
+        .find(|s| matches!(s, JobState::Queued | JobState::Running))
+    {
+        Some(live) => Err(StoreError::InvalidJob(format!(
+            "prune deletes succeeded, failed or cancelled jobs, not {live} ones"
+        ))),
+        None if states.is_empty() => Err(StoreError::InvalidJob(
+            "prune needs at least one state".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Rows one bulk statement changes at most: a batch holds its row locks
 /// briefly, so workers claiming beside it are never blocked for long.
 pub const BULK_BATCH: u32 = 1000;
@@ -550,6 +566,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         action: BulkAction,
         filter: &BulkFilter,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Delete finished jobs (`states` must all be final) that finished
+    /// longer than `older_than` ago, with their history, in batches of at
+    /// most [`BULK_BATCH`] rows (one short transaction each, so claims and
+    /// records go on beside it); with `dry_run`, only count them. How many.
+    fn prune(
+        &self,
+        states: &[JobState],
+        older_than: Duration,
         dry_run: bool,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, decode_queue_stats, decode_schedule, match_enqueued,
-    migration_plan, outcome_params, redact_url, validate_all, validate_queue_name,
+    check_prunable, decode_claimed, decode_job, decode_queue_stats, decode_schedule,
+    match_enqueued, migration_plan, outcome_params, redact_url, validate_all, validate_queue_name,
     validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
     JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, BULK_BATCH,
     LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
@@ -645,6 +645,47 @@ impl Store for PostgresStore {
             tx.commit().await?;
             total += changed.len() as u64;
             if changed.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn prune(
+        &self,
+        states: &[JobState],
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        check_prunable(states)?;
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let older_ms = older_than.as_millis() as i64;
+        let selected = "state = ANY($1) AND finished_at < now() - $2 * interval '1 millisecond'";
+        if dry_run {
+            let count: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {selected}"))
+                    .bind(&states)
+                    .bind(older_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Ok(count as u64);
+        }
+        // The history goes with its job (ON DELETE CASCADE). SKIP LOCKED:
+        // a row someone is retrying right now is left for the next round.
+        let sql = format!(
+            "DELETE FROM jobs WHERE id IN (
+                SELECT id FROM jobs WHERE {selected} ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        );
+        let mut total = 0u64;
+        loop {
+            let deleted = sqlx::query(&sql)
+                .bind(&states)
+                .bind(older_ms)
+                .bind(i64::from(BULK_BATCH))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < u64::from(BULK_BATCH) {
                 return Ok(total);
             }
         }

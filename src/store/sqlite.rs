@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    decode_claimed, decode_job, decode_queue_stats, decode_schedule, match_enqueued,
-    migration_plan, outcome_params, redact_url, unix_ms_now, validate_all, validate_queue_name,
-    validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
-    JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, BULK_BATCH,
-    LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    check_prunable, decode_claimed, decode_job, decode_queue_stats, decode_schedule,
+    match_enqueued, migration_plan, outcome_params, redact_url, unix_ms_now, validate_all,
+    validate_queue_name, validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest,
+    Enqueued, Job, JobEvent, JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup,
+    WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -630,6 +630,57 @@ impl Store for SqliteStore {
             tx.commit().await?;
             total += changed.len() as u64;
             if changed.is_empty() {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn prune(
+        &self,
+        states: &[JobState],
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        check_prunable(states)?;
+        let states = serde_json::to_string(&states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let before = unix_ms_now().saturating_sub(older_than.as_millis() as i64);
+        let selected = "state IN (SELECT value FROM json_each(?1)) AND finished_at < ?2";
+        if dry_run {
+            let count: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {selected}"))
+                    .bind(&states)
+                    .bind(before)
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Ok(count as u64);
+        }
+        let mut total = 0u64;
+        loop {
+            // One short write transaction per batch: the history first,
+            // then the jobs.
+            let mut tx = self.write().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT id FROM jobs WHERE {selected} ORDER BY id LIMIT ?3"
+            ))
+            .bind(&states)
+            .bind(before)
+            .bind(i64::from(BULK_BATCH))
+            .fetch_all(&mut *tx)
+            .await?;
+            let list =
+                serde_json::to_string(&ids).map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+            sqlx::query("DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(?))")
+                .bind(&list)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(&list)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            total += ids.len() as u64;
+            if ids.len() < BULK_BATCH as usize {
                 return Ok(total);
             }
         }
