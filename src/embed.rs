@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::executor::inprocess::{Handler, HandlerResult, InProcessExecutor, JobContext};
 use crate::machine::{Config, ConfigError, Signal};
-use crate::shell::{self, ExitReport, ShellConfig};
+use crate::shell::{self, ExitReport, NoObserver, Observer, ShellConfig};
 use crate::store::{Store, WorkerInfo};
 
 /// Builds an embedded worker.
@@ -51,6 +51,7 @@ pub struct WorkerBuilder<S> {
     queues: Vec<String>,
     worker_id: Option<String>,
     store_timeout: Duration,
+    observer: Arc<dyn Observer>,
 }
 
 impl<S: Store + Clone> WorkerBuilder<S> {
@@ -63,6 +64,7 @@ impl<S: Store + Clone> WorkerBuilder<S> {
             queues: vec!["default".to_string()],
             worker_id: None,
             store_timeout: Duration::from_secs(5),
+            observer: Arc::new(NoObserver),
         }
     }
 
@@ -95,6 +97,16 @@ impl<S: Store + Clone> WorkerBuilder<S> {
         self
     }
 
+    /// Who watches the worker: with the `http` feature, an
+    /// [`http::Monitor`](crate::http::Monitor) gives the same Prometheus
+    /// metrics, `/healthz`, `/readyz` and `/status` as `dockhand worker
+    /// --http` (serve it with [`http::serve`](crate::http::serve), or
+    /// render `monitor.metrics` into the application's own endpoint).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
     /// Check the configuration and make the worker and its shutdown handle.
     pub fn build(self) -> Result<(Worker<S>, ShutdownHandle), ConfigError> {
         self.config.validate()?;
@@ -115,7 +127,7 @@ impl<S: Store + Clone> WorkerBuilder<S> {
             queues: self.queues,
             machine: self.config,
             store_timeout: self.store_timeout,
-            observer: std::sync::Arc::new(crate::shell::NoObserver),
+            observer: self.observer,
             status_to_stderr: false,
         };
         let worker = Worker {

@@ -124,8 +124,7 @@ impl Monitor {
     pub fn publish(&self, machine: &Machine) -> Option<Instant> {
         let phase = machine.phase();
         let counters = machine.counters();
-        self.metrics
-            .on_state(phase, machine.alive(), counters.store_errors);
+        self.metrics.on_state(phase, machine.alive(), counters);
         let now = Instant::now();
         let mut due = None;
         self.tx.send_if_modified(|snapshot| {

@@ -48,6 +48,27 @@ fn init_logging(format: Option<LogFormat>, quiet: bool) {
     }
 }
 
+/// A command given without `--` (`dockhand enqueue echo hi`): clap sees an
+/// unexpected argument and gives no tip, so say where the command goes.
+fn command_tip(error: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::UnknownArgument || args.iter().any(|a| a == "--") {
+        return None;
+    }
+    let usage = if args.iter().any(|a| a == "schedule") {
+        "dockhand schedule add NAME --cron EXPR [OPTIONS] --"
+    } else if args.iter().any(|a| a == "enqueue") {
+        "dockhand enqueue [OPTIONS] --"
+    } else {
+        return None;
+    };
+    let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    (!word.starts_with('-'))
+        .then(|| format!("a job's command goes after `--`, e.g. `{usage} {word} ...`"))
+}
+
 fn usage_error(line: &str) -> ! {
     errln!("dockhand: error: {line} (see dockhand --help)");
     std::process::exit(EXIT_USAGE);
@@ -67,6 +88,17 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error)
+            if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `dockhand`: the help itself, on stderr, exit 2.
+            let mut help = error.render().to_string();
+            if !help.ends_with('\n') {
+                help.push('\n');
+            }
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), help.as_bytes());
+            std::process::exit(EXIT_USAGE);
+        }
         Err(error) => {
             // One line naming the problem; the full usage is one --help away.
             let rendered = error.render().to_string();
@@ -81,6 +113,14 @@ fn main() {
                 if let Some(next) = lines.next() {
                     line = format!("{line} {next}");
                 }
+            }
+            // clap's tips (e.g. "to pass 'echo' as a value, use '-- echo'")
+            // stay, on the same line.
+            for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+                line = format!("{line}; tip: {tip}");
+            }
+            if let Some(tip) = command_tip(&error, &args) {
+                line = format!("{line}; tip: {tip}");
             }
             usage_error(&line);
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::executor::EngineState;
 use crate::job::JobState;
-use crate::machine::{Action, Event, Note, Phase, What};
+use crate::machine::{Action, Counters, Event, Note, Phase, What};
 use crate::store::QueueStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +54,141 @@ pub struct QueueStateLabels {
     pub state: String,
 }
 
+/// Labels of the worker event counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// lost_lease, stale_refused, invalid_refused, superseded, late_reply, violation.
+    pub event: String,
+}
+
+/// Labels of `dockhand_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version.
+    pub version: String,
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessMetrics {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    cpu_seen: Mutex<f64>,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ProcessMetrics {
+            cpu_seconds: Counter::default(),
+            cpu_seen: Mutex::new(0.0),
+            resident_bytes: Gauge::default(),
+            virtual_bytes: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            start_time: Gauge::default(),
+        };
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            metrics.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            metrics.resident_bytes.clone(),
+        );
+        registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            metrics.virtual_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors",
+            metrics.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "Most file descriptors the process may open",
+            metrics.max_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the unix epoch, in seconds",
+            metrics.start_time.clone(),
+        );
+        metrics
+    }
+
+    /// Read `/proc/self`; a value that cannot be read keeps its last one.
+    fn refresh(&self) {
+        // SAFETY: sysconf only reads configuration values.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+                libc::sysconf(libc::_SC_PAGESIZE).max(1),
+            )
+        };
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces), from
+            // field 3 on: utime is 14, stime 15, starttime 22, vsize 23.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            if let (Some(user), Some(system)) = (field(14), field(15)) {
+                let cpu = (user + system) as f64 / ticks;
+                let mut seen = self.cpu_seen.lock().unwrap_or_else(|p| p.into_inner());
+                if cpu > *seen {
+                    self.cpu_seconds.inc_by(cpu - *seen);
+                    *seen = cpu;
+                }
+            }
+            if let Some(vsize) = field(23) {
+                self.virtual_bytes
+                    .set(i64::try_from(vsize).unwrap_or(i64::MAX));
+            }
+            if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+                self.start_time.set(boot + start as f64 / ticks);
+            }
+        }
+        if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|m| m.split_whitespace().nth(1)?.parse::<i64>().ok())
+        {
+            self.resident_bytes.set(rss.saturating_mul(page));
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only into `limit`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            self.max_fds
+                .set(i64::try_from(limit.rlim_cur).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The system's boot time (unix seconds), from `/proc/stat`.
+fn boot_time() -> Option<f64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Labels of the Docker engine gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EngineLabels {
@@ -75,11 +210,13 @@ pub struct Metrics {
     job_duration: Histogram,
     shutdown_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
     store_errors: Counter,
+    events: Family<EventLabels, Counter>,
+    process: ProcessMetrics,
     queue_jobs: Family<QueueStateLabels, Gauge>,
     queue_oldest: Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     queue_paused: Family<QueueLabels, Gauge>,
-    /// The machine's store error count already exported.
-    store_errors_seen: Mutex<u64>,
+    /// The machine's counters already exported.
+    seen: Mutex<Counters>,
 }
 
 impl Default for Metrics {
@@ -91,7 +228,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Every metric registered, all at zero.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dockhand");
+        let mut root = Registry::default();
+        let process = ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("dockhand");
         let claimed = Family::<QueueLabels, Counter>::default();
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         let running = Gauge::default();
@@ -120,6 +259,19 @@ impl Metrics {
             "queue_paused",
             "1 for a queue an operator paused",
             queue_paused.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "worker_events",
+            "What the worker met besides outcomes (the /status counters): lost_lease, stale_refused, invalid_refused, superseded, late_reply, violation",
+            events.clone(),
+        );
+        registry.register(
+            "build",
+            "The dockhand version",
+            prometheus_client::metrics::info::Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
         );
         registry.register("jobs_claimed", "Jobs claimed, by queue", claimed.clone());
         registry.register(
@@ -164,7 +316,7 @@ impl Metrics {
             store_errors.clone(),
         );
         let metrics = Metrics {
-            registry,
+            registry: root,
             claimed,
             outcomes,
             running,
@@ -175,17 +327,20 @@ impl Metrics {
             job_duration,
             shutdown_duration,
             store_errors,
+            events,
+            process,
             queue_jobs,
             queue_oldest,
             queue_paused,
-            store_errors_seen: Mutex::new(0),
+            seen: Mutex::new(Counters::default()),
         };
         metrics.set_phase(Phase::Running);
         metrics
     }
 
-    /// The exposition text.
+    /// The exposition text (the process metrics read now).
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -238,18 +393,30 @@ impl Metrics {
         }
     }
 
-    /// The machine's state after an event.
-    pub fn on_state(&self, phase: Phase, alive: usize, store_errors: u64) {
+    /// The machine's state after an event: running jobs, phase, and the
+    /// growth of its counters since the last call.
+    pub fn on_state(&self, phase: Phase, alive: usize, counters: &Counters) {
         self.running.set(alive as i64);
         self.set_phase(phase);
-        let mut seen = self
-            .store_errors_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if store_errors > *seen {
-            self.store_errors.inc_by(store_errors - *seen);
-            *seen = store_errors;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.store_errors
+            .inc_by(counters.store_errors.saturating_sub(seen.store_errors));
+        for (event, now, then) in [
+            ("lost_lease", counters.lost, seen.lost),
+            ("stale_refused", counters.refused, seen.refused),
+            ("invalid_refused", counters.invalid, seen.invalid),
+            ("superseded", counters.superseded, seen.superseded),
+            ("late_reply", counters.late_replies, seen.late_replies),
+            ("violation", counters.violations, seen.violations),
+        ] {
+            if now > then {
+                let labels = EventLabels {
+                    event: event.to_string(),
+                };
+                self.events.get_or_create(&labels).inc_by(now - then);
+            }
         }
+        *seen = counters.clone();
     }
 
     /// The worker decided to exit, this long after the first signal.
@@ -359,9 +526,34 @@ mod tests {
     #[test]
     fn renders_registered_metrics() {
         let metrics = Metrics::new();
-        metrics.on_state(Phase::Draining, 2, 3);
+        let counters = Counters {
+            store_errors: 3,
+            lost: 1,
+            late_replies: 2,
+            ..Counters::default()
+        };
+        metrics.on_state(Phase::Draining, 2, &counters);
+        metrics.on_state(Phase::Draining, 2, &counters);
         let text = metrics.render();
         assert!(text.contains("dockhand_jobs_running 2"), "{text}");
+        assert!(
+            text.contains(r#"dockhand_worker_events_total{event="lost_lease"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dockhand_worker_events_total{event="late_reply"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"dockhand_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(!text.contains("dockhand_process_"), "{text}");
         assert!(
             text.contains("dockhand_phase{phase=\"draining\"} 1"),
             "{text}"

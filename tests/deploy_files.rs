@@ -225,3 +225,45 @@ fn docker_build_context_leaves_out_target() {
         .collect();
     assert!(leaked.is_empty(), "build output in the context: {leaked:?}");
 }
+
+/// The autoscaler scales the Deployment of kubernetes.yaml on metrics the
+/// worker really exports, taking the max over workers (each exports the
+/// whole fleet's backlog), and waits longer than a drain to scale again.
+#[test]
+fn autoscaling_reads_the_backlog_metrics() {
+    let scaled: serde_yaml::Value =
+        serde_yaml::from_str(&file("autoscaling.yaml")).expect("valid YAML");
+    let deployment: serde_yaml::Value =
+        serde_yaml::from_str(&file("kubernetes.yaml")).expect("valid YAML");
+    assert_eq!(scaled["kind"], "ScaledObject");
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    let metrics = dockhand::metrics::Metrics::new();
+    metrics.set_queues(&[dockhand::store::QueueStats {
+        queue: "q".into(),
+        ready: 1,
+        ..Default::default()
+    }]);
+    let exported = metrics.render();
+    let triggers = scaled["spec"]["triggers"].as_sequence().expect("triggers");
+    assert!(!triggers.is_empty());
+    for trigger in triggers {
+        let query = trigger["metadata"]["query"].as_str().expect("a query");
+        assert!(query.starts_with("max("), "max over workers: {query}");
+        let name = query
+            .trim_start_matches("max(")
+            .split(['{', ')'])
+            .next()
+            .unwrap();
+        assert!(
+            exported.lines().any(|l| l.starts_with(name)),
+            "{name} is not exported:\n{exported}"
+        );
+    }
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(scaled["spec"]["cooldownPeriod"].as_u64().unwrap() > grace);
+}

@@ -168,3 +168,47 @@ async fn unknown_kinds_and_handler_errors_are_failed_attempts() {
         Some(&b"bad input"[..])
     );
 }
+
+/// An embedded worker gets the same metrics as `dockhand worker --http`.
+#[tokio::test]
+async fn an_embedded_worker_has_metrics() {
+    let store = MemoryStore::new();
+    let ids = store
+        .enqueue_many(&[job("work"), job("fail")])
+        .await
+        .unwrap();
+    let monitor = dockhand::http::Monitor::new("embedded-metrics", Duration::from_secs(1));
+    let (worker, shutdown) = WorkerBuilder::new(store.clone())
+        .config(config())
+        .observer(std::sync::Arc::new(monitor.clone()))
+        .handler("work", |_| async move { Ok(()) })
+        .handler("fail", |_| async move { Err("no".into()) })
+        .build()
+        .unwrap();
+    let run = tokio::spawn(worker.run());
+    for _ in 0..200 {
+        let done = store.get(ids[0]).await.unwrap().unwrap().state == JobState::Succeeded;
+        let retried = store.history(ids[1]).await.unwrap().len() > 2;
+        if done && retried {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.shutdown().await;
+    let report = run.await.unwrap();
+    assert_eq!(report.code, 0, "{}", report.trace);
+    let text = monitor.metrics.render();
+    assert!(
+        text.contains(r#"dockhand_jobs_total{queue="default",outcome="succeeded"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"outcome="retried"}"#),
+        "a failed attempt with attempts left: {text}"
+    );
+    assert!(
+        text.contains("dockhand_phase{phase=\"stopped\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+}

@@ -91,6 +91,9 @@ pub struct EnqueueArgs {
     /// required.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with = "command")]
     pub from_file: Option<PathBuf>,
+    /// Print {"jobs": [{"id", "existed"}]} instead of one id a line.
+    #[arg(long)]
+    pub json: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", required_unless_present = "from_file")]
     pub command: Vec<String>,
@@ -261,6 +264,11 @@ pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
         }],
     };
     let answers = store.enqueue(&jobs).await?;
+    if args.json {
+        let value = serde_json::json!({ "jobs": answers });
+        crate::outln!("{}", super::json_text(&value)?);
+        return Ok(0);
+    }
     for (answer, job) in answers.iter().zip(&jobs) {
         crate::outln!("{}", answer.id);
         if answer.existed {

@@ -23,10 +23,39 @@ pub const EXIT_FATAL: i32 = 1;
 /// Exit code of a usage error (a bad flag or value).
 pub const EXIT_USAGE: i32 = 2;
 
+/// Examples and exit codes, under `dockhand --help`.
+const AFTER_HELP: &str = "\
+Examples:
+  dockhand enqueue -- sh -c 'echo hello'           a job (prints its id)
+  dockhand enqueue --image alpine:3 --at 2026-12-01T09:00:00Z -- ./report
+  dockhand worker --concurrency 8 --http 0.0.0.0:9090
+  dockhand jobs --state failed
+  dockhand retry --state failed --older-than 1h --dry-run
+  dockhand pause emails; dockhand resume emails
+  dockhand schedule add nightly --cron '0 3 * * *' -- ./backup.sh
+
+Exit codes:
+  0   success (a worker: every job running at the signal finished on its own)
+  1   the command failed
+  2   usage error (a bad flag or value)
+  66  not found (a job, a schedule)
+  75  a worker stopped with jobs interrupted and requeued (nothing lost)
+  78  configuration error (database URL, schema newer than this build)
+
+Database: --database-url, DATABASE_URL, --database-url-file or
+DATABASE_URL_FILE; default sqlite://dockhand.db. Linux only.";
+
 /// dockhand: a job worker for containers and processes with a graceful
 /// shutdown you can trust.
 #[derive(Debug, Parser)]
-#[command(name = "dockhand", version, about, long_about = None)]
+#[command(
+    name = "dockhand",
+    version,
+    about,
+    long_about = None,
+    arg_required_else_help = true,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Database: postgres://USER:PASS@HOST/DB or sqlite://FILE. Prefer the
     /// DATABASE_URL variable or --database-url-file: a password on the
@@ -67,7 +96,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or upgrade the database schema (every command also does it).
-    Migrate,
+    Migrate(JsonArg),
     /// Enqueue a job and print its id; or many from a JSON-lines file.
     Enqueue(enqueue::EnqueueArgs),
     /// Run a worker until SIGTERM/SIGINT (drain), a second one (force), a third (kill).
@@ -92,6 +121,10 @@ pub enum Command {
     Pause(QueueArg),
     /// Resume a paused queue.
     Resume(QueueArg),
+    /// Print a shell completion script: bash, zsh, fish, elvish, powershell.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `dockhand man > dockhand.1`.
+    Man,
     /// Delete finished jobs and their history (workers also do it: see
     /// `worker --retain`).
     Prune(PruneArgs),
@@ -181,6 +214,16 @@ pub struct JsonArg {
 pub struct QueueArg {
     /// The queue.
     pub queue: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `completions` options.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// `prune` options.
@@ -375,6 +418,34 @@ pub fn password_on_command_line(cli: &Cli) -> bool {
             .is_some_and(|url| crate::redact::redact_url(url) != url)
 }
 
+/// Open and migrate a store that must exist already (SQLite: the file).
+pub async fn open_existing_store(url: Option<&str>) -> Result<AnyStore, CliError> {
+    let url = url.unwrap_or(DEFAULT_DATABASE_URL);
+    let store = AnyStore::open_existing(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// `completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Result<i32, CliError> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "dockhand", &mut script);
+    out::bytes(&script)?;
+    Ok(0)
+}
+
+/// `man`.
+fn man_page() -> Result<i32, CliError> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(|e| CliError::fatal(format!("cannot render the man page: {e}")))?;
+    out::bytes(&page)?;
+    Ok(0)
+}
+
 /// Open and migrate the store the flags name.
 pub async fn open_store(url: Option<&str>) -> Result<AnyStore, CliError> {
     let url = url.unwrap_or(DEFAULT_DATABASE_URL);
@@ -399,6 +470,8 @@ pub async fn run(
     let url = url.as_deref();
     let args = match cli.command {
         Command::Demo => return demo::run(watchdog).await,
+        Command::Completions(args) => return completions(args.shell),
+        Command::Man => return man_page(),
         Command::Worker(args) => {
             // Signal handlers before anything slow: a TERM while connecting
             // or migrating is handled (a prompt exit 0: nothing was
@@ -416,10 +489,39 @@ pub async fn run(
         }
         other => other,
     };
-    let store = open_store(url).await?;
+    // Commands that only read never create a database: a mistyped SQLite
+    // path is an error, not a new empty file.
+    let read_only = matches!(
+        args,
+        Command::Jobs(_)
+            | Command::Show(_)
+            | Command::Logs(_)
+            | Command::Status(_)
+            | Command::Queues(_)
+            | Command::Schedule {
+                command: schedule::ScheduleCommand::List(_)
+            }
+    );
+    let store = if read_only {
+        open_existing_store(url).await?
+    } else {
+        open_store(url).await?
+    };
     match args {
-        Command::Migrate => {
-            crate::outln!("database schema is up to date");
+        Command::Migrate(args) => {
+            if args.json {
+                crate::outln!(
+                    "{}",
+                    json_text(
+                        &serde_json::json!({ "schema_version": crate::store::SCHEMA_VERSION })
+                    )?
+                );
+            } else {
+                crate::outln!(
+                    "database schema is up to date (version {})",
+                    crate::store::SCHEMA_VERSION
+                );
+            }
             Ok(0)
         }
         Command::Enqueue(args) => enqueue::run(&store, args).await,
@@ -429,12 +531,12 @@ pub async fn run(
         Command::Cancel(args) => output::bulk(&store, BulkAction::Cancel, args).await,
         Command::Retry(args) => output::bulk(&store, BulkAction::Retry, args).await,
         Command::Queues(args) => output::queues(&store, args).await,
-        Command::Pause(args) => output::pause(&store, &args.queue, true).await,
-        Command::Resume(args) => output::pause(&store, &args.queue, false).await,
+        Command::Pause(args) => output::pause(&store, &args, true).await,
+        Command::Resume(args) => output::pause(&store, &args, false).await,
         Command::Schedule { command } => schedule::run(&store, command).await,
         Command::Prune(args) => output::prune(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
-        Command::Demo | Command::Worker(_) => Ok(0),
+        Command::Demo | Command::Worker(_) | Command::Completions(_) | Command::Man => Ok(0),
     }
 }

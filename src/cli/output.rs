@@ -6,7 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::{
-    BulkArgs, CliError, IdArg, JobsArgs, JsonArg, PruneArgs, ShowArgs, StateFilter, StatusArgs,
+    BulkArgs, CliError, IdArg, JobsArgs, JsonArg, PruneArgs, QueueArg, ShowArgs, StateFilter,
+    StatusArgs,
 };
 use crate::job::{JobId, JobState};
 use crate::machine::fmt_duration;
@@ -423,11 +424,16 @@ pub async fn prune(store: &AnyStore, args: PruneArgs) -> Result<i32, CliError> {
 }
 
 /// `pause` and `resume`.
-pub async fn pause(store: &AnyStore, queue: &str, paused: bool) -> Result<i32, CliError> {
+pub async fn pause(store: &AnyStore, args: &QueueArg, paused: bool) -> Result<i32, CliError> {
+    let queue = &args.queue;
     let changed = store.set_paused(queue, paused).await.map_err(|e| match e {
         StoreError::InvalidJob(why) => CliError::usage(why),
         other => other.into(),
     })?;
+    if args.json {
+        print_json(&json!({ "queue": queue, "paused": paused, "changed": changed }))?;
+        return Ok(0);
+    }
     match (paused, changed) {
         (true, true) => crate::outln!(
             "queue {queue} paused: workers claim nothing from it until `dockhand resume {queue}`; running jobs go on"

@@ -46,6 +46,9 @@ pub struct AddArgs {
     /// The job each slot enqueues.
     #[command(flatten)]
     pub job: JobArgs,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", required = true)]
     pub command: Vec<String>,
@@ -64,6 +67,9 @@ pub struct ListArgs {
 pub struct RemoveArgs {
     /// The schedule's name.
     pub name: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]
@@ -143,9 +149,17 @@ pub async fn run(store: &AnyStore, command: ScheduleCommand) -> Result<i32, CliE
                 StoreError::InvalidJob(why) => CliError::usage(why),
                 other => other.into(),
             })?;
-            let next = next_slot(&schedule.cron, now)
-                .map(time)
-                .unwrap_or_else(|| "never".into());
+            let next = next_slot(&schedule.cron, now).map(time);
+            if args.json {
+                let value = json!({
+                    "name": schedule.name,
+                    "replaced": replaced,
+                    "next_slot": next,
+                });
+                crate::outln!("{}", json_text(&value)?);
+                return Ok(0);
+            }
+            let next = next.unwrap_or_else(|| "never".into());
             crate::outln!(
                 "schedule {} {}: next slot {next}",
                 schedule.name,
@@ -203,7 +217,14 @@ pub async fn run(store: &AnyStore, command: ScheduleCommand) -> Result<i32, CliE
         }
         ScheduleCommand::Remove(args) => {
             if store.remove_schedule(&args.name).await? {
-                crate::outln!("schedule {} removed", args.name);
+                if args.json {
+                    crate::outln!(
+                        "{}",
+                        json_text(&json!({ "name": args.name, "removed": true }))?
+                    );
+                } else {
+                    crate::outln!("schedule {} removed", args.name);
+                }
                 Ok(0)
             } else {
                 Err(CliError {

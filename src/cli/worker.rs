@@ -21,34 +21,40 @@ use crate::store::{AnyStore, Store, WorkerInfo};
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Queue to take jobs from (repeatable).
-    #[arg(long = "queue", value_name = "QUEUE", default_value = "default")]
+    #[arg(
+        long = "queue",
+        env = "DOCKHAND_QUEUES",
+        value_delimiter = ',',
+        value_name = "QUEUE",
+        default_value = "default"
+    )]
     pub queues: Vec<String>,
     /// Jobs running at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "DOCKHAND_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u32,
     /// How often to look for jobs without a wake-up (and reap expired leases).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "DOCKHAND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long running jobs may go on after the first SIGTERM/SIGINT.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "DOCKHAND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// Time between SIGTERM and SIGKILL for a job being stopped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "DOCKHAND_KILL_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub kill_grace: Duration,
     /// How long a claim stays valid without a heartbeat (heartbeats every lease/3).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "DOCKHAND_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub lease: Duration,
     /// Default memory limit of job containers, e.g. 512m.
-    #[arg(long, default_value = "512m", value_parser = super::enqueue::parse_memory)]
+    #[arg(long, env = "DOCKHAND_DOCKER_MEMORY", default_value = "512m", value_parser = super::enqueue::parse_memory)]
     pub docker_memory: u64,
     /// Default CPU limit of job containers, e.g. 1 or 0.5.
-    #[arg(long, default_value = "1", value_parser = super::enqueue::parse_cpus)]
+    #[arg(long, env = "DOCKHAND_DOCKER_CPUS", default_value = "1", value_parser = super::enqueue::parse_cpus)]
     pub docker_cpus: u32,
     /// Default process limit of job containers (at least 1: a limit cannot be turned off).
-    #[arg(long, default_value = "512", value_parser = super::enqueue::parse_pids)]
+    #[arg(long, env = "DOCKHAND_DOCKER_PIDS", default_value = "512", value_parser = super::enqueue::parse_pids)]
     pub docker_pids: u32,
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 0.0.0.0:9090).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "DOCKHAND_HTTP", value_name = "ADDR")]
     pub http: Option<String>,
     /// Run process jobs as this user (USER or USER:GROUP). A root worker
     /// runs them as `nobody` unless told otherwise; `--job-user root` is an
@@ -57,10 +63,10 @@ pub struct WorkerArgs {
     pub job_user: Option<String>,
     /// Delete succeeded and cancelled jobs (with their history) this long
     /// after they finished; `off` keeps them.
-    #[arg(long, default_value = "1d", value_name = "DUR|off", value_parser = parse_retention)]
+    #[arg(long, env = "DOCKHAND_RETAIN", default_value = "1d", value_name = "DUR|off", value_parser = parse_retention)]
     pub retain: Retention,
     /// Delete failed jobs this long after they failed; `off` keeps them.
-    #[arg(long, default_value = "7d", value_name = "DUR|off", value_parser = parse_retention)]
+    #[arg(long, env = "DOCKHAND_RETAIN_FAILED", default_value = "7d", value_name = "DUR|off", value_parser = parse_retention)]
     pub retain_failed: Retention,
 }
 

@@ -28,6 +28,16 @@ impl AnyStore {
     /// Open `postgres://…`, `sqlite://…` or `memory://`; checks the URL and
     /// connects, without migrating.
     pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Open the store `url` names; a SQLite file must exist already (for
+    /// commands that only read: a typo must not create an empty database).
+    pub async fn open_existing(url: &str) -> Result<AnyStore, StoreError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<AnyStore, StoreError> {
         let bad = |reason: &str| StoreError::BadUrl {
             url: redact_url(url),
             reason: reason.to_string(),
@@ -35,7 +45,12 @@ impl AnyStore {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(AnyStore::Postgres(PostgresStore::connect(url).await?))
         } else if url.starts_with("sqlite:") {
-            Ok(AnyStore::Sqlite(SqliteStore::open(url).await?))
+            let store = if create {
+                SqliteStore::open(url).await?
+            } else {
+                SqliteStore::open_existing(url).await?
+            };
+            Ok(AnyStore::Sqlite(store))
         } else if url == "memory://" {
             Ok(AnyStore::Memory(MemoryStore::new()))
         } else {

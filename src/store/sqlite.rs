@@ -61,16 +61,37 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating the file if missing) `sqlite://PATH` or `sqlite::memory:`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Open a database file that must exist already: what read-only
+    /// commands use, so a mistyped path is an error instead of a new,
+    /// empty database.
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl {
                 url: redact_url(url),
                 reason: e.to_string(),
             })?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let file = options.get_filename();
+        if !create && file != std::path::Path::new(":memory:") && !file.exists() {
+            return Err(StoreError::BadUrl {
+                url: redact_url(url),
+                reason: format!(
+                    "no database file at {}; a worker or `dockhand migrate` creates it",
+                    file.display()
+                ),
+            });
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
