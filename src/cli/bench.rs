@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// Concurrency levels to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub concurrency: Vec<u32>,
+    /// Jobs queued ahead in each throughput round's queue (the round times
+    /// its first --jobs completions with this backlog still waiting), to
+    /// show what a claim costs as the backlog grows. Cancelled afterwards.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: u64,
     /// Lease for the recovery measurement (a claim left by a "killed" worker).
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
     pub lease: Duration,
@@ -292,14 +297,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Cancel what is left of a round's backlog (only its own queue; the rows
+/// stay for retention to delete), so the next round starts from its own.
+async fn remove_backlog(store: &AnyStore, queue: &str) -> Result<(), CliError> {
+    use crate::store::{BulkAction, BulkFilter};
+    let filter = BulkFilter {
+        queue: Some(queue.to_string()),
+        ..BulkFilter::default()
+    };
+    store.bulk(BulkAction::Cancel, &filter, false).await?;
+    Ok(())
+}
+
 /// Run every measurement and print the table (or JSON).
 pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, CliError> {
     let json = args.json;
     if !json {
         crate::outln!(
-            "dockhand bench on {} ({} jobs per round)",
+            "dockhand bench on {} ({} jobs per round, {} queued ahead)",
             crate::store::redact_url(url),
-            args.jobs
+            args.jobs,
+            args.backlog
         );
     }
     let (idle_exit, idle_rss) = idle_exit(store, 10).await?;
@@ -313,11 +331,14 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
             args.jobs
         };
         let queue = queue(&format!("c{concurrency}"));
-        enqueue_rates.push(enqueue(store, &queue, n).await?);
+        enqueue_rates.push(enqueue(store, &queue, n + args.backlog).await?);
         let bar = bar(n, &format!("concurrency {concurrency}"), json);
         let (rate, peak) = throughput(store, &queue, n, concurrency, &bar).await?;
         peak_rss = peak_rss.max(peak);
         rounds.push((concurrency, n, rate));
+        if args.backlog > 0 {
+            remove_backlog(store, &queue).await?;
+        }
     }
     let bar = bar(200, "pickup latency", json);
     let latencies = pickup(store, 200, &bar).await?;
@@ -329,6 +350,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
     if json {
         let value = json!({
             "database": crate::store::redact_url(url),
+            "backlog": args.backlog,
             "bulk_enqueue_jobs_per_s": enqueue_rate.round(),
             "throughput": rounds.iter().map(|(c, n, r)| json!({"concurrency": c, "jobs": n, "jobs_per_s": r.round()})).collect::<Vec<_>>(),
             "pickup_latency_ms": {"p50": ms(p50), "p99": ms(p99), "samples": latencies.len()},

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
@@ -28,8 +28,14 @@ use crate::job::{
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-/// How often a worker looks for cancels of running jobs.
+/// How often a worker looks for cancels of running jobs when nothing
+/// changed in the file.
 const CANCEL_POLL: Duration = Duration::from_millis(500);
+/// How often the wake-up watcher asks whether another connection (another
+/// process, or this one's pool) committed. `PRAGMA data_version` reads
+/// only a counter in the shared memory of the WAL, so an idle worker pays
+/// a few microseconds per look.
+const CHANGE_POLL: Duration = Duration::from_millis(2);
 
 const MIGRATIONS: [(i64, &str); 5] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
@@ -56,6 +62,8 @@ const JOB_COLUMNS: &str = "id, queue, spec, state, priority, attempts, max_attem
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// For the wake-up watcher's own connection (outside the pool).
+    options: std::sync::Arc<SqliteConnectOptions>,
 }
 
 impl SqliteStore {
@@ -111,7 +119,10 @@ impl SqliteStore {
                 }
             }
         }
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            options: std::sync::Arc::new(options),
+        })
     }
 
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
@@ -253,30 +264,47 @@ impl Store for SqliteStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = unix_ms_now();
         let worker = request.worker.as_str();
-        let queues = serde_json::to_string(&request.queues)
-            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+        let mut queues: Vec<&str> = request.queues.iter().map(String::as_str).collect();
+        queues.sort_unstable();
+        queues.dedup();
         let mut tx = self.write().await?;
+        // One index scan per queue (`jobs_ready` yields each queue's rows in
+        // claim order: no sort of the backlog), merged here by priority; the
+        // write lock is held, so what is read is what is updated. A single
+        // `queue IN (...) ORDER BY` sorted every queued row in a temp B-tree.
+        let mut candidates: Vec<(i32, i64, i64)> = Vec::new();
+        for queue in queues {
+            let rows: Vec<(i64, i32, i64)> = sqlx::query_as(
+                "SELECT id, priority, run_at FROM jobs INDEXED BY jobs_ready
+                 WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2 AND (?3 OR image IS NULL)
+                   AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = ?1 AND p.paused)
+                 ORDER BY priority DESC, run_at, id LIMIT ?4",
+            )
+            .bind(queue)
+            .bind(now)
+            .bind(request.images)
+            .bind(i64::from(request.max))
+            .fetch_all(&mut *tx)
+            .await?;
+            candidates.extend(rows.into_iter().map(|(id, p, at)| (-p, at, id)));
+        }
+        candidates.sort_unstable();
+        candidates.truncate(request.max as usize);
+        let ids = serde_json::to_string(&candidates.iter().map(|c| c.2).collect::<Vec<_>>())
+            .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_token = lease_token + 1,
                 lease_expires_at = ?2 + ?3, started_at = ?2, cancel_requested = 0,
-                lease_expired = 0, claim_id = ?6
-             WHERE id IN (
-                SELECT id FROM jobs
-                WHERE state = 'queued' AND run_at <= ?2 AND queue IN (SELECT value FROM json_each(?4))
-                  AND (?7 OR image IS NULL)
-                  AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = jobs.queue AND p.paused)
-                ORDER BY priority DESC, run_at, id LIMIT ?5
-             )
+                lease_expired = 0, claim_id = ?5
+             WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued'
              RETURNING id, lease_token, queue, spec, attempts, interruptions, priority, run_at,
                 ?2 - run_at AS waited_ms",
         )
         .bind(worker)
         .bind(now)
         .bind(lease_ms(request.lease))
-        .bind(queues)
-        .bind(i64::from(request.max))
+        .bind(ids)
         .bind(request.claim_id as i64)
-        .bind(request.images)
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -986,18 +1014,42 @@ impl Store for SqliteStore {
     }
 
     async fn wakeups(&self) -> Result<Option<mpsc::Receiver<Wakeup>>, StoreError> {
-        // Other processes cannot push through a file: poll for cancels of
-        // running jobs twice a second, so a cancel reaches its worker within
-        // about a second (new jobs are found by the worker's own poll).
+        // Other processes cannot push through a file, so a connection of
+        // its own watches `PRAGMA data_version`, which changes whenever any
+        // other connection commits: new jobs wake the worker within a
+        // couple of milliseconds, whichever process enqueued them. Cancels
+        // of running jobs are looked for after a change (at most every
+        // 50 ms) and every half second.
         let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
+        let mut watcher = self.options.connect().await?;
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let mut sent: BTreeSet<i64> = BTreeSet::new();
+            let mut version: Option<i64> = None;
+            let mut cancels_checked = tokio::time::Instant::now();
+            let mut ticker = tokio::time::interval(CHANGE_POLL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(CANCEL_POLL) => {}
+                    _ = ticker.tick() => {}
                 }
+                let now: Option<i64> = sqlx::query_scalar("PRAGMA data_version")
+                    .fetch_one(&mut watcher)
+                    .await
+                    .ok();
+                let changed = now.is_some() && version.is_some() && now != version;
+                if now.is_some() {
+                    version = now;
+                }
+                if changed {
+                    let _ = tx.try_send(Wakeup::Jobs);
+                }
+                let since = cancels_checked.elapsed();
+                if !(since >= CANCEL_POLL || (changed && since >= Duration::from_millis(50))) {
+                    continue;
+                }
+                cancels_checked = tokio::time::Instant::now();
                 let ids: Vec<i64> = match sqlx::query_scalar(
                     "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1 LIMIT 1000",
                 )
