@@ -323,6 +323,15 @@ impl BulkAction {
         }
     }
 
+    /// In SQL, what else a row must be for the action to apply: not yet
+    /// asked to cancel; for a retry, the newest job of its unique key.
+    pub(crate) fn guard_sql(self) -> &'static str {
+        match self {
+            BulkAction::Cancel => "NOT cancel_requested",
+            BulkAction::Retry => NEWEST_OF_KEY,
+        }
+    }
+
     /// `cancel` or `retry`.
     pub fn verb(self) -> &'static str {
         match self {

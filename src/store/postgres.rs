@@ -587,10 +587,7 @@ impl Store for PostgresStore {
             "state = ANY($1) AND ($2::text IS NULL OR queue = $2)
              AND ($3::bigint IS NULL OR {SINCE} < now() - $3 * interval '1 millisecond')
              AND {}",
-            match action {
-                BulkAction::Cancel => "NOT cancel_requested",
-                BulkAction::Retry => NEWEST_OF_KEY,
-            }
+            action.guard_sql()
         );
         if dry_run {
             let count: i64 =

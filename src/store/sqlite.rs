@@ -623,10 +623,7 @@ impl Store for SqliteStore {
         let selected = format!(
             "state IN (SELECT value FROM json_each(?1)) AND (?2 IS NULL OR queue = ?2)
              AND (?3 IS NULL OR {SINCE} < ?3) AND {}",
-            match action {
-                BulkAction::Cancel => "NOT cancel_requested",
-                BulkAction::Retry => NEWEST_OF_KEY,
-            }
+            action.guard_sql()
         );
         if dry_run {
             let count: i64 =
