@@ -27,7 +27,7 @@ use crate::machine::trace::{NoteText, StatusText, Trace};
 use crate::machine::{
     Action, Config, Event, Instant, Machine, Note, NoteKind, Phase, Signal, Status, StoreFailure,
 };
-use crate::store::{ClaimRequest, Store, StoreError, Wakeup, WorkerInfo};
+use crate::store::{ClaimRequest, Store, StoreError, Wakeup, WorkerInfo, WorkerStop};
 
 /// Most internal events waiting for the loop (store replies, job events).
 const EVENT_CAPACITY: usize = 4096;
@@ -265,14 +265,16 @@ where
         .map(|at| now().saturating_since(at));
     monitor.on_exit(since_signal);
     executor.kill_all().await;
-    if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&worker_id)).await {
+    let trace = trace.map(|t| t.render()).unwrap_or_default();
+    let stop = WorkerStop::new(&worker_id, code, &trace);
+    if let Err(error) = timed(DEREGISTER_TIMEOUT, store.deregister_worker(&stop)).await {
         tracing::warn!(worker_id = %worker_id, %error, "could not deregister; the registry will show this worker as lost");
     }
     let status = machine.status();
     tracing::info!(worker_id = %worker_id, code, "worker stopped");
     ExitReport {
         code,
-        trace: trace.map(|t| t.render()).unwrap_or_default(),
+        trace,
         status,
         fatal: None,
         abandoned: machine.abandoned().copied().collect(),

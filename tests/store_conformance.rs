@@ -13,7 +13,7 @@ use dockhand::job::{
 use dockhand::machine::Phase;
 use dockhand::store::{
     AnyStore, BulkAction, BulkFilter, CancelResult, ClaimRequest, JobFilter, Store, StoreError,
-    WorkerInfo,
+    WorkerInfo, WorkerStop, KEEP_STOPS, MAX_STOP_TRACE,
 };
 
 const W1: &str = "worker-1";
@@ -591,8 +591,171 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         "{leases:?}"
     );
     assert!(leases.contains(&("silent", lease)), "{leases:?}");
-    store.deregister_worker(W2).await.unwrap();
+    store
+        .deregister_worker(&WorkerStop::new(W2, 75, "0.000s SIGTERM\n"))
+        .await
+        .unwrap();
     assert_eq!(store.workers(lease).await.unwrap().len(), 3);
+    // How it stopped is kept, newest first, one record per worker.
+    store
+        .deregister_worker(&WorkerStop::new("patient", 0, ""))
+        .await
+        .unwrap();
+    let stops = store.stops().await.unwrap();
+    let seen: Vec<(&str, i32, &str)> = stops
+        .iter()
+        .map(|s| (s.worker_id.as_str(), s.exit_code, s.trace.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("patient", 0, ""), (W2, 75, "0.000s SIGTERM\n")],
+        "{stops:?}"
+    );
+    assert!(stops.iter().all(|s| s.stopped_at > 0), "{stops:?}");
+}
+
+/// At most the newest [`KEEP_STOPS`] stopped workers are kept, and a trace
+/// is cut at [`MAX_STOP_TRACE`] bytes.
+async fn stopped_workers_are_bounded(store: AnyStore) {
+    for i in 0..KEEP_STOPS + 5 {
+        let trace = if i == 0 {
+            "x".repeat(MAX_STOP_TRACE * 2)
+        } else {
+            String::new()
+        };
+        store
+            .deregister_worker(&WorkerStop::new(&format!("w{i:03}"), 0, &trace))
+            .await
+            .unwrap();
+        // Distinct stop times keep "newest" well defined.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let stops = store.stops().await.unwrap();
+    assert_eq!(stops.len(), KEEP_STOPS as usize);
+    assert_eq!(stops[0].worker_id, format!("w{:03}", KEEP_STOPS + 4));
+    assert!(stops.iter().all(|s| s.worker_id.as_str() >= "w005"));
+    let cut = WorkerStop::new("w", 0, &"é".repeat(MAX_STOP_TRACE));
+    assert!(
+        cut.trace.len() <= MAX_STOP_TRACE + 20,
+        "{}",
+        cut.trace.len()
+    );
+    assert!(cut.trace.ends_with("[trace cut]\n"));
+}
+
+/// The dashboard's filters: text in the command, creation time, worker,
+/// and keyset pages that never repeat or skip a job.
+async fn list_filters_and_pages(store: AnyStore) {
+    let mut specs = Vec::new();
+    for i in 0..25 {
+        specs.push(job(&format!("echo report-{i} 100%_done")));
+    }
+    specs.push(job("sleep 1"));
+    let ids = store.enqueue_many(&specs).await.unwrap();
+    let text = |t: &str| JobFilter {
+        text: Some(t.into()),
+        ..JobFilter::default()
+    };
+    assert_eq!(store.list(&text("REPORT-1")).await.unwrap().len(), 11);
+    assert_eq!(store.list(&text("sh -c echo")).await.unwrap().len(), 25);
+    // LIKE's wildcards in the text match themselves only.
+    assert_eq!(store.list(&text("100%_d")).await.unwrap().len(), 25);
+    assert_eq!(store.list(&text("100_")).await.unwrap().len(), 0);
+    assert_eq!(store.list(&text("%")).await.unwrap().len(), 25);
+    // Pages of ten, newest first, then the rest.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list(&JobFilter {
+                limit: Some(10),
+                before,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|j| j.id);
+        seen.extend(page.iter().map(|j| j.id));
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    // Creation time: nothing before the first job, everything from it.
+    let first = get(&store, ids[0]).await.created_at;
+    let created = |from: Option<i64>, until: Option<i64>| JobFilter {
+        created_from: from,
+        created_until: until,
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        store.list(&created(None, Some(first))).await.unwrap().len(),
+        0
+    );
+    assert_eq!(
+        store.list(&created(Some(first), None)).await.unwrap().len(),
+        26
+    );
+    assert_eq!(
+        store
+            .list(&created(Some(first + 3_600_000), None))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    // The jobs a worker holds or held.
+    let claimed = claim_one(&store, W1).await;
+    let held = store
+        .list(&JobFilter {
+            worker: Some(W1.into()),
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        held.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![claimed.lease.job]
+    );
+}
+
+/// Finished jobs are counted per minute of the span asked for.
+async fn activity_counts_finished_jobs_per_minute(store: AnyStore) {
+    let mut specs = vec![job("true"), job("true"), job("true")];
+    specs[2].max_attempts = 1;
+    store.enqueue_many(&specs).await.unwrap();
+    assert!(store
+        .activity(Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_empty());
+    for outcome in [Outcome::Succeeded, Outcome::Succeeded, failed(1)] {
+        let claimed = claim_one(&store, W1).await;
+        assert!(matches!(
+            store
+                .record(W1, &[done(claimed.lease, outcome)])
+                .await
+                .unwrap()[0],
+            (_, RecordResult::Recorded { .. })
+        ));
+    }
+    let minutes = store.activity(Duration::from_secs(3600)).await.unwrap();
+    let succeeded: u64 = minutes.iter().map(|m| m.succeeded).sum();
+    let failed_jobs: u64 = minutes.iter().map(|m| m.failed).sum();
+    assert_eq!((succeeded, failed_jobs), (2, 1), "{minutes:?}");
+    assert!(
+        minutes.iter().all(|m| m.minute_ms % 60_000 == 0),
+        "{minutes:?}"
+    );
+    let now = dockhand::store::unix_ms_now();
+    assert!(
+        minutes
+            .iter()
+            .all(|m| m.minute_ms <= now && m.minute_ms > now - 120_000),
+        "{minutes:?}"
+    );
 }
 
 /// The outcome of a run whose lease expired and was reaped is still accepted
@@ -1394,6 +1557,9 @@ macro_rules! suite {
                 bulk_cancel_and_retry_by_filter,
                 schedules_fire_each_slot_once,
                 prune_deletes_old_finished_jobs_with_their_history,
+                stopped_workers_are_bounded,
+                list_filters_and_pages,
+                activity_counts_finished_jobs_per_minute,
             );
         )*
     };

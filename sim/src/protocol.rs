@@ -7,8 +7,9 @@ use std::time::Duration;
 use dockhand::job::{ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult};
 use dockhand::job::{HeartbeatAnswer, Phase};
 use dockhand::store::{
-    BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
-    MemoryStore, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
+    JobFilter, MemoryStore, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow,
+    WorkerStop,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,7 +27,7 @@ pub enum Request {
     /// `register_worker`.
     Register(WorkerInfo),
     /// `deregister_worker`.
-    Deregister(String),
+    Deregister(WorkerStop),
     /// `claim`, with the simulated time it was sent.
     Claim {
         /// The claim.
@@ -148,7 +149,10 @@ async fn handle(
 async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> Response {
     let result = match request {
         Request::Register(info) => store.register_worker(&info).await.map(|()| Response::Done),
-        Request::Deregister(id) => store.deregister_worker(&id).await.map(|()| Response::Done),
+        Request::Deregister(stop) => store
+            .deregister_worker(&stop)
+            .await
+            .map(|()| Response::Done),
         Request::Claim {
             request,
             sent_at_ms,
@@ -378,11 +382,17 @@ impl Store for RemoteStore {
             other => Err(unexpected(other)),
         }
     }
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
-        match self.call(Request::Deregister(id.to_string())).await? {
+    async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
+        match self.call(Request::Deregister(stop.clone())).await? {
             Response::Done => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+    async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
+        Err(unsupported())
+    }
+    async fn activity(&self, _span: Duration) -> Result<Vec<Activity>, StoreError> {
+        Err(unsupported())
     }
     async fn workers(&self, _lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         Err(unsupported())

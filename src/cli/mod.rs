@@ -176,6 +176,13 @@ pub struct JobsArgs {
     /// Only jobs of this queue.
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only jobs whose command holds this text (ASCII case ignored).
+    #[arg(long, value_name = "TEXT")]
+    pub command: Option<String>,
+    /// Only jobs with a smaller id: the next page after one that ended
+    /// with this id.
+    #[arg(long, value_name = "ID")]
+    pub before: Option<i64>,
     /// At most this many.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,

@@ -117,6 +117,9 @@ pub async fn jobs(store: &AnyStore, args: JobsArgs) -> Result<i32, CliError> {
         queue: args.queue,
         limit: Some(args.limit),
         scheduled,
+        text: args.command,
+        before: args.before.map(JobId),
+        ..JobFilter::default()
     };
     let jobs = store.list(&filter).await?;
     let now = unix_ms_now();

@@ -5,9 +5,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    redact_url, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
-    JobFilter, MemoryStore, PostgresStore, QueueStats, Schedule, SqliteStore, Store, StoreError,
-    Wakeup, WorkerInfo, WorkerRow,
+    redact_url, Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job,
+    JobEvent, JobFilter, MemoryStore, PostgresStore, QueueStats, Schedule, SqliteStore, Store,
+    StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop,
 };
 use crate::job::{
     ClaimedJob, Completion, HeartbeatAnswer, JobId, JobState, Lease, NewJob, Phase, RecordResult,
@@ -154,8 +154,14 @@ impl Store for AnyStore {
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         delegate!(self, s => s.register_worker(info))
     }
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
-        delegate!(self, s => s.deregister_worker(id))
+    async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
+        delegate!(self, s => s.deregister_worker(stop))
+    }
+    async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
+        delegate!(self, s => s.stops())
+    }
+    async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
+        delegate!(self, s => s.activity(span))
     }
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         delegate!(self, s => s.workers(lease))

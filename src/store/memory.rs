@@ -5,16 +5,17 @@
 //! seeded generator, iteration from ordered maps: runs are reproducible. The
 //! lock is never held across an await.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{
-    outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all, BulkAction,
-    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
-    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, LOST_AFTER_LEASES, WAKEUP_CAPACITY,
+    command_matches, outcome_params, quarantine_reason, retry_backoff, unix_ms_now, validate_all,
+    Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
+    JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop,
+    KEEP_STOPS, KEEP_STOPS_FOR, LOST_AFTER_LEASES, WAKEUP_CAPACITY,
 };
 use crate::job::{
     storable_text, ClaimedJob, Completion, JobId, JobState, Lease, LeaseToken, NewJob, Outcome,
@@ -43,6 +44,8 @@ struct State {
     /// Queues an operator paused.
     paused: BTreeSet<String>,
     schedules: BTreeMap<String, Schedule>,
+    /// Workers that stopped, oldest first (at most [`KEEP_STOPS`]).
+    stops: VecDeque<WorkerStop>,
     subscribers: Vec<mpsc::Sender<Wakeup>>,
     rng: fastrand::Rng,
     fail_next: u32,
@@ -80,6 +83,7 @@ impl MemoryStore {
                 workers: BTreeMap::new(),
                 paused: BTreeSet::new(),
                 schedules: BTreeMap::new(),
+                stops: VecDeque::new(),
                 subscribers: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
                 fail_next: 0,
@@ -710,6 +714,7 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        filter.check()?;
         let now = self.now_ms();
         let state = self.begin()?;
         Ok(state
@@ -722,6 +727,21 @@ impl Store for MemoryStore {
                 filter
                     .scheduled
                     .is_none_or(|scheduled| row.job.is_scheduled(now) == scheduled)
+            })
+            .filter(|row| {
+                filter
+                    .text
+                    .as_deref()
+                    .is_none_or(|text| command_matches(&row.job.spec.command, text))
+            })
+            .filter(|row| filter.created_from.is_none_or(|t| row.job.created_at >= t))
+            .filter(|row| filter.created_until.is_none_or(|t| row.job.created_at < t))
+            .filter(|row| filter.before.is_none_or(|id| row.job.id < id))
+            .filter(|row| {
+                filter
+                    .worker
+                    .as_ref()
+                    .is_none_or(|w| row.job.worker_id.as_ref() == Some(w))
             })
             .take(filter.limit() as usize)
             .map(|row| row.job.clone())
@@ -756,10 +776,60 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+    async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
+        let now = self.now_ms();
         let mut state = self.begin()?;
-        state.workers.remove(id);
+        state.workers.remove(&stop.worker_id);
+        state.stops.retain(|kept| kept.worker_id != stop.worker_id);
+        state.stops.push_back(WorkerStop {
+            stopped_at: now,
+            ..stop.clone()
+        });
+        let oldest = now.saturating_sub(KEEP_STOPS_FOR.as_millis() as i64);
+        state.stops.retain(|kept| kept.stopped_at >= oldest);
+        while state.stops.len() > KEEP_STOPS as usize {
+            state.stops.pop_front();
+        }
         Ok(())
+    }
+
+    async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
+        let oldest = self
+            .now_ms()
+            .saturating_sub(KEEP_STOPS_FOR.as_millis() as i64);
+        let state = self.begin()?;
+        Ok(state
+            .stops
+            .iter()
+            .rev()
+            .filter(|stop| stop.stopped_at >= oldest)
+            .cloned()
+            .collect())
+    }
+
+    async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
+        let since = self.now_ms().saturating_sub(span.as_millis() as i64);
+        let state = self.begin()?;
+        let mut minutes: BTreeMap<i64, Activity> = BTreeMap::new();
+        for row in state.jobs.values() {
+            let Some(at) = row.job.finished_at.filter(|at| *at >= since) else {
+                continue;
+            };
+            let minute_ms = at.div_euclid(60_000) * 60_000;
+            let entry = minutes.entry(minute_ms).or_insert(Activity {
+                minute_ms,
+                ..Activity::default()
+            });
+            match row.job.state {
+                JobState::Succeeded => entry.succeeded += 1,
+                JobState::Failed => entry.failed += 1,
+                _ => {}
+            }
+        }
+        Ok(minutes
+            .into_values()
+            .filter(|minute| minute.succeeded + minute.failed > 0)
+            .collect())
     }
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {

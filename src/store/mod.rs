@@ -64,7 +64,7 @@ pub const MIN_JOB_MEMORY: u64 = 6 << 20;
 /// Docker reads it as "no limit".
 pub const MAX_JOB_PIDS: u32 = 4_194_304;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// Longest unique key.
 pub const MAX_UNIQUE_KEY_LEN: usize = 200;
 /// Latest run time a job may ask for: the end of year 9999 (unix ms).
@@ -390,9 +390,112 @@ pub struct JobFilter {
     /// Only queued jobs due later (`Some(true)`); only jobs that are not
     /// (`Some(false)`).
     pub scheduled: Option<bool>,
+    /// Only jobs whose command (its words joined by spaces) holds this
+    /// text, ASCII case ignored.
+    pub text: Option<String>,
+    /// Only jobs created at or after this time (unix ms).
+    pub created_from: Option<i64>,
+    /// Only jobs created before this time (unix ms).
+    pub created_until: Option<i64>,
+    /// Only jobs with a smaller id: the next page after a page that ended
+    /// with this id (keyset paging costs the same on every page).
+    pub before: Option<JobId>,
+    /// Only jobs this worker holds or last held.
+    pub worker: Option<String>,
+}
+
+/// Longest text a [`JobFilter`] searches for.
+pub const MAX_FILTER_TEXT: usize = 200;
+
+/// `text` as a `LIKE` pattern that matches it anywhere, with `\` as the
+/// escape character (so `%` and `_` in the text match themselves).
+pub(crate) fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Whether a command matches a filter's text the way the SQL stores match
+/// it: its words joined by spaces hold the text, ASCII case ignored.
+pub fn command_matches(command: &[String], text: &str) -> bool {
+    command
+        .join(" ")
+        .to_ascii_lowercase()
+        .contains(&text.to_ascii_lowercase())
+}
+
+/// Jobs that finished in one minute: what the dashboard charts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// The minute's start (unix ms, a multiple of 60,000).
+    pub minute_ms: i64,
+    /// Jobs that succeeded in it.
+    pub succeeded: u64,
+    /// Jobs that failed in it (out of attempts, or interrupted too often).
+    pub failed: u64,
+}
+
+/// How a worker stopped, kept for a while after it left the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WorkerStop {
+    /// The worker.
+    pub worker_id: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// Its shutdown trace (empty if it stopped without a signal); at most
+    /// [`MAX_STOP_TRACE`] bytes.
+    pub trace: String,
+    /// Unix ms; set by the store.
+    #[serde(default)]
+    pub stopped_at: i64,
+}
+
+/// Longest shutdown trace kept per stopped worker.
+pub const MAX_STOP_TRACE: usize = 64 * 1024;
+/// Stopped workers kept (the newest), and for how long at most.
+pub const KEEP_STOPS: u32 = 100;
+/// How long a stopped worker's trace is kept.
+pub const KEEP_STOPS_FOR: Duration = Duration::from_secs(24 * 3600);
+
+impl WorkerStop {
+    /// A stop record, its trace cut to [`MAX_STOP_TRACE`] bytes.
+    pub fn new(worker_id: &str, exit_code: i32, trace: &str) -> Self {
+        let mut end = trace.len().min(MAX_STOP_TRACE);
+        while !trace.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut kept = trace[..end].to_string();
+        if end < trace.len() {
+            kept.push_str("\n[trace cut]\n");
+        }
+        WorkerStop {
+            worker_id: worker_id.to_string(),
+            exit_code,
+            trace: kept,
+            stopped_at: 0,
+        }
+    }
 }
 
 impl JobFilter {
+    /// Refuse a filter no store should run: a search text over
+    /// [`MAX_FILTER_TEXT`] bytes.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match &self.text {
+            Some(text) if text.len() > MAX_FILTER_TEXT => Err(StoreError::InvalidJob(format!(
+                "the search text is over {MAX_FILTER_TEXT} bytes"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn limit(&self) -> i64 {
         i64::from(self.limit.unwrap_or(1000).min(MAX_LIST))
     }
@@ -645,8 +748,23 @@ pub trait Store: Send + Sync + 'static {
         info: &WorkerInfo,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Remove a worker that exited.
-    fn deregister_worker(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Remove a worker that exited from the registry, and keep how it
+    /// stopped (its exit code and shutdown trace) for the dashboard: the
+    /// newest [`KEEP_STOPS`], for at most [`KEEP_STOPS_FOR`].
+    fn deregister_worker(
+        &self,
+        stop: &WorkerStop,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Workers that stopped lately, newest first.
+    fn stops(&self) -> impl Future<Output = Result<Vec<WorkerStop>, StoreError>> + Send;
+
+    /// Jobs that finished (succeeded or failed) in each minute of the last
+    /// `span`, oldest first; minutes without any are left out.
+    fn activity(
+        &self,
+        span: Duration,
+    ) -> impl Future<Output = Result<Vec<Activity>, StoreError>> + Send;
 
     /// The registry, each worker flagged lost by its own announced lease
     /// (`lease` for a worker that announced none).
@@ -759,6 +877,28 @@ where
         paused: row.try_get("paused")?,
         oldest_ready_age_ms: count("oldest_ms")?,
     })
+}
+
+/// Read the rows of the activity query of either SQL backend.
+pub(crate) fn decode_activity<R>(rows: &[R]) -> Result<Vec<Activity>, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| {
+            let count = |name: &str| -> Result<u64, StoreError> {
+                let value: i64 = row.try_get(name)?;
+                Ok(value.max(0) as u64)
+            };
+            Ok(Activity {
+                minute_ms: row.try_get("minute_ms")?,
+                succeeded: count("succeeded")?,
+                failed: count("failed")?,
+            })
+        })
+        .collect()
 }
 
 /// Read a row of the schedules table of either SQL backend.

@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    check_prunable, decode_claimed, decode_job, decode_queue_stats, decode_schedule,
-    match_enqueued, migration_plan, outcome_params, redact_url, validate_all, validate_queue_name,
-    validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent,
-    JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, BULK_BATCH,
+    check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
+    decode_schedule, like_pattern, match_enqueued, migration_plan, outcome_params, redact_url,
+    validate_all, validate_queue_name, validate_schedule, Activity, BulkAction, BulkFilter,
+    CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Schedule, Store,
+    StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS, KEEP_STOPS_FOR,
     LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
 };
 use crate::job::{
@@ -22,7 +23,7 @@ use crate::job::{
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 5] = [
+const MIGRATIONS: [(i64, &str); 6] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
@@ -39,6 +40,10 @@ const MIGRATIONS: [(i64, &str); 5] = [
     (
         5,
         include_str!("../../migrations/postgres/0005_schedules.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_dashboard.sql"),
     ),
 ];
 /// Channel NOTIFYed when jobs become ready.
@@ -836,16 +841,31 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        filter.check()?;
+        // Each condition is switched off by a NULL parameter; ORDER BY id
+        // DESC with an id cursor walks the primary key (or jobs_state) from
+        // where the last page ended, however deep the page.
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
                AND ($4::boolean IS NULL OR (state = 'queued' AND run_at > now()) = $4)
+               AND ($5::text IS NULL OR array_to_string(ARRAY(
+                     SELECT jsonb_array_elements_text(spec->'command')), ' ') ILIKE $5 ESCAPE '\\')
+               AND ($6::bigint IS NULL OR created_at >= to_timestamp($6 / 1000.0))
+               AND ($7::bigint IS NULL OR created_at < to_timestamp($7 / 1000.0))
+               AND ($8::bigint IS NULL OR id < $8)
+               AND ($9::text IS NULL OR lease_owner = $9)
              ORDER BY id DESC LIMIT $3"
         ))
         .bind(filter.state.map(|s| s.as_str()))
         .bind(filter.queue.as_deref())
         .bind(filter.limit())
         .bind(filter.scheduled)
+        .bind(filter.text.as_deref().map(like_pattern))
+        .bind(filter.created_from)
+        .bind(filter.created_until)
+        .bind(filter.before.map(|id| id.0))
+        .bind(filter.worker.as_deref())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_job).collect()
@@ -888,12 +908,67 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+    async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM workers WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
+            .bind(&stop.worker_id)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO worker_stops (id, exit_code, trace) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET exit_code = $2, trace = $3, stopped_at = now()",
+        )
+        .bind(&stop.worker_id)
+        .bind(stop.exit_code)
+        .bind(&stop.trace)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM worker_stops WHERE stopped_at < now() - $1 * interval '1 millisecond'
+                OR id IN (SELECT id FROM worker_stops ORDER BY stopped_at DESC, id OFFSET $2)",
+        )
+        .bind(KEEP_STOPS_FOR.as_millis() as i64)
+        .bind(i64::from(KEEP_STOPS))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, exit_code, trace, (extract(epoch FROM stopped_at) * 1000)::bigint AS at_ms
+             FROM worker_stops WHERE stopped_at >= now() - $1 * interval '1 millisecond'
+             ORDER BY stopped_at DESC, id LIMIT $2",
+        )
+        .bind(KEEP_STOPS_FOR.as_millis() as i64)
+        .bind(i64::from(KEEP_STOPS))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerStop {
+                    worker_id: row.try_get("id")?,
+                    exit_code: row.try_get("exit_code")?,
+                    trace: row.try_get("trace")?,
+                    stopped_at: row.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60000)::bigint AS minute_ms,
+                count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+                count(*) FILTER (WHERE state = 'failed') AS failed
+             FROM jobs WHERE finished_at >= now() - $1 * interval '1 millisecond'
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(span.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        decode_activity(&rows)
     }
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {

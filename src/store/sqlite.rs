@@ -17,11 +17,12 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    check_prunable, decode_claimed, decode_job, decode_queue_stats, decode_schedule,
-    match_enqueued, migration_plan, outcome_params, redact_url, unix_ms_now, validate_all,
-    validate_queue_name, validate_schedule, BulkAction, BulkFilter, CancelResult, ClaimRequest,
-    Enqueued, Job, JobEvent, JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup,
-    WorkerInfo, WorkerRow, BULK_BATCH, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
+    decode_schedule, like_pattern, match_enqueued, migration_plan, outcome_params, redact_url,
+    unix_ms_now, validate_all, validate_queue_name, validate_schedule, Activity, BulkAction,
+    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
+    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS,
+    KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -41,7 +42,7 @@ const CHANGE_POLL: Duration = Duration::from_millis(2);
 const IDLE_POLL: Duration = Duration::from_millis(20);
 const IDLE_AFTER: Duration = Duration::from_millis(200);
 
-const MIGRATIONS: [(i64, &str); 5] = [
+const MIGRATIONS: [(i64, &str); 6] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (
         2,
@@ -55,6 +56,10 @@ const MIGRATIONS: [(i64, &str); 5] = [
     (
         5,
         include_str!("../../migrations/sqlite/0005_schedules.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_dashboard.sql"),
     ),
 ];
 
@@ -883,10 +888,17 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
+        filter.check()?;
+        // Each condition is switched off by a NULL parameter; the id cursor
+        // makes every page cost the same (see the PostgreSQL store).
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2)
                AND (?4 IS NULL OR (state = 'queued' AND run_at > ?5) = ?4)
+               AND (?6 IS NULL OR (SELECT group_concat(value, ' ') FROM json_each(spec, '$.command'))
+                     LIKE ?6 ESCAPE '\\')
+               AND (?7 IS NULL OR created_at >= ?7) AND (?8 IS NULL OR created_at < ?8)
+               AND (?9 IS NULL OR id < ?9) AND (?10 IS NULL OR lease_owner = ?10)
              ORDER BY id DESC LIMIT ?3"
         ))
         .bind(filter.state.map(|s| s.as_str()))
@@ -894,6 +906,11 @@ impl Store for SqliteStore {
         .bind(filter.limit())
         .bind(filter.scheduled)
         .bind(unix_ms_now())
+        .bind(filter.text.as_deref().map(like_pattern))
+        .bind(filter.created_from)
+        .bind(filter.created_until)
+        .bind(filter.before.map(|id| id.0))
+        .bind(filter.worker.as_deref())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_job).collect()
@@ -946,12 +963,66 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+    async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
+        let now = unix_ms_now();
+        let mut tx = self.write().await?;
         sqlx::query("DELETE FROM workers WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
+            .bind(&stop.worker_id)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO worker_stops (id, exit_code, trace, stopped_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET exit_code = ?2, trace = ?3, stopped_at = ?4",
+        )
+        .bind(&stop.worker_id)
+        .bind(stop.exit_code)
+        .bind(&stop.trace)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM worker_stops WHERE stopped_at < ?1
+                OR id IN (SELECT id FROM worker_stops ORDER BY stopped_at DESC, id LIMIT -1 OFFSET ?2)",
+        )
+        .bind(now.saturating_sub(KEEP_STOPS_FOR.as_millis() as i64))
+        .bind(i64::from(KEEP_STOPS))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, exit_code, trace, stopped_at FROM worker_stops WHERE stopped_at >= ?1
+             ORDER BY stopped_at DESC, id LIMIT ?2",
+        )
+        .bind(unix_ms_now().saturating_sub(KEEP_STOPS_FOR.as_millis() as i64))
+        .bind(i64::from(KEEP_STOPS))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkerStop {
+                    worker_id: row.try_get("id")?,
+                    exit_code: row.try_get("exit_code")?,
+                    trace: row.try_get("trace")?,
+                    stopped_at: row.try_get("stopped_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT finished_at / 60000 * 60000 AS minute_ms,
+                sum(state = 'succeeded') AS succeeded, sum(state = 'failed') AS failed
+             FROM jobs WHERE finished_at >= ?1 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(unix_ms_now().saturating_sub(span.as_millis() as i64))
+        .fetch_all(&self.pool)
+        .await?;
+        decode_activity(&rows)
     }
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
