@@ -496,6 +496,17 @@ impl Machine {
             uncertain_claims: !self.claims.uncertain.is_empty(),
         };
         self.note(what);
+        self.announce_phase();
+    }
+
+    /// Tell the registry the new phase now rather than at the next
+    /// heartbeat (up to a third of a lease away), so an operator sees a
+    /// worker drain within a moment. Nothing to announce without jobs: the
+    /// worker exits and deregisters at once.
+    fn announce_phase(&mut self) {
+        if self.alive() > 0 {
+            self.send_heartbeat();
+        }
     }
 
     fn force_timeout(&mut self, signal_at: Instant, cause: TimeoutCause) {
@@ -511,6 +522,7 @@ impl Machine {
         };
         self.note(what);
         self.stop_all(JobSignal::Term);
+        self.announce_phase();
     }
 
     fn kill_now(&mut self, signal: Signal) {
