@@ -1,6 +1,7 @@
 # Sourced by scripts/test and scripts/chaos: installs and starts what the
-# tests need (PostgreSQL clusters, the Docker test image) and exports where
-# they are. Fails loudly if a service cannot be brought up.
+# tests need (PostgreSQL clusters, the Docker test image, Chromium and
+# chromedriver) and exports where they are. Fails loudly if a service cannot
+# be brought up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -89,3 +90,13 @@ rm -rf "$ctx"
 export DOCKHAND_TEST_IMAGE="$image"
 echo "test image $image built (FROM scratch + static busybox; nothing pulled)"
 
+
+# ---- Chromium -----------------------------------------------------------------
+# The dashboard's tests drive a real headless Chromium through chromedriver.
+say "Chromium"
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+    || die "could not install chromium and chromium-driver (the dashboard's browser tests need them)"
+fi
+chromium --version >/dev/null 2>&1 || die "chromium is installed but does not run"
+echo "$(chromium --version 2>/dev/null), $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"

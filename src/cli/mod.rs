@@ -7,6 +7,7 @@ mod enqueue;
 pub mod out;
 mod output;
 mod schedule;
+mod ui;
 mod worker;
 
 use std::time::Duration;
@@ -140,6 +141,9 @@ pub enum Command {
     Demo,
     /// Measure throughput, latency, shutdown and recovery with no-op jobs.
     Bench(bench::BenchArgs),
+    /// Serve the web dashboard (127.0.0.1:8080 by default; any other
+    /// address needs DOCKHAND_UI_TOKEN or --token-file).
+    Ui(ui::UiArgs),
 }
 
 /// A state to filter on: a stored state, or `scheduled` (queued, due later).
@@ -505,6 +509,7 @@ pub async fn run(
             | Command::Logs(_)
             | Command::Status(_)
             | Command::Queues(_)
+            | Command::Ui(_)
             | Command::Schedule {
                 command: schedule::ScheduleCommand::List(_)
             }
@@ -544,6 +549,7 @@ pub async fn run(
         Command::Prune(args) => output::prune(&store, args).await,
         Command::Status(args) => output::status(&store, args).await,
         Command::Bench(args) => bench::run(&store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
+        Command::Ui(args) => ui::run(store, url.unwrap_or(DEFAULT_DATABASE_URL), args).await,
         Command::Demo | Command::Worker(_) | Command::Completions(_) | Command::Man => Ok(0),
     }
 }

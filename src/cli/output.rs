@@ -31,7 +31,7 @@ fn opt_time(ms: Option<i64>) -> Value {
 }
 
 /// The command as a shell would read it, URL passwords hidden.
-fn command_line(job: &Job) -> String {
+pub(crate) fn command_line(job: &Job) -> String {
     shown_command(job)
         .iter()
         .map(|arg| {
@@ -55,7 +55,7 @@ fn shown_command(job: &Job) -> Vec<String> {
 }
 
 /// The state a person reads: `scheduled` for a queued job due later.
-fn shown_state(job: &Job, now_ms: i64) -> &'static str {
+pub(crate) fn shown_state(job: &Job, now_ms: i64) -> &'static str {
     if job.is_scheduled(now_ms) {
         "scheduled"
     } else {

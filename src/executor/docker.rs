@@ -467,6 +467,14 @@ async fn start_failed(
         .await;
 }
 
+/// The name of the container that runs claim `token` of job `job` for the
+/// store `store_id` (its instance id): unique per claim, and readable by an
+/// operator who looks at `docker ps`.
+pub fn container_name(store_id: &str, job: JobId, token: i64) -> String {
+    let short: String = store_id.chars().take(12).collect();
+    format!("dockhand-{short}-{job}-{token}")
+}
+
 async fn run_container(
     docker: Docker,
     engine: Engine,
@@ -485,8 +493,7 @@ async fn run_container(
     if stale > 0 {
         tracing::warn!(job_id = %id, removed = stale, "removed containers of an earlier claim of this job");
     }
-    let short: String = store_id.chars().take(12).collect();
-    let name = format!("dockhand-{short}-{}-{}", id, job.lease.token);
+    let name = container_name(&store_id, id, job.lease.token.0);
     let options = CreateContainerOptions {
         name: Some(name),
         ..Default::default()

@@ -161,10 +161,28 @@ impl Db {
 
     /// Start a worker with extra environment variables.
     pub fn worker_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Worker {
+        let mut all = vec!["worker"];
+        all.extend_from_slice(args);
+        self.spawn(&all, env, "worker started")
+    }
+
+    /// Start `dockhand ui --listen 127.0.0.1:0 ARGS` and wait until it
+    /// listens; the process and its address.
+    pub fn ui(&self, args: &[&str], env: &[(&str, &str)]) -> (Worker, String) {
+        let mut all = vec!["ui", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let ui = self.spawn(&all, env, "listening on http://");
+        let line = ui.wait_for_line("listening on http://", Duration::from_secs(1));
+        let start = line.find("http://").unwrap() + "http://".len();
+        let addr: String = line[start..].chars().take_while(|c| *c != '/').collect();
+        (ui, addr)
+    }
+
+    /// Start a long-running command and wait for `ready` on its stderr.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Worker {
         let mut child = Command::new(bin())
             .arg("--database-url")
             .arg(&self.url)
-            .arg("worker")
             .args(args)
             .envs(env.iter().copied())
             .current_dir(self.dir.path())
@@ -186,7 +204,7 @@ impl Db {
             lines,
             exit: None,
         };
-        worker.wait_for_line("worker started", Duration::from_secs(20));
+        worker.wait_for_line(ready, Duration::from_secs(20));
         worker
     }
 }
@@ -339,6 +357,29 @@ pub fn processes_with_env(needle: &str) -> Vec<String> {
     processes_where("environ", |environ| {
         environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
     })
+}
+
+/// Send `request` as it is (head and body) and read the answer to the
+/// end: (status code, head, body).
+pub fn http_raw(addr: &str, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    // A server that answers early and closes may reset the rest.
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
 }
 
 /// A plain HTTP/1.1 GET: (status code, body).
