@@ -959,11 +959,12 @@ impl Store for PostgresStore {
 
     async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
         let rows = sqlx::query(
-            "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60000)::bigint AS minute_ms,
+            // The epoch is computed once per minute, not once per row.
+            "SELECT (extract(epoch FROM date_trunc('minute', finished_at)) * 1000)::bigint AS minute_ms,
                 count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
                 count(*) FILTER (WHERE state = 'failed') AS failed
              FROM jobs WHERE finished_at >= now() - $1 * interval '1 millisecond'
-             GROUP BY 1 ORDER BY 1",
+             GROUP BY date_trunc('minute', finished_at) ORDER BY 1",
         )
         .bind(span.as_millis() as i64)
         .fetch_all(&self.pool)

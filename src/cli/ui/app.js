@@ -4,7 +4,11 @@
 (function () {
   "use strict";
   var EVERY_MS = 1000;
+  // A page that takes long to compute (a text search over a huge table) is
+  // asked for at most a tenth of the time.
+  var COST_FACTOR = 10;
   var busy = false;
+  var nextAt = 0;
 
   function editing() {
     var active = document.activeElement;
@@ -12,9 +16,10 @@
   }
 
   function refresh() {
-    if (busy || document.hidden || editing()) return;
+    if (busy || document.hidden || editing() || Date.now() < nextAt) return;
     if (!document.querySelector("[data-live]")) return;
     busy = true;
+    var started = Date.now();
     fetch(location.href, {
       credentials: "same-origin",
       headers: { "X-Dockhand-Live": "1" },
@@ -38,8 +43,10 @@
       })
       .finally(function () {
         busy = false;
+        var took = Date.now() - started;
+        nextAt = Date.now() + Math.max(EVERY_MS - took, took * COST_FACTOR);
       });
   }
 
-  setInterval(refresh, EVERY_MS);
+  setInterval(refresh, EVERY_MS / 4);
 })();

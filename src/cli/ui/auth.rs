@@ -56,9 +56,10 @@ pub fn load_token(file: Option<&Path>, env: Option<String>) -> Result<Option<Str
             }
             text.trim().to_string()
         }
-        None => match env {
-            Some(token) => token.trim().to_string(),
-            None => return Ok(None),
+        // An empty variable is an unset one (`DOCKHAND_UI_TOKEN= dockhand ui`).
+        None => match env.as_deref().map(str::trim) {
+            Some(token) if !token.is_empty() => token.to_string(),
+            _ => return Ok(None),
         },
     };
     if token.chars().count() < MIN_TOKEN {
@@ -205,6 +206,7 @@ mod tests {
         assert!(load_token(None, Some("short".into())).is_err());
         assert!(load_token(None, Some("0123456789abcdef\u{7}".into())).is_err());
         assert_eq!(load_token(None, None), Ok(None));
+        assert_eq!(load_token(None, Some(" ".into())), Ok(None));
         assert_eq!(
             load_token(None, Some(" 0123456789abcdef\n".into())),
             Ok(Some("0123456789abcdef".into()))

@@ -53,9 +53,13 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 const MAX_CONNECTIONS: usize = 256;
 /// Longest any page waits for the database.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the overview's figures are reused: many open dashboards cost
-/// the database one set of queries a second.
+/// How long the overview's figures are reused at least: many open
+/// dashboards cost the database one set of queries a second.
 const OVERVIEW_FRESH: Duration = Duration::from_secs(1);
+/// ... and at least this many times what they took to compute, so a table
+/// so large that the counts take a while is never queried more than a
+/// tenth of the time (a million rows: about 0.5 s every 5 s).
+const OVERVIEW_COST_FACTOR: u32 = 10;
 /// A failed login waits this long: guessing a token is slow.
 const LOGIN_PENALTY: Duration = Duration::from_millis(500);
 /// Jobs on one page of the list.
@@ -87,7 +91,9 @@ struct Inner {
     lease: Duration,
     /// `Host` values accepted when there is no token.
     hosts: Option<Vec<String>>,
-    overview: tokio::sync::Mutex<Option<(Instant, Arc<Overview>)>>,
+    /// The overview's figures: when they were computed, for how long they
+    /// are reused, and the figures.
+    overview: tokio::sync::Mutex<Option<(Instant, Duration, Arc<Overview>)>>,
 }
 
 type Ui = Arc<Inner>;
@@ -406,18 +412,20 @@ async fn overview(
 
 async fn overview_figures(ui: &Inner) -> Result<Arc<Overview>, Response> {
     let mut cached = ui.overview.lock().await;
-    if let Some((at, figures)) = cached.as_ref() {
-        if at.elapsed() < OVERVIEW_FRESH {
+    if let Some((at, fresh, figures)) = cached.as_ref() {
+        if at.elapsed() < *fresh {
             return Ok(figures.clone());
         }
     }
+    let started = Instant::now();
     let figures = Arc::new(Overview {
         queues: ask(ui.store.queue_stats()).await?,
         activity: ask(ui.store.activity(Duration::from_secs(3600))).await?,
         workers: ask(ui.store.workers(ui.lease)).await?,
         stops: ask(ui.store.stops()).await?,
     });
-    *cached = Some((Instant::now(), figures.clone()));
+    let fresh = OVERVIEW_FRESH.max(started.elapsed() * OVERVIEW_COST_FACTOR);
+    *cached = Some((Instant::now(), fresh, figures.clone()));
     Ok(figures)
 }
 
