@@ -844,15 +844,17 @@ impl Store for PostgresStore {
         filter.check()?;
         // Each condition is switched off by a NULL parameter; ORDER BY id
         // DESC with an id cursor walks the primary key (or jobs_state) from
-        // where the last page ended, however deep the page.
+        // where the last page ended, however deep the page. Creation times
+        // compare in the milliseconds every job shows (rounded like
+        // JOB_COLUMNS), so a job's own `created_at` selects it.
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
              WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2)
                AND ($4::boolean IS NULL OR (state = 'queued' AND run_at > now()) = $4)
                AND ($5::text IS NULL OR array_to_string(ARRAY(
                      SELECT jsonb_array_elements_text(spec->'command')), ' ') ILIKE $5 ESCAPE '\\')
-               AND ($6::bigint IS NULL OR created_at >= to_timestamp($6 / 1000.0))
-               AND ($7::bigint IS NULL OR created_at < to_timestamp($7 / 1000.0))
+               AND ($6::bigint IS NULL OR (extract(epoch FROM created_at) * 1000)::bigint >= $6)
+               AND ($7::bigint IS NULL OR (extract(epoch FROM created_at) * 1000)::bigint < $7)
                AND ($8::bigint IS NULL OR id < $8)
                AND ($9::text IS NULL OR lease_owner = $9)
              ORDER BY id DESC LIMIT $3"
