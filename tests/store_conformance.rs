@@ -758,6 +758,30 @@ async fn activity_counts_finished_jobs_per_minute(store: AnyStore) {
     );
 }
 
+/// A heartbeat answers per lease: a stale token of a job the worker holds
+/// again under a newer one is lost, the newer one is kept. (Found by the
+/// three-store model test: PostgreSQL compared job ids only.)
+async fn heartbeats_judge_each_lease_by_its_token(store: AnyStore) {
+    store.enqueue_many(&[job("true")]).await.unwrap();
+    let first = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(first.lease, Outcome::HandBack)])
+        .await
+        .unwrap();
+    let second = claim_one(&store, W1).await;
+    assert_eq!(first.lease.job, second.lease.job);
+    let answer = store
+        .heartbeat(W1, Phase::Running, &[first.lease, second.lease], LEASE, &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.lost, vec![first.lease.job]);
+    let answer = store
+        .heartbeat(W1, Phase::Running, &[second.lease], LEASE, &[])
+        .await
+        .unwrap();
+    assert!(answer.lost.is_empty(), "{answer:?}");
+}
+
 /// The outcome of a run whose lease expired and was reaped is still accepted
 /// while nobody has claimed the job since: the run did happen, and running it
 /// again would repeat it. The reap's interruption is undone.
@@ -1558,6 +1582,7 @@ macro_rules! suite {
                 schedules_fire_each_slot_once,
                 prune_deletes_old_finished_jobs_with_their_history,
                 stopped_workers_are_bounded,
+                heartbeats_judge_each_lease_by_its_token,
                 list_filters_and_pages,
                 activity_counts_finished_jobs_per_minute,
             );

@@ -380,7 +380,7 @@ impl Store for PostgresStore {
             UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond'
             WHERE state = 'running' AND lease_owner = $1
               AND (id, lease_token) IN (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
-            RETURNING id, cancel_requested",
+            RETURNING id, lease_token, cancel_requested",
         )
         .bind(worker)
         .bind(&ids)
@@ -393,15 +393,17 @@ impl Store for PostgresStore {
         let mut kept = Vec::with_capacity(rows.len());
         for row in &rows {
             let id = JobId(row.try_get("id")?);
-            kept.push(id);
+            kept.push((id, row.try_get::<i64, _>("lease_token")?));
             if row.try_get::<bool, _>("cancel_requested")? {
                 answer.cancelled.push(id);
             }
         }
+        // Lost is per lease, as in the other stores: a stale token of a job
+        // the worker holds again under a newer one is lost too.
         answer.lost = leases
             .iter()
+            .filter(|l| !kept.contains(&(l.job, l.token.0)))
             .map(|l| l.job)
-            .filter(|id| !kept.contains(id))
             .collect();
         if !recover.is_empty() {
             let claims: Vec<i64> = recover.iter().map(|&c| c as i64).collect();
