@@ -59,6 +59,8 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     epoch_ms: i64,
     origin: tokio::time::Instant,
+    /// How far the store's clock was moved on (see [`MemoryStore::advance`]).
+    jumped_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Default for MemoryStore {
@@ -91,6 +93,7 @@ impl MemoryStore {
             })),
             epoch_ms,
             origin: tokio::time::Instant::now(),
+            jumped_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         }
     }
 
@@ -114,7 +117,18 @@ impl MemoryStore {
     }
 
     fn now_ms(&self) -> i64 {
-        self.epoch_ms + self.origin.elapsed().as_millis() as i64
+        self.epoch_ms
+            + self.origin.elapsed().as_millis() as i64
+            + self.jumped_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Move the store's clock `by` on, as a database server's clock jumps:
+    /// leases expire and backoffs elapse that much sooner. (The model test
+    /// moves the SQL stores' timestamps back by as much.)
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.jumped_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Lock, failing if a failure was injected.
