@@ -303,6 +303,22 @@ async fn dashboard_in_a_browser(db: Db, backend: &str) {
     filters.submit().await.expect("filter");
     wait_url(&browser, "q=pwned-MARKER").await;
     assert_eq!(ids_listed(&browser).await, vec![failing]);
+    // A creation time range (the form's datetime-local fields, in UTC).
+    browser
+        .goto(&format!("{base}/jobs?from=2099-01-01T00:00"))
+        .await
+        .expect("goto");
+    until_text(&browser, "#jobs-list", "nothing", |t| {
+        t.contains("No job matches")
+    })
+    .await;
+    browser
+        .goto(&format!(
+            "{base}/jobs?from=2000-01-01T00:00&until=2099-01-01T00:00"
+        ))
+        .await
+        .expect("goto");
+    assert_eq!(ids_listed(&browser).await.len(), 4);
     browser
         .goto(&format!("{base}/jobs?state=running"))
         .await
@@ -433,6 +449,28 @@ async fn dashboard_in_a_browser(db: Db, backend: &str) {
         .expect("job");
     assert_eq!(untouched.state, JobState::Queued);
     assert!(!untouched.cancel_requested);
+
+    // Bulk cancel of a queue, from the dashboard itself.
+    browser
+        .goto(&format!("{base}/jobs?queue=later"))
+        .await
+        .expect("goto");
+    click(&browser, "#bulk-cancel").await;
+    until_text(&browser, "#bulk-count", "the count", |t| {
+        t.starts_with("1 job(s) selected: queued or running in queue later")
+    })
+    .await;
+    click(&browser, "#confirm").await;
+    until_text(&browser, "p.notice", "the bulk cancel", |t| {
+        t.contains("Cancelled or asked to stop: 1 job(s)")
+    })
+    .await;
+    let cancelled = store
+        .get(JobId(elsewhere))
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(cancelled.state, JobState::Cancelled);
 
     // Live: a worker that starts to drain shows so without a reload, then
     // its shutdown trace once it stopped.
