@@ -290,6 +290,11 @@ impl Harness {
             Ok(machine) => machine,
             Err(error) => panic!("harness config must be valid: {error}"),
         };
+        assert_eq!(
+            machine.config(),
+            &config,
+            "the machine runs with the configuration it was given"
+        );
         let mut harness = Harness {
             machine,
             config,
@@ -1420,6 +1425,14 @@ impl Harness {
         }
         if code != EXIT_OK && code != EXIT_INTERRUPTED {
             return self.violation(&format!("exit code {code} is neither 0 nor 75"));
+        }
+        // What the machine reports (the embed API and `/status` read it)
+        // is the code it exits with.
+        if self.machine.exit_code() != Some(code) {
+            return self.violation(&format!(
+                "exit {code}, but the machine reports exit code {:?}",
+                self.machine.exit_code()
+            ));
         }
         self.exit = Some((now, code));
         // The worker process ends: whatever still runs dies with it (the
