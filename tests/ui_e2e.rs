@@ -194,6 +194,22 @@ async fn script(browser: &Client, js: &str) -> serde_json::Value {
     browser.execute(js, vec![]).await.expect("script runs")
 }
 
+/// From the jobs list at `list`, follow the bulk link `link`, check the
+/// count page, confirm, and wait for the notice.
+async fn bulk_from_list(browser: &Client, list: &str, link: &str, count: &str, notice: &str) {
+    browser.goto(list).await.expect("goto");
+    click(browser, link).await;
+    until_text(browser, "#bulk-count", "the count", |t| {
+        t.starts_with(count)
+    })
+    .await;
+    click(browser, "#confirm").await;
+    until_text(browser, "p.notice", "the bulk action's notice", |t| {
+        t.contains(notice)
+    })
+    .await;
+}
+
 /// A page on another origin (another port) with a form that posts to the
 /// dashboard: what a malicious site would serve.
 fn foreign_site(target: &str) -> String {
@@ -401,35 +417,25 @@ async fn dashboard_in_a_browser(db: Db, backend: &str) {
     assert!(!paused(store.queue_stats().await.expect("stats")));
 
     // Bulk retry of a filtered set: a count, a confirmation, then the change.
-    browser
-        .goto(&format!("{base}/jobs?state=failed"))
-        .await
-        .expect("goto");
-    click(&browser, "#bulk-retry").await;
-    until_text(&browser, "#bulk-count", "the count", |t| {
-        t.starts_with("1 job(s) selected: failed")
-    })
+    let retries = || async {
+        store
+            .history(JobId(failing))
+            .await
+            .expect("history")
+            .iter()
+            .filter(|e| e.kind == "retried")
+            .count()
+    };
+    let retried_before = retries().await;
+    bulk_from_list(
+        &browser,
+        &format!("{base}/jobs?state=failed"),
+        "#bulk-retry",
+        "1 job(s) selected: failed",
+        "Queued again: 1 job(s)",
+    )
     .await;
-    let retried_before = store
-        .history(JobId(failing))
-        .await
-        .expect("history")
-        .iter()
-        .filter(|e| e.kind == "retried")
-        .count();
-    click(&browser, "#confirm").await;
-    until_text(&browser, "p.notice", "the bulk retry", |t| {
-        t.contains("Queued again: 1 job(s)")
-    })
-    .await;
-    let retried_after = store
-        .history(JobId(failing))
-        .await
-        .expect("history")
-        .iter()
-        .filter(|e| e.kind == "retried")
-        .count();
-    assert_eq!(retried_after, retried_before + 1);
+    assert_eq!(retries().await, retried_before + 1);
 
     // A cross-site POST, with the session cookie the browser holds, is refused.
     let foreign = foreign_site(&format!("{addr}/jobs/{elsewhere}/cancel"));
@@ -451,19 +457,13 @@ async fn dashboard_in_a_browser(db: Db, backend: &str) {
     assert!(!untouched.cancel_requested);
 
     // Bulk cancel of a queue, from the dashboard itself.
-    browser
-        .goto(&format!("{base}/jobs?queue=later"))
-        .await
-        .expect("goto");
-    click(&browser, "#bulk-cancel").await;
-    until_text(&browser, "#bulk-count", "the count", |t| {
-        t.starts_with("1 job(s) selected: queued or running in queue later")
-    })
-    .await;
-    click(&browser, "#confirm").await;
-    until_text(&browser, "p.notice", "the bulk cancel", |t| {
-        t.contains("Cancelled or asked to stop: 1 job(s)")
-    })
+    bulk_from_list(
+        &browser,
+        &format!("{base}/jobs?queue=later"),
+        "#bulk-cancel",
+        "1 job(s) selected: queued or running in queue later",
+        "Cancelled or asked to stop: 1 job(s)",
+    )
     .await;
     let cancelled = store
         .get(JobId(elsewhere))

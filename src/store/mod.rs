@@ -879,6 +879,28 @@ where
     })
 }
 
+/// Read the rows of the stopped-workers query of either SQL backend
+/// (columns `id`, `exit_code`, `trace`, `stopped_ms`).
+pub(crate) fn decode_stops<R>(rows: &[R]) -> Result<Vec<WorkerStop>, StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|row| {
+            Ok(WorkerStop {
+                worker_id: row.try_get("id")?,
+                exit_code: row.try_get("exit_code")?,
+                trace: row.try_get("trace")?,
+                stopped_at: row.try_get("stopped_ms")?,
+            })
+        })
+        .collect()
+}
+
 /// Read the rows of the activity query of either SQL backend.
 pub(crate) fn decode_activity<R>(rows: &[R]) -> Result<Vec<Activity>, StoreError>
 where

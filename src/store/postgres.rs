@@ -12,11 +12,11 @@ use tokio::sync::mpsc;
 use super::rules::{self, Dialect};
 use super::{
     check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
-    decode_schedule, like_pattern, match_enqueued, migration_plan, outcome_params, redact_url,
-    validate_all, validate_queue_name, validate_schedule, Activity, BulkAction, BulkFilter,
-    CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats, Schedule, Store,
-    StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS, KEEP_STOPS_FOR,
-    LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
+    decode_schedule, decode_stops, like_pattern, match_enqueued, migration_plan, outcome_params,
+    redact_url, validate_all, validate_queue_name, validate_schedule, Activity, BulkAction,
+    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
+    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS,
+    KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -941,7 +941,7 @@ impl Store for PostgresStore {
 
     async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, exit_code, trace, (extract(epoch FROM stopped_at) * 1000)::bigint AS at_ms
+            "SELECT id, exit_code, trace, (extract(epoch FROM stopped_at) * 1000)::bigint AS stopped_ms
              FROM worker_stops WHERE stopped_at >= now() - $1 * interval '1 millisecond'
              ORDER BY stopped_at DESC, id LIMIT $2",
         )
@@ -949,16 +949,7 @@ impl Store for PostgresStore {
         .bind(i64::from(KEEP_STOPS))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(WorkerStop {
-                    worker_id: row.try_get("id")?,
-                    exit_code: row.try_get("exit_code")?,
-                    trace: row.try_get("trace")?,
-                    stopped_at: row.try_get("at_ms")?,
-                })
-            })
-            .collect()
+        decode_stops(&rows)
     }
 
     async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {

@@ -18,11 +18,11 @@ use tokio::sync::mpsc;
 use super::rules::{self, Dialect};
 use super::{
     check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
-    decode_schedule, like_pattern, match_enqueued, migration_plan, outcome_params, redact_url,
-    unix_ms_now, validate_all, validate_queue_name, validate_schedule, Activity, BulkAction,
-    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
-    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS,
-    KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    decode_schedule, decode_stops, like_pattern, match_enqueued, migration_plan, outcome_params,
+    redact_url, unix_ms_now, validate_all, validate_queue_name, validate_schedule, Activity,
+    BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
+    QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH,
+    KEEP_STOPS, KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -994,23 +994,14 @@ impl Store for SqliteStore {
 
     async fn stops(&self) -> Result<Vec<WorkerStop>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, exit_code, trace, stopped_at FROM worker_stops WHERE stopped_at >= ?1
+            "SELECT id, exit_code, trace, stopped_at AS stopped_ms FROM worker_stops WHERE stopped_at >= ?1
              ORDER BY stopped_at DESC, id LIMIT ?2",
         )
         .bind(unix_ms_now().saturating_sub(KEEP_STOPS_FOR.as_millis() as i64))
         .bind(i64::from(KEEP_STOPS))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(WorkerStop {
-                    worker_id: row.try_get("id")?,
-                    exit_code: row.try_get("exit_code")?,
-                    trace: row.try_get("trace")?,
-                    stopped_at: row.try_get("stopped_at")?,
-                })
-            })
-            .collect()
+        decode_stops(&rows)
     }
 
     async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {

@@ -376,10 +376,9 @@ async fn ask<T>(
 /// A notice shown after an action (`?notice=`): a fixed set of words, so
 /// a link cannot put text of its choosing on the page.
 #[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct NoticeQuery {
-    #[serde(default)]
     notice: Option<String>,
-    #[serde(default)]
     n: Option<u64>,
 }
 
@@ -448,22 +447,15 @@ fn page<'a>(ui: &'a Inner, visitor: &'a Visitor, notice: Option<String>) -> Page
 
 /// The jobs list's filters, as the query string carries them.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct JobsQuery {
-    #[serde(default)]
     pub state: Option<String>,
-    #[serde(default)]
     pub queue: Option<String>,
-    #[serde(default)]
     pub q: Option<String>,
-    #[serde(default)]
     pub from: Option<String>,
-    #[serde(default)]
     pub until: Option<String>,
-    #[serde(default)]
     pub before: Option<i64>,
-    #[serde(default)]
     pub notice: Option<String>,
-    #[serde(default)]
     pub n: Option<u64>,
 }
 
@@ -606,9 +598,9 @@ async fn worker(
 }
 
 /// A posted form with nothing but its secret.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct SecretForm {
-    #[serde(default)]
     csrf: String,
 }
 
@@ -690,14 +682,11 @@ async fn set_paused(
 /// A bulk action's request: the action and the list's state and queue
 /// filters (the store's bulk filter has no text or time range).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub(crate) struct BulkQuery {
-    #[serde(default)]
     pub action: String,
-    #[serde(default)]
     pub state: Option<String>,
-    #[serde(default)]
     pub queue: Option<String>,
-    #[serde(default)]
     pub csrf: String,
 }
 
@@ -768,9 +757,9 @@ async fn login_page(State(ui): State<Ui>) -> Response {
     pages::login(None).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct LoginForm {
-    #[serde(default)]
     token: String,
 }
 

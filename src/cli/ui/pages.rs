@@ -37,17 +37,24 @@ fn path_escape(text: &str) -> String {
     query_escape(text)
 }
 
+/// The `<head>` of every page; `live` adds the refreshing script.
+fn head(title: &str, live: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · dockhand" }
+            link rel="stylesheet" href="/static/app.css";
+            @if live { script src="/static/app.js" defer {} }
+        }
+    }
+}
+
 fn layout(context: &PageContext<'_>, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · dockhand" }
-                link rel="stylesheet" href="/static/app.css";
-                script src="/static/app.js" defer {}
-            }
+            (head(title, true))
             body {
                 header {
                     nav {
@@ -81,12 +88,7 @@ pub fn message(title: &str, text: &str) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · dockhand" }
-                link rel="stylesheet" href="/static/app.css";
-            }
+            (head(title, false))
             body {
                 main {
                     h1 { (title) }
@@ -103,12 +105,7 @@ pub fn login(error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Log in · dockhand" }
-                link rel="stylesheet" href="/static/app.css";
-            }
+            (head("Log in", false))
             body {
                 main.narrow {
                     h1 { "dockhand" }
