@@ -582,7 +582,7 @@ async fn requests_are_guarded() {
     let db = Db::sqlite("ui_guards").await;
     let id = db.enqueue(&[], &["true"]);
     let store = db.store().await;
-    let (_open, addr) = db.ui(&[], &[]);
+    let (mut open, addr) = db.ui(&[], &[]);
 
     // Without a token: only requests addressed to the loopback name.
     let (code, head, body) = get(&addr, "/", "");
@@ -653,6 +653,15 @@ async fn requests_are_guarded() {
         started.elapsed() < Duration::from_secs(20),
         "a client that never finished its head was served for {:?}",
         started.elapsed()
+    );
+
+    // SIGTERM stops it: exit 0.
+    open.signal(libc::SIGTERM);
+    assert_eq!(open.wait(Duration::from_secs(10)), 0, "{}", open.stderr());
+    assert!(
+        open.stderr().contains("dockhand ui: stopped"),
+        "{}",
+        open.stderr()
     );
 
     // With a token: nothing without it; a bearer or a session opens it.
