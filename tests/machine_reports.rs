@@ -107,3 +107,27 @@ fn the_status_report_tells_running_from_stopping() {
     h.signal(Signal::Term).unwrap();
     assert_eq!(states(&h), vec!["stopping"], "the second signal stops it");
 }
+
+#[test]
+fn the_held_bound_is_twice_concurrency_and_batch() {
+    // The documented bound (claims stay within it; recovered and late
+    // claims may add a batch or two): 2 × (3 + 3).
+    let h = Harness::new(config(), true);
+    assert_eq!(h.machine().max_held(), 12);
+}
+
+#[test]
+fn a_wake_up_while_running_claims_at_once_and_not_while_draining() {
+    let mut h = Harness::new(config(), true);
+    h.answer_claim(&[Behavior::quick(60_000)]).unwrap();
+    h.advance(ms(100)).unwrap();
+    let claims = |h: &Harness| h.trace().matches("action  claim").count();
+    let before = claims(&h);
+    h.deliver(Event::Wake).unwrap();
+    assert_eq!(claims(&h), before + 1, "{}", h.trace());
+    h.answer_claim(&[]).unwrap();
+    h.signal(Signal::Term).unwrap();
+    let draining = claims(&h);
+    h.deliver(Event::Wake).unwrap();
+    assert_eq!(claims(&h), draining, "{}", h.trace());
+}
