@@ -36,8 +36,12 @@ struct Driver {
 impl Driver {
     fn start() -> Driver {
         let port = free_port();
+        // Its own process group: on drop the whole group goes, Chromium
+        // too, even when a failed test never closed its session.
+        use std::os::unix::process::CommandExt;
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,7 +89,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: a plain syscall to the process group this test started.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
