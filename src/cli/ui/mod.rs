@@ -210,8 +210,7 @@ fn router(ui: Ui) -> Router {
         .route("/jobs/{id}/retry", post(retry))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/workers/{id}", get(worker))
-        .route("/queues/{queue}/pause", post(pause))
-        .route("/queues/{queue}/resume", post(resume))
+        .route("/queues/{queue}/{verb}", post(pause_or_resume))
         .route("/bulk", get(bulk_preview).post(bulk))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -646,22 +645,19 @@ async fn cancel(
     Ok(Redirect::to(&format!("/jobs/{id}?notice={notice}")).into_response())
 }
 
-async fn pause(
+/// `POST /queues/{queue}/pause` and `/resume`.
+async fn pause_or_resume(
     State(ui): State<Ui>,
     Extension(visitor): Extension<Visitor>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
     Form(form): Form<SecretForm>,
 ) -> Result<Response, Response> {
-    set_paused(&ui, &visitor, &queue, &form.csrf, true).await
-}
-
-async fn resume(
-    State(ui): State<Ui>,
-    Extension(visitor): Extension<Visitor>,
-    Path(queue): Path<String>,
-    Form(form): Form<SecretForm>,
-) -> Result<Response, Response> {
-    set_paused(&ui, &visitor, &queue, &form.csrf, false).await
+    let paused = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Ok(not_found().await),
+    };
+    set_paused(&ui, &visitor, &queue, &form.csrf, paused).await
 }
 
 async fn set_paused(
