@@ -538,6 +538,10 @@ impl Harness {
     /// Let time pass, firing timers and job exits in order.
     pub fn advance(&mut self, by: Duration) -> Check {
         let target = self.now + by;
+        // A machine whose timers never advance would spin here forever; a
+        // bound turns that into a violation that says what it saw.
+        let mut fired_at_same_instant = 0u32;
+        let mut last_fired = None;
         loop {
             if self.exit.is_some() {
                 break;
@@ -571,7 +575,21 @@ impl Harness {
                         output: format!("job {id} output\n").into_bytes(),
                     })?;
                 }
-                _ => self.deliver(Event::TimerFired)?,
+                _ => {
+                    if last_fired == Some(self.now) {
+                        fired_at_same_instant += 1;
+                        if fired_at_same_instant > 1_000 {
+                            return self.violation(&format!(
+                                "the machine's timer fired 1,000 times at {} and is still due: its timers do not advance",
+                                dockhand::machine::fmt_duration(self.now.saturating_since(Instant::ZERO))
+                            ));
+                        }
+                    } else {
+                        fired_at_same_instant = 0;
+                        last_fired = Some(self.now);
+                    }
+                    self.deliver(Event::TimerFired)?
+                }
             }
             self.check_leases()?;
         }
