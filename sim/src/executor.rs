@@ -82,6 +82,11 @@ impl Executor for SimExecutor {
             shared
                 .started
                 .insert((self.worker.clone(), id, job.lease.token.0));
+            shared.starts.push((
+                self.worker.clone(),
+                id,
+                turmoil::sim_elapsed().unwrap_or_default(),
+            ));
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -109,7 +114,7 @@ impl Executor for SimExecutor {
                 .send(ExecEvent::Exited {
                     lease,
                     exit,
-                    output: Vec::new(),
+                    output: format!("job {id} ran\n").into_bytes(),
                 })
                 .await;
         });

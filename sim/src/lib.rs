@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use dockhand::job::{JobId, JobState, LeaseToken, NewJob};
+use dockhand::job::{ClaimedJob, Completion, JobId, JobState, LeaseToken, NewJob};
 use dockhand::machine::{Config, Signal};
 use dockhand::shell::{self, ShellConfig};
 use dockhand::store::{JobFilter, MemoryStore, Store, WorkerInfo};
 use tokio::sync::mpsc;
 
 use executor::{Behavior, SimExecutor};
-use protocol::{ClaimLog, Faults, RemoteStore};
+use protocol::{ClaimLog, Faults, RemoteStore, ReplyFate};
 
 /// A bug the simulation plants in its own parts, never in dockhand's code,
 /// to prove that its checks catch what the bug breaks.
@@ -44,6 +44,16 @@ pub enum Plant {
     /// A draining worker's heartbeats are dropped on the way to the store
     /// but look answered: its leases expire under its running jobs.
     HeartbeatsDroppedWhileDraining,
+    /// The database ignores the claims a heartbeat asks it to recover: a
+    /// claim whose reply was lost keeps its jobs leased to a worker that
+    /// never starts them, until the lease expires.
+    RecoveryIgnored,
+    /// The worker's store client takes a refusal for good (a value the
+    /// database cannot store) for an outage: the outcome is retried forever.
+    PermanentErrorsLookTransient,
+    /// The worker's store client drops the leases a heartbeat reports lost:
+    /// a run whose lease the store gave away goes on beside the new one.
+    LostLeasesIgnored,
 }
 
 /// Simulated time per step.
@@ -94,6 +104,16 @@ pub struct Params {
     pub latency: Duration,
     /// The jobs: behaviour, timeout, max attempts, delay.
     pub jobs: Vec<(Behavior, Option<Duration>, u32, Duration)>,
+    /// Chance that the reply to a successful claim is lost (the jobs stay
+    /// claimed) or comes late, up to twice the worker's store timeout.
+    pub claim_reply_fault: f64,
+    /// A job whose outcomes the database refuses for good: any outcome
+    /// carrying output (a value it cannot store), and the first N outcomes
+    /// of any kind.
+    pub poison: Option<(JobId, u32)>,
+    /// Chance per step that the database's clock jumps ahead, by up to two
+    /// leases: leases expire and backoffs end that much sooner.
+    pub clock_jump_rate: f64,
 }
 
 impl Params {
@@ -165,6 +185,14 @@ impl Params {
             store_error_rate: rate(&mut rng, 0.3),
             store_delay: ms(&mut rng, 0, 300),
             latency: ms(&mut rng, 1, 100),
+            // Drawn last, so the faults drawn before keep their values.
+            claim_reply_fault: rate(&mut rng, 0.3),
+            poison: if rng.u8(0..3) == 0 {
+                Some((JobId(rng.i64(1..=jobs.len() as i64)), rng.u32(0..=2)))
+            } else {
+                None
+            },
+            clock_jump_rate: rate(&mut rng, 0.002),
             jobs,
         }
     }
@@ -207,6 +235,11 @@ pub struct Shared {
     pub alive: BTreeMap<(String, JobId), LeaseToken>,
     /// Every claim a worker actually started: (worker, job, token).
     pub started: BTreeSet<(String, JobId, i64)>,
+    /// Simulated milliseconds, the store's clock: set after every step, so
+    /// the operator's calls from outside the hosts read simulated time too.
+    clock: Arc<std::sync::atomic::AtomicI64>,
+    /// Starts in order, for the checker: (worker, job, simulated time).
+    pub starts: Vec<(String, JobId, Duration)>,
     exits: Vec<ExitRecord>,
     claims: Vec<ClaimLog>,
     fault_rng: Option<fastrand::Rng>,
@@ -215,6 +248,18 @@ pub struct Shared {
     store_delay: Duration,
     store_errors_injected: u64,
     last_store_error: Option<Duration>,
+    claim_reply_fault: f64,
+    claim_replies_lost: u64,
+    claim_replies_late: u64,
+    /// Leases whose claim reply was lost or late: (job, token) → (when the
+    /// store claimed it, how long until the worker could know).
+    faulted_claims: BTreeMap<(JobId, i64), (Duration, Duration)>,
+    /// The poisoned job and how many outcomes of any kind are still refused.
+    poison: Option<(JobId, u32)>,
+    outcomes_refused: u64,
+    /// When the database refused an outcome of any kind for good: the
+    /// worker then leaves the job to its lease.
+    refused_whole: Vec<(JobId, Duration)>,
 }
 
 fn lock(shared: &Arc<Mutex<Shared>>) -> MutexGuard<'_, Shared> {
@@ -241,6 +286,57 @@ impl Faults for SharedFaults {
 
     fn log_claim(&self, claim: ClaimLog) {
         lock(&self.0).claims.push(claim);
+    }
+
+    fn claim_reply(&self, jobs: &[ClaimedJob]) -> ReplyFate {
+        let mut shared = lock(&self.0);
+        let rate = shared.claim_reply_fault;
+        let Some(rng) = shared.fault_rng.as_mut() else {
+            return ReplyFate::Deliver;
+        };
+        if rate == 0.0 || rng.f64() >= rate {
+            return ReplyFate::Deliver;
+        }
+        // How long until the worker can know the reply is not coming: at
+        // once when the connection closes, at its store timeout when the
+        // reply is slower than that.
+        let (fate, unknown_for) = if rng.bool() {
+            shared.claim_replies_lost += 1;
+            (ReplyFate::Lose, Duration::ZERO)
+        } else {
+            let late = Duration::from_millis(rng.u64(1..=2 * STORE_TIMEOUT.as_millis() as u64));
+            shared.claim_replies_late += 1;
+            (ReplyFate::Delay(late), late.min(STORE_TIMEOUT))
+        };
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        for job in jobs {
+            shared
+                .faulted_claims
+                .insert((job.lease.job, job.lease.token.0), (at, unknown_for));
+        }
+        fate
+    }
+
+    fn refuse_record(&self, completions: &[Completion]) -> Option<String> {
+        let mut shared = lock(&self.0);
+        let (job, whole) = shared.poison?;
+        let outcome = completions.iter().find(|c| c.lease.job == job)?;
+        let why = if whole > 0 {
+            shared.poison = Some((job, whole - 1));
+            let at = turmoil::sim_elapsed().unwrap_or_default();
+            shared.refused_whole.push((job, at));
+            "row is locked by an integrity check"
+        } else if !outcome.output.is_empty() {
+            "invalid byte sequence in the output"
+        } else {
+            return None;
+        };
+        shared.outcomes_refused += 1;
+        Some(format!("job {job}: {why} (refused for good)"))
+    }
+
+    fn ignores_recovery(&self) -> bool {
+        lock(&self.0).plant == Some(Plant::RecoveryIgnored)
     }
 }
 
@@ -276,6 +372,12 @@ pub struct Stats {
     pub partitions: u64,
     /// Store errors injected.
     pub store_errors: u64,
+    /// Claim replies lost or delayed.
+    pub claim_reply_faults: u64,
+    /// Outcomes the database refused for good.
+    pub outcomes_refused: u64,
+    /// Jumps of the database's clock.
+    pub clock_jumps: u64,
     /// Jobs.
     pub jobs: u64,
     /// Worker incarnations that exited.
@@ -337,6 +439,11 @@ struct World {
     repairs: Vec<(Duration, String)>,
     exits_seen: usize,
     claims_seen: usize,
+    starts_seen: usize,
+    /// Jumps of the database's clock: (store time just after, total ahead).
+    clock_jumps: Vec<(Duration, Duration)>,
+    /// Jobs alive on two workers at once, since when.
+    overlaps: BTreeMap<JobId, Duration>,
     rng: fastrand::Rng,
 }
 
@@ -392,16 +499,18 @@ impl World {
 
     /// Checks after every step.
     fn check_step(&mut self, now: Duration) -> Result<(), Failure> {
-        let (new_claims, new_exits, alive) = {
+        let (new_claims, new_exits, new_starts, alive) = {
             let shared = lock(&self.shared);
             (
                 shared.claims[self.claims_seen..].to_vec(),
                 shared.exits[self.exits_seen..].to_vec(),
+                shared.starts[self.starts_seen..].to_vec(),
                 shared.alive.clone(),
             )
         };
         self.claims_seen += new_claims.len();
         self.exits_seen += new_exits.len();
+        self.starts_seen += new_starts.len();
         for claim in new_claims {
             if !claim.jobs.is_empty() {
                 self.line(
@@ -418,6 +527,18 @@ impl World {
                 }
             }
         }
+        // A claim reply that arrives after the first signal is handed back:
+        // those jobs never start (nor do recovered ones).
+        for (worker, job, at) in new_starts {
+            if let Some(signal) = self.first_signal.get(&worker) {
+                if at > *signal + 2 * TICK {
+                    return Err(self.fail(format!(
+                        "{worker} started job {job} at {at:?}, after its first shutdown signal at {signal:?}: a claim reply after the signal must be handed back"
+                    )));
+                }
+            }
+        }
+        self.check_overlaps(&alive, now)?;
         let mut per_worker: BTreeMap<&str, u32> = BTreeMap::new();
         for (worker, _) in alive.keys() {
             *per_worker.entry(worker).or_default() += 1;
@@ -457,6 +578,70 @@ impl World {
             self.check_exit(&exit, now)?;
         }
         Ok(())
+    }
+
+    /// Two runs of one job may overlap only while the older one learns its
+    /// lease is gone: from its next heartbeat's answer, or its own lease
+    /// timer when the store cannot be reached, then TERM and at most a kill
+    /// grace. Longer means a run goes on under a lease the store gave away.
+    fn check_overlaps(
+        &mut self,
+        alive: &BTreeMap<(String, JobId), LeaseToken>,
+        now: Duration,
+    ) -> Result<(), Failure> {
+        let mut holders: BTreeMap<JobId, Vec<&str>> = BTreeMap::new();
+        for (worker, job) in alive.keys() {
+            holders.entry(*job).or_default().push(worker);
+        }
+        self.overlaps
+            .retain(|job, _| holders.get(job).is_some_and(|h| h.len() > 1));
+        let bound =
+            self.params.lease + self.params.kill_grace + STORE_TIMEOUT + Duration::from_millis(100);
+        for (job, workers) in holders.iter().filter(|(_, h)| h.len() > 1) {
+            let since = *self.overlaps.entry(*job).or_insert(now);
+            if now.saturating_sub(since) > bound {
+                return Err(self.fail(format!(
+                    "job {job} has run on {} at once for {:?}, past {bound:?}: a run went on after the store gave its lease away",
+                    workers.join(" and "),
+                    now.saturating_sub(since)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the lease `token` of `job` came from a claim whose reply was
+    /// lost or late, and expired before its worker could have recovered it:
+    /// the worker learns of the loss (at once, or at its store timeout),
+    /// asks with its next heartbeat (a third of a lease later at most) and
+    /// hears back after a round trip. Expiring later than that means the
+    /// recovery failed.
+    fn recovery_was_too_late(&self, job: JobId, token: i64, expired: Duration) -> bool {
+        let p = &self.params;
+        lock(&self.shared)
+            .faulted_claims
+            .get(&(job, token))
+            .is_some_and(|(claimed, unknown_for)| {
+                let recovered_by = *claimed
+                    + *unknown_for
+                    + p.lease / 3
+                    + 2 * p.latency
+                    + p.store_delay
+                    + 3 * TICK;
+                expired <= recovered_by
+            })
+    }
+
+    /// Simulated time of a store timestamp (the store's clock may have jumped ahead).
+    fn sim_time(&self, store_ms: i64) -> Duration {
+        let at = Duration::from_millis(store_ms.max(0) as u64);
+        let ahead = self
+            .clock_jumps
+            .iter()
+            .rev()
+            .find(|(after, _)| *after <= at)
+            .map_or(Duration::ZERO, |(_, ahead)| *ahead);
+        at.saturating_sub(ahead)
     }
 
     fn check_exit(&mut self, exit: &ExitRecord, _now: Duration) -> Result<(), Failure> {
@@ -522,12 +707,20 @@ impl World {
         }
         // A worker that nothing disturbed (no partition, outage, store error
         // or slow network) never has to give a lease up: its heartbeats keep
-        // every lease alive until the job is recorded.
-        if !exit.abandoned.is_empty() && self.undisturbed(&exit.host) {
+        // every lease alive until the job is recorded. (A lease whose claim
+        // reply came late may be short enough to give up.)
+        let given_up: Vec<JobId> = {
+            let shared = lock(&self.shared);
+            exit.abandoned
+                .iter()
+                .filter(|l| !shared.faulted_claims.contains_key(&(l.job, l.token.0)))
+                .map(|l| l.job)
+                .collect()
+        };
+        if !given_up.is_empty() && self.undisturbed(&exit.host) {
             return Err(self.fail(format!(
-                "{} gave up the leases of jobs {:?} although nothing disturbed it: heartbeats stopped?",
+                "{} gave up the leases of jobs {given_up:?} although nothing disturbed it: heartbeats stopped?",
                 exit.worker,
-                exit.abandoned.iter().map(|l| l.job).collect::<Vec<_>>()
             )));
         }
         // Every job this worker started and still leases in the store must be
@@ -559,6 +752,8 @@ impl World {
     fn undisturbed(&self, host: &str) -> bool {
         let p = &self.params;
         !self.disturbed.contains_key(host)
+            && self.clock_jumps.is_empty()
+            && lock(&self.shared).outcomes_refused == 0
             && p.store_error_rate == 0.0
             && p.outage_rate == 0.0
             && 2 * p.latency + p.store_delay <= p.lease / 6
@@ -612,7 +807,7 @@ impl World {
                 }
             }
             for event in history.iter().filter(|e| e.kind == "lease-expired") {
-                let at = Duration::from_millis(event.at.max(0) as u64);
+                let at = self.sim_time(event.at);
                 let Some(worker) = event.worker_id.as_deref() else {
                     continue;
                 };
@@ -640,10 +835,46 @@ impl World {
                         .last_store_error
                         .is_some_and(|e| at.saturating_sub(e) < window + self.params.lease)
                     || self.params.store_error_rate > 0.0
+                    || self.recovery_was_too_late(job.id, token, at)
+                    // A reply that came late leaves little of the lease: the
+                    // worker may rightly stop the job and give the lease up
+                    // before a heartbeat renews it.
+                    || (gave_up
+                        && lock(&self.shared)
+                            .faulted_claims
+                            .contains_key(&(job.id, token)))
+                    || lock(&self.shared).refused_whole.iter().any(|(refused, when)| {
+                        *refused == job.id && *when <= at && at < *when + window + self.params.lease
+                    })
+                    || self.clock_jumps.iter().any(|(after, ahead)| {
+                        let jumped_at = after.saturating_sub(*ahead);
+                        at + TICK >= jumped_at && at < jumped_at + window + self.params.lease
+                    })
                     || 2 * self.params.latency + self.params.store_delay > self.params.lease / 6;
                 if !disturbed {
+                    let story: String = history
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "\n  {:?} {} {} token {} {}",
+                                self.sim_time(e.at),
+                                e.kind,
+                                e.worker_id.as_deref().unwrap_or("-"),
+                                e.lease_token.unwrap_or(-1),
+                                e.detail.as_deref().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    let why = if lock(&self.shared)
+                        .faulted_claims
+                        .contains_key(&(job.id, token))
+                    {
+                        "the reply to its claim was lost and the claim was not recovered"
+                    } else {
+                        "heartbeats stopped"
+                    };
                     return Err(self.fail(format!(
-                        "job {}'s lease expired at {at:?} although {worker} was alive and reachable: heartbeats stopped",
+                        "job {}'s lease expired at {at:?} although {worker} was alive and reachable: {why}; its history:{story}",
                         job.id
                     )));
                 }
@@ -708,10 +939,7 @@ fn worker_host(
                 status_to_stderr: false,
             };
             let executor = SimExecutor::new(&worker, shared.clone());
-            let mut store = RemoteStore::new("db");
-            if lock(&shared).plant == Some(Plant::HeartbeatsDroppedWhileDraining) {
-                store = store.dropping_draining_heartbeats();
-            }
+            let store = RemoteStore::new("db").with_plant(lock(&shared).plant);
             let report = shell::run(store, executor, rx, shell_config).await;
             let at = turmoil::sim_elapsed().unwrap_or_default();
             let mut s = lock(&shared);
@@ -737,6 +965,8 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
         plant,
         store_error_rate: params.store_error_rate,
         store_delay: params.store_delay,
+        claim_reply_fault: params.claim_reply_fault,
+        poison: params.poison,
         ..Shared::default()
     }));
     let mut sim = turmoil::Builder::new()
@@ -766,9 +996,10 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
                 let (store, fresh) = {
                     let mut s = lock(&shared);
                     let fresh = s.store.is_none();
+                    let clock = s.clock.clone();
                     let store = s
                         .store
-                        .get_or_insert_with(|| MemoryStore::with_seed(0, seed))
+                        .get_or_insert_with(|| MemoryStore::with_clock(0, seed, clock))
                         .clone();
                     (store, fresh)
                 };
@@ -803,6 +1034,9 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
         repairs: Vec::new(),
         exits_seen: 0,
         claims_seen: 0,
+        starts_seen: 0,
+        clock_jumps: Vec::new(),
+        overlaps: BTreeMap::new(),
         rng: fastrand::Rng::with_seed(seed ^ 0x3c6e_f372_fe94_f82b),
     };
     let p = world.params.clone();
@@ -877,6 +1111,32 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
                     world.line(now, format_args!("operator: cancel job {id}: {result:?}"));
                 }
             }
+        } else if roll
+            < p.signal_rate
+                + p.crash_rate
+                + p.partition_rate
+                + p.outage_rate
+                + p.cancel_rate
+                + p.clock_jump_rate
+            && roll
+                >= p.signal_rate + p.crash_rate + p.partition_rate + p.outage_rate + p.cancel_rate
+        {
+            // The database's clock steps ahead (NTP, a VM resumed): every
+            // lease ends that much sooner in its eyes.
+            if let Some(store) = world.store() {
+                let by = Duration::from_millis(world.rng.u64(100..=2 * p.lease.as_millis() as u64));
+                store.advance(by);
+                let ahead = world.clock_jumps.last().map_or(Duration::ZERO, |j| j.1) + by;
+                world.clock_jumps.push((now + ahead, ahead));
+                world.stats.clock_jumps += 1;
+                world.line(
+                    now,
+                    format_args!(
+                        "operator: the database's clock jumps {}ms ahead",
+                        by.as_millis()
+                    ),
+                );
+            }
         } else if roll < p.signal_rate + p.crash_rate + p.partition_rate
             && !world.partitioned.contains(&host)
         {
@@ -930,6 +1190,7 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
         let mut s = lock(&world.shared);
         s.store_error_rate = 0.0;
         s.store_delay = Duration::ZERO;
+        s.claim_reply_fault = 0.0;
     }
     world.line(
         healed_at,
@@ -972,7 +1233,12 @@ fn run_world(seed: u64, plant: Option<Plant>) -> Result<Report, Failure> {
         step(&mut sim, &mut world)?;
     }
     world.stats.simulated = sim.elapsed();
-    world.stats.store_errors = lock(&world.shared).store_errors_injected;
+    {
+        let shared = lock(&world.shared);
+        world.stats.store_errors = shared.store_errors_injected;
+        world.stats.claim_reply_faults = shared.claim_replies_lost + shared.claim_replies_late;
+        world.stats.outcomes_refused = shared.outcomes_refused;
+    }
     world.check_end()?;
     let hash = fnv1a(world.trace.as_bytes());
     Ok(Report {
@@ -987,6 +1253,9 @@ fn step(sim: &mut turmoil::Sim<'_>, world: &mut World) -> Result<(), Failure> {
         return Err(world.fail(format!("a host failed: {error}")));
     }
     let now = sim.elapsed();
+    lock(&world.shared)
+        .clock
+        .store(now.as_millis() as i64, std::sync::atomic::Ordering::Relaxed);
     world.check_step(now)
 }
 

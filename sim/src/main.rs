@@ -23,6 +23,9 @@ fn add(totals: &mut dockhand_sim::Stats, s: &dockhand_sim::Stats) {
     totals.crashes += s.crashes;
     totals.partitions += s.partitions;
     totals.store_errors += s.store_errors;
+    totals.claim_reply_faults += s.claim_reply_faults;
+    totals.outcomes_refused += s.outcomes_refused;
+    totals.clock_jumps += s.clock_jumps;
     totals.jobs += s.jobs;
     totals.exits += s.exits;
     totals.simulated += s.simulated;
@@ -100,6 +103,9 @@ fn main() {
     println!("crashes:          {}", totals.crashes);
     println!("partitions:       {}", totals.partitions);
     println!("store errors:     {}", totals.store_errors);
+    println!("claim replies lost or late: {}", totals.claim_reply_faults);
+    println!("outcomes refused for good:  {}", totals.outcomes_refused);
+    println!("database clock jumps:       {}", totals.clock_jumps);
     println!("worker exits:     {}", totals.exits);
     println!("violations:       {} {:?}", failures.len(), failures);
     if !failures.is_empty() {

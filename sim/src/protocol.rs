@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use turmoil::net::{TcpListener, TcpStream};
 
+use crate::Plant;
+
 /// The database host's port.
 pub const PORT: u16 = 7000;
 /// Longest request or response line accepted.
@@ -92,12 +94,37 @@ pub struct ClaimLog {
     pub jobs: Vec<JobId>,
 }
 
+/// What becomes of a claim's reply once the store has claimed the jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyFate {
+    /// Sent at once.
+    Deliver,
+    /// Never sent: the connection closes (the jobs are claimed all the same).
+    Lose,
+    /// Sent this much later (past the worker's store timeout, or not).
+    Delay(Duration),
+}
+
 /// Fault injection at the database host.
 pub trait Faults: 'static {
     /// Whether this request fails, and how long it takes first.
     fn next(&self) -> (bool, Duration);
     /// Record a claim for the checker.
     fn log_claim(&self, claim: ClaimLog);
+    /// What becomes of the reply to a claim that succeeded with `jobs`.
+    fn claim_reply(&self, _jobs: &[ClaimedJob]) -> ReplyFate {
+        ReplyFate::Deliver
+    }
+    /// Why the database refuses this batch of outcomes for good (a value it
+    /// cannot store), if it does.
+    fn refuse_record(&self, _completions: &[Completion]) -> Option<String> {
+        None
+    }
+    /// A planted bug: the database ignores the claims a heartbeat asks it to
+    /// recover.
+    fn ignores_recovery(&self) -> bool {
+        false
+    }
 }
 
 /// Serve `store` until the host stops.
@@ -132,6 +159,7 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let is_claim = matches!(request, Request::Claim { .. });
     let response = if fail {
         Response::Failed {
             message: "injected store error".into(),
@@ -140,6 +168,13 @@ async fn handle(
     } else {
         answer(&store, request, &*faults).await
     };
+    if let (true, Response::Claimed(jobs)) = (is_claim, &response) {
+        match faults.claim_reply(jobs) {
+            ReplyFate::Deliver => {}
+            ReplyFate::Lose => return Ok(()),
+            ReplyFate::Delay(by) => tokio::time::sleep(by).await,
+        }
+    }
     let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "\"Done\"".into());
     out.push('\n');
     write.write_all(out.as_bytes()).await?;
@@ -173,23 +208,33 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
             leases,
             lease_ms,
             recover,
-        } => store
-            .heartbeat(
-                &worker,
-                phase,
-                &leases,
-                Duration::from_millis(lease_ms),
-                &recover,
-            )
-            .await
-            .map(Response::Heartbeat),
+        } => {
+            let recover = if faults.ignores_recovery() {
+                Vec::new()
+            } else {
+                recover
+            };
+            store
+                .heartbeat(
+                    &worker,
+                    phase,
+                    &leases,
+                    Duration::from_millis(lease_ms),
+                    &recover,
+                )
+                .await
+                .map(Response::Heartbeat)
+        }
         Request::Record {
             worker,
             completions,
-        } => store
-            .record(&worker, &completions)
-            .await
-            .map(Response::Recorded),
+        } => match faults.refuse_record(&completions) {
+            Some(message) => Err(StoreError::Database(message)),
+            None => store
+                .record(&worker, &completions)
+                .await
+                .map(Response::Recorded),
+        },
         Request::Reap => store.reap_expired().await.map(Response::Reaped),
     };
     result.unwrap_or_else(|e| Response::Failed {
@@ -202,9 +247,8 @@ async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> R
 #[derive(Clone, Debug)]
 pub struct RemoteStore {
     host: String,
-    /// A planted bug (tests of the simulation): heartbeats of a draining
-    /// worker never reach the store, yet look answered.
-    drop_draining_heartbeats: bool,
+    /// A bug planted in this client (tests of the simulation).
+    plant: Option<Plant>,
 }
 
 impl RemoteStore {
@@ -212,13 +256,13 @@ impl RemoteStore {
     pub fn new(host: &str) -> Self {
         RemoteStore {
             host: host.to_string(),
-            drop_draining_heartbeats: false,
+            plant: None,
         }
     }
 
-    /// Plant the bug: heartbeats sent while draining are dropped on the way.
-    pub fn dropping_draining_heartbeats(mut self) -> Self {
-        self.drop_draining_heartbeats = true;
+    /// Plant a bug in this client; plants that live elsewhere change nothing.
+    pub fn with_plant(mut self, plant: Option<Plant>) -> Self {
+        self.plant = plant;
         self
     }
 
@@ -245,6 +289,12 @@ impl RemoteStore {
                 message,
                 transient: true,
             }) => Err(StoreError::Unreachable(message)),
+            // The planted bug: a refusal for good is taken for an outage.
+            Ok(Response::Failed { message, .. })
+                if self.plant == Some(Plant::PermanentErrorsLookTransient) =>
+            {
+                Err(StoreError::Unreachable(message))
+            }
             Ok(Response::Failed { message, .. }) => Err(StoreError::Database(message)),
             Ok(response) => Ok(response),
             Err(e) => Err(StoreError::Corrupt(e.to_string())),
@@ -323,7 +373,7 @@ impl Store for RemoteStore {
         lease: Duration,
         recover: &[u64],
     ) -> Result<HeartbeatAnswer, StoreError> {
-        if self.drop_draining_heartbeats && phase != Phase::Running {
+        if self.plant == Some(Plant::HeartbeatsDroppedWhileDraining) && phase != Phase::Running {
             return Ok(HeartbeatAnswer::default());
         }
         let request = Request::Heartbeat {
@@ -334,7 +384,12 @@ impl Store for RemoteStore {
             recover: recover.to_vec(),
         };
         match self.call(request).await? {
-            Response::Heartbeat(answer) => Ok(answer),
+            Response::Heartbeat(mut answer) => {
+                if self.plant == Some(Plant::LostLeasesIgnored) {
+                    answer.lost.clear();
+                }
+                Ok(answer)
+            }
             other => Err(unexpected(other)),
         }
     }

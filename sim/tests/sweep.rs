@@ -130,3 +130,27 @@ fn catches_heartbeats_stopped_while_draining() {
         "seed {seed}: {message}"
     );
 }
+
+#[test]
+fn catches_claims_whose_lost_reply_is_never_recovered() {
+    let (seed, message) = caught(Plant::RecoveryIgnored, 300);
+    assert!(message.contains("not recovered"), "seed {seed}: {message}");
+}
+
+#[test]
+fn catches_refusals_for_good_taken_for_outages() {
+    let (seed, message) = caught(Plant::PermanentErrorsLookTransient, 300);
+    assert!(
+        message.contains("not final") || message.contains("past the bound"),
+        "seed {seed}: {message}"
+    );
+}
+
+#[test]
+fn catches_runs_that_go_on_after_their_lease_was_given_away() {
+    let (seed, message) = caught(Plant::LostLeasesIgnored, 300);
+    assert!(
+        message.contains("gave its lease away"),
+        "seed {seed}: {message}"
+    );
+}

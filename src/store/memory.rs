@@ -59,6 +59,9 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     epoch_ms: i64,
     origin: tokio::time::Instant,
+    /// Milliseconds since the origin, set by whoever drives time (see
+    /// [`MemoryStore::with_clock`]); `None`: tokio's clock.
+    clock: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// How far the store's clock was moved on (see [`MemoryStore::advance`]).
     jumped_ms: Arc<std::sync::atomic::AtomicI64>,
 }
@@ -93,7 +96,18 @@ impl MemoryStore {
             })),
             epoch_ms,
             origin: tokio::time::Instant::now(),
+            clock: None,
             jumped_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        }
+    }
+
+    /// An empty store whose clock reads `clock` (milliseconds since
+    /// `epoch_ms`), for a simulation that calls the store from outside its
+    /// simulated hosts too, where tokio's clock would be the wall clock.
+    pub fn with_clock(epoch_ms: i64, seed: u64, clock: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        MemoryStore {
+            clock: Some(clock),
+            ..Self::with_seed(epoch_ms, seed)
         }
     }
 
@@ -117,9 +131,11 @@ impl MemoryStore {
     }
 
     fn now_ms(&self) -> i64 {
-        self.epoch_ms
-            + self.origin.elapsed().as_millis() as i64
-            + self.jumped_ms.load(std::sync::atomic::Ordering::Relaxed)
+        let since_origin = match &self.clock {
+            Some(clock) => clock.load(std::sync::atomic::Ordering::Relaxed),
+            None => self.origin.elapsed().as_millis() as i64,
+        };
+        self.epoch_ms + since_origin + self.jumped_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Move the store's clock `by` on, as a database server's clock jumps:
