@@ -172,7 +172,7 @@ fn main() {
             if !error.message.is_empty() {
                 errln!(
                     "dockhand: error: {}",
-                    dockhand::redact::redact_text(&error.message)
+                    dockhand::redact::one_line(&dockhand::redact::redact_text(&error.message))
                 );
             }
             error.code

@@ -134,9 +134,34 @@ fn redact_pairs(text: &str) -> String {
         .join("&")
 }
 
+/// `text` on one line: control characters (newlines, tabs, escapes) are
+/// written as Rust escapes, so a message built from user input (a URL, a
+/// file line) cannot break a one-line error or forge a log line.
+pub fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_escapes_control_characters_only() {
+        assert_eq!(one_line("plain – text"), "plain – text");
+        assert_eq!(one_line("a\nb\r\tc\u{1b}[2J"), "a\\nb\\r\\tc\\u{1b}[2J");
+        assert_eq!(one_line("a\nb").lines().count(), 1);
+    }
 
     /// Every form users write; none may show the password.
     #[test]

@@ -128,6 +128,38 @@ fn read_only_commands_never_create_a_database() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// A database URL (or a `--from-file` line) with a newline in it still gets
+/// a one-line error, with the password hidden (found by the `urls` fuzz
+/// target: the URL was printed as it was, newlines and all).
+#[test]
+fn an_error_about_odd_input_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &[
+            "--database-url",
+            "mysql://u:hunter22@h/db\nsecond line",
+            "jobs",
+        ],
+        dir.path(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(
+        err.contains("second line") && !err.contains("hunter22"),
+        "{err}"
+    );
+    let file = dir.path().join("jobs.jsonl");
+    std::fs::write(&file, "{\"command\":[\"a\"],\"queue\":\"bad\\nqueue\"}\n").unwrap();
+    let out = run(
+        &["enqueue", "--from-file", file.to_str().unwrap()],
+        dir.path(),
+    );
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_that_prints_has_json() {
     let db = Db::sqlite("json").await;

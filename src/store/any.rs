@@ -37,11 +37,29 @@ impl AnyStore {
         Self::open_with(url, false).await
     }
 
-    async fn open_with(url: &str, create: bool) -> Result<AnyStore, StoreError> {
-        let bad = |reason: &str| StoreError::BadUrl {
-            url: redact_url(url),
-            reason: reason.to_string(),
+    /// Check a database URL without connecting: its scheme and what the
+    /// backend's parser makes of it. The error names the URL with its
+    /// password hidden.
+    pub fn check_url(url: &str) -> Result<(), StoreError> {
+        use std::str::FromStr;
+        let bad = |reason: String| StoreError::BadUrl {
+            url: crate::redact::one_line(&redact_url(url)),
+            reason: crate::redact::one_line(&crate::redact::redact_text(&reason)),
         };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+        } else if url.starts_with("sqlite:") {
+            sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+        } else if url != "memory://" {
+            return Err(bad(
+                "expected postgres://…, sqlite://FILE or memory://".to_string()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<AnyStore, StoreError> {
+        Self::check_url(url)?;
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(AnyStore::Postgres(PostgresStore::connect(url).await?))
         } else if url.starts_with("sqlite:") {
@@ -51,10 +69,8 @@ impl AnyStore {
                 SqliteStore::open_existing(url).await?
             };
             Ok(AnyStore::Sqlite(store))
-        } else if url == "memory://" {
-            Ok(AnyStore::Memory(MemoryStore::new()))
         } else {
-            Err(bad("expected postgres://…, sqlite://FILE or memory://"))
+            Ok(AnyStore::Memory(MemoryStore::new()))
         }
     }
 }

@@ -970,9 +970,11 @@ pub fn validate_schedule(schedule: &Schedule) -> Result<(), StoreError> {
 
 /// A queue name as `pause` and `resume` take it.
 pub fn validate_queue_name(queue: &str) -> Result<(), StoreError> {
-    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN || queue.contains('\0') {
+    // Queue names reach logs, metric labels and one-line listings: no
+    // control characters (newlines, escapes), NUL included.
+    if queue.is_empty() || queue.len() > MAX_QUEUE_LEN || queue.contains(char::is_control) {
         return Err(StoreError::InvalidJob(format!(
-            "queue name must be 1 to {MAX_QUEUE_LEN} characters without NUL"
+            "queue name must be 1 to {MAX_QUEUE_LEN} characters without control characters"
         )));
     }
     Ok(())
@@ -1005,11 +1007,7 @@ pub fn validate(job: &NewJob) -> Result<(), StoreError> {
     if job.spec.env.keys().any(|k| k.is_empty() || k.contains('=')) {
         return bad("environment names must be non-empty and hold no '='".into());
     }
-    if job.queue.is_empty() || job.queue.len() > MAX_QUEUE_LEN {
-        return bad(format!(
-            "queue name must be 1 to {MAX_QUEUE_LEN} characters"
-        ));
-    }
+    validate_queue_name(&job.queue)?;
     if job.max_attempts == 0 || job.max_attempts > 1000 {
         return bad("max_attempts must be between 1 and 1000".into());
     }
