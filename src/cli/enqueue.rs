@@ -221,6 +221,15 @@ impl Line {
     }
 }
 
+/// One line of a `--from-file` file as a job, checked as the store checks
+/// it; the error is one line.
+pub fn parse_line(line: &str) -> Result<NewJob, String> {
+    let parsed: Line = serde_json::from_str(line).map_err(|e| format!("malformed job: {e}"))?;
+    let job = parsed.into_job()?;
+    validate(&job).map_err(|e| e.to_string())?;
+    Ok(job)
+}
+
 fn read_file(path: &PathBuf) -> Result<Vec<NewJob>, CliError> {
     let shown = path.display();
     let file = std::fs::File::open(path)
@@ -238,12 +247,8 @@ fn read_file(path: &PathBuf) -> Result<Vec<NewJob>, CliError> {
                 "{shown}: more than {MAX_BULK} jobs; split the file"
             )));
         }
-        let parsed: Line = serde_json::from_str(&line)
-            .map_err(|e| CliError::fatal(format!("{shown}:{number}: malformed job: {e}")))?;
-        let job = parsed
-            .into_job()
-            .map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
-        validate(&job).map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
+        let job =
+            parse_line(&line).map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
         jobs.push(job);
     }
     if jobs.is_empty() {

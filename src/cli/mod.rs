@@ -19,6 +19,19 @@ use crate::store::{AnyStore, BulkAction, Store, StoreError, DEFAULT_DATABASE_URL
 
 pub use worker::WorkerArgs;
 
+/// The parsers of text the command line takes from users (flag values,
+/// `enqueue --from-file` lines): each returns a value within its bounds or
+/// one line of error. Public for the fuzz targets, and for embedders that
+/// take the same input.
+pub mod parse {
+    pub use super::enqueue::{
+        parse_at, parse_cpus, parse_env, parse_line, parse_memory, parse_pids,
+    };
+    pub use super::schedule::{parse_cron, CronText};
+    pub use super::worker::{parse_retention, Retention};
+    pub use super::{parse_duration, MAX_DURATION};
+}
+
 /// Exit code of a failed command (usage errors exit 2, through clap).
 pub const EXIT_FATAL: i32 = 1;
 /// Exit code of a usage error (a bad flag or value).

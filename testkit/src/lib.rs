@@ -4,3 +4,5 @@
 //! replay.
 
 pub mod harness;
+#[cfg(feature = "inputs")]
+pub mod inputs;
