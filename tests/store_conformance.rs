@@ -153,6 +153,14 @@ async fn claims_are_exclusive_under_concurrency(store: AnyStore) {
                 let results = store.record(&worker, &completions).await.unwrap();
                 assert!(results.iter().all(|(_, r)| r.is_recorded()));
                 mine.extend(claimed.into_iter().map(|c| c.lease.job));
+                // A job that succeeded is never claimed again: more claims
+                // than jobs means outcomes send jobs back (fail now rather
+                // than claim for ever).
+                assert!(
+                    mine.len() <= JOBS,
+                    "{worker} claimed {} jobs of {JOBS}: recorded jobs come back",
+                    mine.len()
+                );
             }
         }));
     }
@@ -679,6 +687,12 @@ async fn list_filters_and_pages(store: AnyStore) {
         }
         before = page.last().map(|j| j.id);
         seen.extend(page.iter().map(|j| j.id));
+        assert!(
+            seen.len() <= ids.len(),
+            "paging never ends: {} ids seen of {} jobs, pages repeat (cursor {before:?})",
+            seen.len(),
+            ids.len()
+        );
     }
     let mut expected = ids.clone();
     expected.reverse();
