@@ -110,10 +110,12 @@ fn redact_token(token: &str) -> String {
     match token.find("://") {
         // Keep what precedes the scheme (e.g. `url=`), redact the URL.
         Some(at) => {
+            // The scheme starts after the last character that cannot be in
+            // one (which may be several bytes long).
             let start = token[..at]
-                .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-                .map(|i| i + 1)
-                .unwrap_or(0);
+                .char_indices()
+                .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+                .map_or(0, |(i, c)| i + c.len_utf8());
             format!("{}{}", &token[..start], redact_url(&token[start..]))
         }
         None => redact_pairs(token),
@@ -155,6 +157,16 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `urls` fuzz target: a multi-byte character right
+    /// before a scheme made the redactor slice inside it and panic.
+    #[test]
+    fn a_url_after_a_multibyte_character_is_redacted() {
+        assert_eq!(
+            redact_text("é://u:pw@h and «postgres://u:pw@h/db»"),
+            "é://u:***@h and «postgres://u:***@h/db»"
+        );
+    }
 
     #[test]
     fn one_line_escapes_control_characters_only() {
