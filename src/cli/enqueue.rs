@@ -224,6 +224,12 @@ impl Line {
 /// One line of a `--from-file` file as a job, checked as the store checks
 /// it; the error is one line.
 pub fn parse_line(line: &str) -> Result<NewJob, String> {
+    parse_line_inner(line).map_err(|e| crate::redact::one_line(&e))
+}
+
+fn parse_line_inner(line: &str) -> Result<NewJob, String> {
+    // serde's messages quote the input as it is (an unknown field's name
+    // may hold a newline): the caller makes them one line.
     let parsed: Line = serde_json::from_str(line).map_err(|e| format!("malformed job: {e}"))?;
     let job = parsed.into_job()?;
     validate(&job).map_err(|e| e.to_string())?;
