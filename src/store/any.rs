@@ -44,7 +44,7 @@ impl AnyStore {
         use std::str::FromStr;
         let bad = |reason: String| StoreError::BadUrl {
             url: crate::redact::one_line(&redact_url(url)),
-            reason: crate::redact::one_line(&crate::redact::redact_text(&reason)),
+            reason: crate::redact::one_line(&crate::redact::redact_error_about(url, &reason)),
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;

@@ -76,8 +76,11 @@ impl PostgresStore {
     /// Connect with a pool of at most `max_connections`.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
-            url: redact_url(url),
-            reason: e.to_string(),
+            url: crate::redact::one_line(&redact_url(url)),
+            reason: crate::redact::one_line(&crate::redact::redact_error_about(
+                url,
+                &e.to_string(),
+            )),
         })?;
         // One direct connection first: a pool hides the cause (refused, bad
         // password, no such database) behind "pool timed out".

@@ -91,8 +91,11 @@ impl SqliteStore {
     async fn open_with(url: &str, create: bool) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl {
-                url: redact_url(url),
-                reason: e.to_string(),
+                url: crate::redact::one_line(&redact_url(url)),
+                reason: crate::redact::one_line(&crate::redact::redact_error_about(
+                    url,
+                    &e.to_string(),
+                )),
             })?
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
