@@ -46,16 +46,29 @@ impl AnyStore {
             url: crate::redact::one_line(&redact_url(url)),
             reason: crate::redact::one_line(&crate::redact::redact_error_about(url, &reason)),
         };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
-        } else if url.starts_with("sqlite:") {
-            sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
-        } else if url != "memory://" {
-            return Err(bad(
-                "expected postgres://…, sqlite://FILE or memory://".to_string()
-            ));
+        let parse = |url: &str| -> Result<(), String> {
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+            } else if url.starts_with("sqlite:") {
+                sqlx::sqlite::SqliteConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+            } else if url != "memory://" {
+                return Err("expected postgres://…, sqlite://FILE or memory://".to_string());
+            }
+            Ok(())
+        };
+        let Err(reason) = parse(url) else {
+            return Ok(());
+        };
+        // A parser quotes what it could not read, which may be a fragment of
+        // the password: say what it makes of the URL with the password
+        // hidden instead, which it never saw.
+        let shown = redact_url(url);
+        if shown == url {
+            return Err(bad(reason));
         }
-        Ok(())
+        Err(bad(parse(&shown).err().unwrap_or_else(|| {
+            "its password cannot be read (percent-encode characters such as @ : / ?)".to_string()
+        })))
     }
 
     async fn open_with(url: &str, create: bool) -> Result<AnyStore, StoreError> {
