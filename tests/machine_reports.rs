@@ -65,7 +65,15 @@ fn notes_nobody_reads_are_dropped_and_counted() {
     let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
     let mut now = Instant::ZERO;
     let mut answered_claims = 0;
+    let mut rounds = 0;
     while answered_claims < 2 * MAX_NOTES + 100 {
+        // A machine that stops claiming would loop here for ever: fail
+        // with what it did instead.
+        rounds += 1;
+        assert!(
+            rounds < 100 * MAX_NOTES,
+            "the machine stopped claiming after {answered_claims} claims"
+        );
         let mut answered = false;
         while let Some(action) = machine.poll_action() {
             if let Action::Claim { request, .. } = action {
