@@ -153,12 +153,28 @@ async fn until_text(browser: &Client, css: &str, what: &str, check: impl Fn(&str
     }
 }
 
+/// Click `css`. The page's live parts are swapped every second, so an
+/// element found may be replaced before the click lands (a stale
+/// reference, seen on a loaded machine): find it again, a few times.
 async fn click(browser: &Client, css: &str) {
-    let element = browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css:?} to click: {e}"));
-    element.click().await.expect("click");
+    let mut last = None;
+    for _ in 0..5 {
+        let element = browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css:?} to click: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("click {css:?}: {e}"),
+        }
+    }
+    panic!("{css:?} went stale five times in a row: {last:?}");
 }
 
 /// Wait until the browser is on a page whose URL holds `needle` and
