@@ -194,21 +194,24 @@ async fn wait_url(browser: &Client, needle: &str) {
     }
 }
 
+/// The job ids listed, read in one script call: the live refresh may swap
+/// the rows between two WebDriver calls (stale references on a loaded
+/// machine), never inside one script.
 async fn ids_listed(browser: &Client) -> Vec<i64> {
-    let rows = browser
-        .find_all(Locator::Css("tr[data-job]"))
-        .await
-        .expect("job rows");
-    let mut ids = Vec::new();
-    for row in rows {
-        let id = row
-            .attr("data-job")
-            .await
-            .expect("attr")
-            .unwrap_or_default();
-        ids.push(id.parse().expect("a job id"));
-    }
-    ids
+    let ids = script(
+        browser,
+        "return Array.from(document.querySelectorAll('tr[data-job]')).map(r => r.dataset.job);",
+    )
+    .await;
+    ids.as_array()
+        .expect("a list of ids")
+        .iter()
+        .map(|id| {
+            id.as_str()
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("not a job id: {id}"))
+        })
+        .collect()
 }
 
 async fn script(browser: &Client, js: &str) -> serde_json::Value {
