@@ -159,12 +159,9 @@ where
     S: Store + Clone,
     E: Executor,
 {
-    let origin = TokioInstant::now();
-    let now = move || Instant::from_origin(origin.elapsed());
-    let mut machine = match Machine::new(config.machine.clone(), now()) {
-        Ok(machine) => machine,
-        Err(error) => return fatal(format!("invalid worker configuration: {error}")),
-    };
+    if let Err(error) = config.machine.validate() {
+        return fatal(format!("invalid worker configuration: {error}"));
+    }
     let worker_id = config.worker.id.clone();
     let monitor = config.observer.clone();
     if let Err(error) = timed(config.store_timeout, store.register_worker(&config.worker)).await {
@@ -176,6 +173,16 @@ where
             tracing::warn!(worker_id = %worker_id, %error, "no wake-ups from the store; polling only");
             None
         }
+    };
+    // Made once registered and subscribed: the machine stamps its first
+    // claim with the time it is made, and a lease counted from before a slow
+    // registration would run out early (jobs stopped while their leases
+    // still hold).
+    let origin = TokioInstant::now();
+    let now = move || Instant::from_origin(origin.elapsed());
+    let mut machine = match Machine::new(config.machine.clone(), now()) {
+        Ok(machine) => machine,
+        Err(error) => return fatal(format!("invalid worker configuration: {error}")),
     };
     tracing::info!(worker_id = %worker_id, queues = ?config.queues, concurrency = config.machine.concurrency, "worker started");
 

@@ -122,8 +122,12 @@ impl Params {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x6a09_e667_f3bc_c909);
         let ms =
             |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..=hi));
-        let rate =
+        // Rates are per step: scaled by the tick, a world sees as many
+        // faults per simulated second whatever the tick.
+        let per_step = TICK.as_secs_f64() / 0.010;
+        let chance =
             |rng: &mut fastrand::Rng, max: f64| if rng.bool() { 0.0 } else { rng.f64() * max };
+        let rate = |rng: &mut fastrand::Rng, max: f64| chance(rng, max) * per_step;
         let lease = ms(&mut rng, 600, 4000);
         let mut jobs = Vec::new();
         for _ in 0..rng.usize(3..=24) {
@@ -182,11 +186,11 @@ impl Params {
             partition_rate: rate(&mut rng, 0.003),
             outage_rate: rate(&mut rng, 0.002),
             cancel_rate: rate(&mut rng, 0.01),
-            store_error_rate: rate(&mut rng, 0.3),
+            store_error_rate: chance(&mut rng, 0.3),
             store_delay: ms(&mut rng, 0, 300),
             latency: ms(&mut rng, 1, 100),
             // Drawn last, so the faults drawn before keep their values.
-            claim_reply_fault: rate(&mut rng, 0.3),
+            claim_reply_fault: chance(&mut rng, 0.3),
             poison: if rng.u8(0..3) == 0 {
                 Some((JobId(rng.i64(1..=jobs.len() as i64)), rng.u32(0..=2)))
             } else {
@@ -1282,4 +1286,93 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The database answers the worker's registration slowly, then every
+    /// other call at once.
+    struct SlowRegistration(std::cell::Cell<bool>);
+
+    impl Faults for SlowRegistration {
+        fn next(&self) -> (bool, Duration) {
+            if self.0.replace(false) {
+                (false, Duration::from_millis(900))
+            } else {
+                (false, Duration::ZERO)
+            }
+        }
+        fn log_claim(&self, _claim: ClaimLog) {}
+    }
+
+    /// A registration that takes most of a lease must not eat into the
+    /// leases of the first claim: that claim is sent after it, and its jobs
+    /// hold their leases from then. (The machine was once made before
+    /// registering, stamped its first claim with that older time, and
+    /// stopped the job it got as if its lease were running out.)
+    #[test]
+    fn a_slow_registration_does_not_shorten_the_first_leases() {
+        let lease = Duration::from_millis(1200);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let store = MemoryStore::new();
+        let mut sim = turmoil::Builder::new()
+            .tick_duration(TICK)
+            .simulation_duration(Duration::from_secs(60))
+            .build();
+        {
+            let store = store.clone();
+            sim.host("db", move || {
+                let store = store.clone();
+                async move {
+                    let mut job = NewJob::new(
+                        Behavior {
+                            run: Some(Duration::from_millis(2000)),
+                            ignores_term: false,
+                            code: 0,
+                        }
+                        .command(),
+                    );
+                    job.max_attempts = 1;
+                    store.enqueue_many(&[job]).await?;
+                    protocol::serve(store, Rc::new(SlowRegistration(true.into()))).await
+                }
+            });
+        }
+        let params = Params {
+            workers: 1,
+            concurrency: 1,
+            batch: 1,
+            shutdown_timeout: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(1),
+            lease,
+            poll: Duration::from_millis(100),
+            ..Params::draw(0)
+        };
+        worker_host(&mut sim, "w0", &params, &shared);
+        let mut done = None;
+        while sim.elapsed() < Duration::from_secs(20) && done.is_none() {
+            sim.step().expect("the hosts run");
+            let history = now_or_never(store.history(JobId(1))).expect("the store answers");
+            done = history
+                .iter()
+                .any(|e| e.kind == "succeeded" || e.kind == "lease-expired")
+                .then_some(history);
+        }
+        let history = done.expect("the job ended within 20 s");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["enqueued", "claimed", "succeeded"],
+            "the first claim's job runs to its end once: {history:?}"
+        );
+        let started = lock(&shared).started.clone();
+        assert!(
+            started
+                .iter()
+                .any(|(_, job, token)| *job == JobId(1) && *token == 1),
+            "the first claim is started, not handed back: {started:?}"
+        );
+    }
 }
