@@ -13,6 +13,8 @@
 //! from the seed, all time is simulated, all maps are ordered.
 //!
 //! Replay a seed: `DOCKHAND_SEED=123 cargo test -p dockhand-sim --test sweep replay -- --nocapture`
+//! (with `DOCKHAND_SIM_DEBUG=1`, every worker's machine events, actions and
+//! notes go to stderr as well).
 
 pub mod executor;
 pub mod protocol;
@@ -57,7 +59,7 @@ pub enum Plant {
 }
 
 /// Simulated time per step.
-pub const TICK: Duration = Duration::from_millis(10);
+pub const TICK: Duration = Duration::from_millis(25);
 /// Longest a store call may take before the shell counts it failed.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shell's limit on deregistering at exit, added to the exit bound.
@@ -258,6 +260,8 @@ pub struct Shared {
     /// Leases whose claim reply was lost or late: (job, token) → (when the
     /// store claimed it, how long until the worker could know).
     faulted_claims: BTreeMap<(JobId, i64), (Duration, Duration)>,
+    /// Workers with a claim whose reply was lost or late.
+    faulted_workers: BTreeSet<String>,
     /// The poisoned job and how many outcomes of any kind are still refused.
     poison: Option<(JobId, u32)>,
     outcomes_refused: u64,
@@ -292,7 +296,7 @@ impl Faults for SharedFaults {
         lock(&self.0).claims.push(claim);
     }
 
-    fn claim_reply(&self, jobs: &[ClaimedJob]) -> ReplyFate {
+    fn claim_reply(&self, worker: &str, jobs: &[ClaimedJob]) -> ReplyFate {
         let mut shared = lock(&self.0);
         let rate = shared.claim_reply_fault;
         let Some(rng) = shared.fault_rng.as_mut() else {
@@ -313,6 +317,7 @@ impl Faults for SharedFaults {
             (ReplyFate::Delay(late), late.min(STORE_TIMEOUT))
         };
         let at = turmoil::sim_elapsed().unwrap_or_default();
+        shared.faulted_workers.insert(worker.to_string());
         for job in jobs {
             shared
                 .faulted_claims
@@ -615,6 +620,19 @@ impl World {
     }
 
     /// Whether the lease `token` of `job` came from a claim whose reply was
+    /// lost or late.
+    fn claim_was_faulted(&self, job: JobId, token: i64) -> bool {
+        lock(&self.shared)
+            .faulted_claims
+            .contains_key(&(job, token))
+    }
+
+    /// Whether a claim reply to `worker` was lost or late.
+    fn had_faulted_claims(&self, worker: &str) -> bool {
+        lock(&self.shared).faulted_workers.contains(worker)
+    }
+
+    /// Whether the lease `token` of `job` came from a claim whose reply was
     /// lost or late, and expired before its worker could have recovered it:
     /// the worker learns of the loss (at once, or at its store timeout),
     /// asks with its next heartbeat (a third of a lease later at most) and
@@ -712,16 +730,17 @@ impl World {
         // A worker that nothing disturbed (no partition, outage, store error
         // or slow network) never has to give a lease up: its heartbeats keep
         // every lease alive until the job is recorded. (A lease whose claim
-        // reply came late may be short enough to give up.)
-        let given_up: Vec<JobId> = {
-            let shared = lock(&self.shared);
-            exit.abandoned
-                .iter()
-                .filter(|l| !shared.faulted_claims.contains_key(&(l.job, l.token.0)))
-                .map(|l| l.job)
-                .collect()
-        };
-        if !given_up.is_empty() && self.undisturbed(&exit.host) {
+        // reply came late may be short enough to give up; and the jobs of a
+        // lost claim, recovered later, may fill every slot a claim in flight
+        // counted on, whose jobs are then left to their leases.)
+        let recovered_some = self.had_faulted_claims(&exit.worker);
+        let given_up: Vec<JobId> = exit
+            .abandoned
+            .iter()
+            .filter(|l| !self.claim_was_faulted(l.job, l.token.0))
+            .map(|l| l.job)
+            .collect();
+        if !given_up.is_empty() && !recovered_some && self.undisturbed(&exit.host) {
             return Err(self.fail(format!(
                 "{} gave up the leases of jobs {given_up:?} although nothing disturbed it: heartbeats stopped?",
                 exit.worker,
@@ -760,7 +779,7 @@ impl World {
             && lock(&self.shared).outcomes_refused == 0
             && p.store_error_rate == 0.0
             && p.outage_rate == 0.0
-            && 2 * p.latency + p.store_delay <= p.lease / 6
+            && 2 * (p.latency + TICK) + p.store_delay <= p.lease / 6
     }
 
     /// Checks once every job is final.
@@ -843,10 +862,11 @@ impl World {
                     // A reply that came late leaves little of the lease: the
                     // worker may rightly stop the job and give the lease up
                     // before a heartbeat renews it.
+                    // So may a claim's jobs when recovered ones filled
+                    // the slots it counted on.
                     || (gave_up
-                        && lock(&self.shared)
-                            .faulted_claims
-                            .contains_key(&(job.id, token)))
+                        && (self.claim_was_faulted(job.id, token)
+                            || self.had_faulted_claims(worker)))
                     || lock(&self.shared).refused_whole.iter().any(|(refused, when)| {
                         *refused == job.id && *when <= at && at < *when + window + self.params.lease
                     })
@@ -854,7 +874,9 @@ impl World {
                         let jumped_at = after.saturating_sub(*ahead);
                         at + TICK >= jumped_at && at < jumped_at + window + self.params.lease
                     })
-                    || 2 * self.params.latency + self.params.store_delay > self.params.lease / 6;
+                    // A message waits up to a tick for the next step.
+                    || 2 * (self.params.latency + TICK) + self.params.store_delay
+                        > self.params.lease / 6;
                 if !disturbed {
                     let story: String = history
                         .iter()
@@ -869,10 +891,11 @@ impl World {
                             )
                         })
                         .collect();
-                    let why = if lock(&self.shared)
-                        .faulted_claims
-                        .contains_key(&(job.id, token))
-                    {
+                    let started =
+                        lock(&self.shared)
+                            .started
+                            .contains(&(worker.to_string(), job.id, token));
+                    let why = if self.claim_was_faulted(job.id, token) && !started {
                         "the reply to its claim was lost and the claim was not recovered"
                     } else {
                         "heartbeats stopped"
@@ -939,7 +962,11 @@ fn worker_host(
                 queues: vec!["default".into()],
                 machine: config,
                 store_timeout: STORE_TIMEOUT,
-                observer: std::sync::Arc::new(dockhand::shell::NoObserver),
+                observer: if debug_wanted() {
+                    std::sync::Arc::new(DebugObserver(worker.clone()))
+                } else {
+                    std::sync::Arc::new(dockhand::shell::NoObserver)
+                },
                 status_to_stderr: false,
             };
             let executor = SimExecutor::new(&worker, shared.clone());
@@ -1278,6 +1305,36 @@ fn repair_due(sim: &mut turmoil::Sim<'_>, world: &mut World, now: Duration) {
         world.partitioned.remove(&host);
         world.disturbed.insert(host.clone(), now);
         world.line(now, format_args!("operator: repair {host}"));
+    }
+}
+
+/// Whether `DOCKHAND_SIM_DEBUG` asks for every worker's events, actions and
+/// notes on stderr (to read one seed's story; output only, so the trace and
+/// its hash stay the same).
+fn debug_wanted() -> bool {
+    std::env::var_os("DOCKHAND_SIM_DEBUG").is_some()
+}
+
+/// Prints what one worker's machine sees and does, stamped with simulated time.
+#[derive(Debug)]
+struct DebugObserver(String);
+
+impl DebugObserver {
+    fn print(&self, what: &str, item: &dyn fmt::Debug) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        eprintln!("{:>9.3}s {} {what} {item:?}", at.as_secs_f64(), self.0);
+    }
+}
+
+impl dockhand::shell::Observer for DebugObserver {
+    fn on_action(&self, action: &dockhand::machine::Action) {
+        self.print("action", action);
+    }
+    fn on_event(&self, event: &dockhand::machine::Event) {
+        self.print("event", event);
+    }
+    fn on_note(&self, note: &dockhand::machine::Note) {
+        self.print("note", note);
     }
 }
 

@@ -111,8 +111,8 @@ pub trait Faults: 'static {
     fn next(&self) -> (bool, Duration);
     /// Record a claim for the checker.
     fn log_claim(&self, claim: ClaimLog);
-    /// What becomes of the reply to a claim that succeeded with `jobs`.
-    fn claim_reply(&self, _jobs: &[ClaimedJob]) -> ReplyFate {
+    /// What becomes of the reply to `worker`'s claim that succeeded with `jobs`.
+    fn claim_reply(&self, _worker: &str, _jobs: &[ClaimedJob]) -> ReplyFate {
         ReplyFate::Deliver
     }
     /// Why the database refuses this batch of outcomes for good (a value it
@@ -159,7 +159,10 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let is_claim = matches!(request, Request::Claim { .. });
+    let claimer = match &request {
+        Request::Claim { request, .. } => Some(request.worker.clone()),
+        _ => None,
+    };
     let response = if fail {
         Response::Failed {
             message: "injected store error".into(),
@@ -168,8 +171,8 @@ async fn handle(
     } else {
         answer(&store, request, &*faults).await
     };
-    if let (true, Response::Claimed(jobs)) = (is_claim, &response) {
-        match faults.claim_reply(jobs) {
+    if let (Some(worker), Response::Claimed(jobs)) = (&claimer, &response) {
+        match faults.claim_reply(worker, jobs) {
             ReplyFate::Deliver => {}
             ReplyFate::Lose => return Ok(()),
             ReplyFate::Delay(by) => tokio::time::sleep(by).await,
