@@ -1,6 +1,7 @@
-//! The store over the simulated network: a worker's store calls become JSON
-//! lines over turmoil TCP to the database host, so they can be delayed,
-//! dropped, partitioned or failed like real database calls.
+//! The store over the simulated network: a worker's store call is a JSON
+//! datagram to the database host and its answer one back (one round trip,
+//! like a call on a pooled connection), so calls can be delayed, dropped,
+//! partitioned or failed like real database calls.
 
 use std::time::Duration;
 
@@ -12,16 +13,19 @@ use dockhand::store::{
     WorkerStop,
 };
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
-use turmoil::net::{TcpListener, TcpStream};
+use turmoil::net::UdpSocket;
 
 use crate::Plant;
 
 /// The database host's port.
 pub const PORT: u16 = 7000;
-/// Longest request or response line accepted.
-const MAX_LINE: usize = 1 << 20;
+/// Longest request accepted (a datagram's limit).
+const MAX_DATAGRAM: usize = 65_507;
+/// Room for an answer: the largest (a heartbeat recovering a few claims) is
+/// a few KiB. Smaller than a datagram's limit because a buffer is cleared
+/// for every call, which showed in the profile at 64 KiB.
+const REPLY_ROOM: usize = 16 * 1024;
 
 /// A store call.
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ pub enum Response {
     Recorded(Vec<(JobId, RecordResult)>),
     /// Jobs reaped.
     Reaped(u64),
+    /// The connection closed before the answer came: the client cannot
+    /// know whether the call took effect.
+    Closed,
     /// The call failed.
     Failed {
         /// Why.
@@ -129,32 +136,25 @@ pub trait Faults: 'static {
 
 /// Serve `store` until the host stops.
 pub async fn serve(store: MemoryStore, faults: std::rc::Rc<dyn Faults>) -> turmoil::Result {
-    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let socket = std::rc::Rc::new(UdpSocket::bind(("0.0.0.0", PORT)).await?);
+    let mut buf = vec![0; MAX_DATAGRAM];
     loop {
-        let (stream, _) = listener.accept().await?;
-        let (store, faults) = (store.clone(), faults.clone());
+        let (n, from) = socket.recv_from(&mut buf).await?;
+        let Ok(request) = serde_json::from_slice::<Request>(&buf[..n]) else {
+            continue;
+        };
+        let (store, faults, socket) = (store.clone(), faults.clone(), socket.clone());
         tokio::task::spawn_local(async move {
-            let _ = handle(stream, store, faults).await;
+            let response = handle(request, store, faults).await;
+            let out = serde_json::to_vec(&response).unwrap_or_else(|_| b"\"Done\"".to_vec());
+            // A reply to a worker that crashed or was partitioned away is
+            // lost, as on a real network.
+            let _ = socket.send_to(&out, from).await;
         });
     }
 }
 
-async fn handle(
-    stream: TcpStream,
-    store: MemoryStore,
-    faults: std::rc::Rc<dyn Faults>,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read);
-    let n = reader.read_line(&mut line).await?;
-    if n == 0 || n > MAX_LINE {
-        return Ok(());
-    }
-    let request: Request = match serde_json::from_str(&line) {
-        Ok(request) => request,
-        Err(_) => return Ok(()),
-    };
+async fn handle(request: Request, store: MemoryStore, faults: std::rc::Rc<dyn Faults>) -> Response {
     let (fail, delay) = faults.next();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -174,14 +174,11 @@ async fn handle(
     if let (Some(worker), Response::Claimed(jobs)) = (&claimer, &response) {
         match faults.claim_reply(worker, jobs) {
             ReplyFate::Deliver => {}
-            ReplyFate::Lose => return Ok(()),
+            ReplyFate::Lose => return Response::Closed,
             ReplyFate::Delay(by) => tokio::time::sleep(by).await,
         }
     }
-    let mut out = serde_json::to_string(&response).unwrap_or_else(|_| "\"Done\"".into());
-    out.push('\n');
-    write.write_all(out.as_bytes()).await?;
-    Ok(())
+    response
 }
 
 async fn answer(store: &MemoryStore, request: Request, faults: &dyn Faults) -> Response {
@@ -271,23 +268,25 @@ impl RemoteStore {
 
     async fn call(&self, request: Request) -> Result<Response, StoreError> {
         let down = |e: std::io::Error| StoreError::Unreachable(e.to_string());
-        let stream = TcpStream::connect((self.host.as_str(), PORT))
+        // A socket of its own per call: an answer that comes after the shell
+        // gave up on the call finds no one (the socket is dropped with the
+        // call) and is lost, as on a connection that was closed.
+        let socket = UdpSocket::bind(("0.0.0.0", 0)).await.map_err(down)?;
+        let out = serde_json::to_vec(&request).map_err(|e| StoreError::Database(e.to_string()))?;
+        socket
+            .send_to(&out, (self.host.as_str(), PORT))
             .await
             .map_err(down)?;
-        let (read, mut write) = stream.into_split();
-        let mut line =
-            serde_json::to_string(&request).map_err(|e| StoreError::Database(e.to_string()))?;
-        line.push('\n');
-        write.write_all(line.as_bytes()).await.map_err(down)?;
-        let mut reply = String::new();
-        BufReader::new(read)
-            .read_line(&mut reply)
-            .await
-            .map_err(down)?;
-        if reply.is_empty() {
-            return Err(StoreError::Unreachable("connection closed".into()));
-        }
-        match serde_json::from_str(&reply) {
+        let mut buf = vec![0; REPLY_ROOM];
+        let (n, _) = socket.recv_from(&mut buf).await.map_err(down)?;
+        // A cut answer would read as a corrupt store: say what it is.
+        assert!(
+            n < REPLY_ROOM,
+            "a store answer filled all {REPLY_ROOM} bytes of room: raise REPLY_ROOM"
+        );
+        let reply = &buf[..n];
+        match serde_json::from_slice(reply) {
+            Ok(Response::Closed) => Err(StoreError::Unreachable("connection closed".into())),
             Ok(Response::Failed {
                 message,
                 transient: true,
