@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use dockhand::job::JobId;
+use dockhand::machine::trace::{Trace, MAX_TRACE_LINES};
 use dockhand::machine::{Action, Config, Event, Instant, Machine, Signal, StoreFailure, MAX_NOTES};
-use dockhand_testkit::harness::{Behavior, Harness};
+use dockhand_testkit::harness::{Behavior, Harness, Op};
 
 fn config() -> Config {
     Config {
@@ -138,4 +139,160 @@ fn a_wake_up_while_running_claims_at_once_and_not_while_draining() {
     let draining = claims(&h);
     h.deliver(Event::Wake).unwrap();
     assert_eq!(claims(&h), draining, "{}", h.trace());
+}
+
+/// A config whose claims come in batches smaller than the concurrency.
+fn wide(concurrency: u32, batch_max: u32) -> Config {
+    Config {
+        concurrency,
+        batch_max,
+        ..config()
+    }
+}
+
+fn claims(h: &Harness) -> usize {
+    h.trace().matches("action  claim").count()
+}
+
+#[test]
+fn a_full_batch_is_followed_by_another_claim_at_once() {
+    // A claim that comes back full says more jobs wait: claim again now,
+    // not at the next poll.
+    let mut h = Harness::new(wide(8, 2), true);
+    h.hold_claims(true);
+    h.answer_claim(&[Behavior::quick(60_000), Behavior::quick(60_000)])
+        .unwrap();
+    assert_eq!(claims(&h), 2, "{}", h.trace());
+    h.answer_claim(&[Behavior::quick(60_000)]).unwrap();
+    h.advance(ms(100)).unwrap();
+    assert_eq!(
+        claims(&h),
+        2,
+        "a short batch waits for the poll: {}",
+        h.trace()
+    );
+}
+
+#[test]
+fn few_free_slots_beside_running_jobs_wait_for_a_worthwhile_batch() {
+    // Concurrency 8: a claim is worth it once a quarter (2) of the slots
+    // are free, or when nothing runs.
+    let mut h = Harness::new(wide(8, 8), true);
+    h.answer_claim(&[Behavior::quick(60_000); 7]).unwrap();
+    h.advance(ms(5_000)).unwrap();
+    assert_eq!(claims(&h), 1, "one slot free: {}", h.trace());
+    assert_eq!(h.machine().alive(), 7);
+}
+
+#[test]
+fn a_cancelled_job_that_ignores_term_is_killed_after_the_grace() {
+    let mut h = Harness::new(config(), true);
+    h.answer_claim(&[Behavior::stuck()]).unwrap();
+    h.advance(ms(100)).unwrap();
+    h.deliver(Event::CancelRequested { job: JobId(1) }).unwrap();
+    assert!(h.trace().contains("send SIGTERM to job 1"), "{}", h.trace());
+    assert!(!h.trace().contains("send SIGKILL to job 1"), "{}", h.trace());
+    // kill_grace is 5 s.
+    h.advance(ms(5_100)).unwrap();
+    assert!(h.trace().contains("send SIGKILL to job 1"), "{}", h.trace());
+    assert_eq!(h.machine().alive(), 0);
+}
+
+#[test]
+fn every_recorded_outcome_is_counted_by_its_kind() {
+    let mut h = Harness::new(config(), true);
+    // The harness exits with `exit_code % 3`.
+    let fails = Behavior {
+        exit_code: 1,
+        ..Behavior::quick(200)
+    };
+    let obeys = Behavior {
+        run_ms: None,
+        ..Behavior::quick(0)
+    };
+    h.answer_claim(&[Behavior::quick(100), fails, obeys])
+        .unwrap();
+    h.advance(ms(1_000)).unwrap();
+    // The third is stopped at the drain deadline: interrupted.
+    h.signal(Signal::Term).unwrap();
+    h.advance(ms(20_000)).unwrap();
+    let c = h.machine().counters();
+    assert_eq!(
+        (c.claimed, c.succeeded, c.failed, c.interrupted),
+        (3, 1, 1, 1),
+        "{}",
+        h.trace()
+    );
+}
+
+#[test]
+fn an_outcome_that_meets_a_store_known_down_is_written_before_any_claim() {
+    // Manual mode: every store call waits for its answer.
+    let mut h = Harness::new(config(), false);
+    h.step(&Op::ClaimOk(vec![Behavior::quick(3_000)])).unwrap();
+    h.step(&Op::StartOk).unwrap();
+    h.advance(ms(2_000)).unwrap();
+    // The poll's claim fails: the store is down, as far as we know.
+    h.step(&Op::ClaimErr).unwrap();
+    // The job ends; its outcome goes out at once and must land before
+    // anything could supersede it.
+    h.advance(ms(1_000)).unwrap();
+    assert!(h.trace().contains("action  record job 1"), "{}", h.trace());
+    let before = claims(&h);
+    h.advance(ms(6_000)).unwrap();
+    assert_eq!(
+        claims(&h),
+        before,
+        "a claim before the write: {}",
+        h.trace()
+    );
+    h.step(&Op::RecordOk).unwrap();
+    h.advance(ms(3_000)).unwrap();
+    assert!(
+        claims(&h) > before,
+        "claims again once written: {}",
+        h.trace()
+    );
+}
+
+#[test]
+fn a_trace_keeps_its_first_lines_and_counts_the_rest() {
+    let mut trace = Trace::new(Instant::ZERO);
+    assert!(trace.is_empty());
+    trace.line(Instant::ZERO, "note", "one");
+    assert_eq!(trace.len(), 1);
+    assert!(!trace.render().contains("not kept"), "{}", trace.render());
+    for _ in 0..MAX_TRACE_LINES + 4 {
+        trace.line(Instant::ZERO, "note", "more");
+    }
+    assert_eq!(trace.len(), MAX_TRACE_LINES);
+    let text = trace.render();
+    assert!(
+        text.ends_with("... 5 more lines not kept\n"),
+        "{}",
+        &text[text.len() - 80..]
+    );
+}
+
+#[test]
+fn a_drain_gives_up_recovering_lost_claims_when_a_heartbeat_fails() {
+    let mut h = Harness::new(config(), false);
+    // The claim commits a job but its reply is lost: the machine will ask
+    // for it with its heartbeats.
+    h.step(&Op::ClaimLost(vec![Behavior::quick(60_000)])).unwrap();
+    h.signal(Signal::Term).unwrap();
+    h.advance(ms(5_000)).unwrap();
+    assert!(h.trace().contains("recover claims [1]"), "{}", h.trace());
+    let asked = h.trace().matches("recover claims").count();
+    h.step(&Op::HeartbeatErr).unwrap();
+    // Shutting down: no waiting on the store for those jobs; their leases
+    // bring them back.
+    h.advance(ms(5_000)).unwrap();
+    assert!(h.trace().contains("heartbeat (draining"), "{}", h.trace());
+    assert_eq!(
+        h.trace().matches("recover claims").count(),
+        asked,
+        "asked again after giving up: {}",
+        h.trace()
+    );
 }
