@@ -140,9 +140,11 @@ impl Kind {
 /// `JOB_ID WORKER_PID`, appended to the effects log as its last act.
 fn job(rng: &mut Rng, dir: &str, run: &str) -> NewJob {
     let kind = Kind::draw(rng);
-    // The job's parent is its shim; the shim's parent is the worker.
-    let effect =
-        format!("echo \"$DOCKHAND_JOB_ID $(cut -d' ' -f4 /proc/$PPID/stat)\" >> {dir}/effects.log");
+    // The job's parent is its shim; the shim's parent is the worker. Read
+    // first: once the worker is SIGKILLed the shim's parent is init, and a
+    // run may still reach its last act before its shim stops it.
+    let worker = "w=$(cut -d' ' -f4 /proc/$PPID/stat); ";
+    let effect = format!("echo \"$DOCKHAND_JOB_ID $w\" >> {dir}/effects.log");
     let sleep = |rng: &mut Rng, lo, hi| format!("{:.3}", rng.millis(lo, hi).as_secs_f64());
     let script = match kind {
         Kind::Quick => effect,
@@ -156,7 +158,7 @@ fn job(rng: &mut Rng, dir: &str, run: &str) -> NewJob {
         Kind::TimesOut => format!("sleep 30; {effect}"),
         Kind::Fails => "exit 7".to_string(),
     };
-    let mut new = NewJob::new(vec!["sh".into(), "-c".into(), script]);
+    let mut new = NewJob::new(vec!["sh".into(), "-c".into(), format!("{worker}{script}")]);
     new.spec = JobSpec {
         env: BTreeMap::from([
             ("CHAOS_RUN".to_string(), run.to_string()),
@@ -734,7 +736,9 @@ fn fleet_survives_chaos_losing_nothing() {
             }
             let Some(worker) = &e.worker else { continue };
             let pid = pid_of(worker);
-            if !pids.contains(&pid) {
+            // A run orphaned before it read its worker's pid names init.
+            let orphaned = pids.contains(&1) && fleet.fates.get(&pid).is_some_and(|f| f.killed);
+            if !pids.contains(&pid) && !orphaned {
                 continue;
             }
             let end = evs[i + 1..]
