@@ -1274,4 +1274,20 @@ mod tests {
         let err = validate_all(&jobs).unwrap_err().to_string();
         assert!(err.contains("job #2"), "{err}");
     }
+
+    #[test]
+    fn a_timeout_may_be_up_to_thirty_days() {
+        let with_timeout = |ms: u64| {
+            let mut job = NewJob::new(vec!["true".into()]);
+            job.spec.timeout_ms = Some(ms);
+            validate(&job)
+        };
+        let thirty_days = 30 * 24 * 3600 * 1000;
+        assert!(with_timeout(1).is_ok());
+        assert!(with_timeout(2 * 3600 * 1000).is_ok(), "two hours");
+        assert!(with_timeout(thirty_days).is_ok());
+        let err = with_timeout(thirty_days + 1).unwrap_err().to_string();
+        assert!(err.contains("at most 30 days"), "{err}");
+        assert!(with_timeout(0).is_err());
+    }
 }
