@@ -1,8 +1,9 @@
 //! Deterministic simulation of dockhand workers (turmoil).
 //!
 //! One world per seed: a database host serving the in-memory store over
-//! the simulated network (a datagram per call, one per answer), 1–4 worker hosts each running the real shell and machine
-//! with simulated job processes, and an operator that sends TERM / INT /
+//! the simulated network (a datagram per call, one per answer), 1–4 worker
+//! hosts each running the real shell and machine with simulated job
+//! processes, and an operator that sends TERM / INT /
 //! USR1, crashes and restarts hosts, partitions them from the database and
 //! makes the store fail or lag. Every world draws its own parameters from its
 //! seed (swarm testing). Invariants are checked after every step; then every

@@ -4,7 +4,7 @@
 //! library carries no test hooks; mutation testing measures the rest).
 //!
 //! Replay one seed with its full trace (and every worker's log):
-//!   DOCKHAND_SEED=123 [DOCKHAND_SIM_LOG=info] cargo test -p dockhand-sim --test sweep replay -- --nocapture
+//!   DOCKHAND_SEED=123 [DOCKHAND_SIM_LOG=info] [DOCKHAND_SIM_DEBUG=1] cargo test -p dockhand-sim --test sweep replay -- --nocapture
 //! Long hunts: `cargo run -p dockhand-sim --release -- --seeds 100000`.
 
 use dockhand_sim::Plant;
