@@ -191,7 +191,11 @@ fn a_cancelled_job_that_ignores_term_is_killed_after_the_grace() {
     h.advance(ms(100)).unwrap();
     h.deliver(Event::CancelRequested { job: JobId(1) }).unwrap();
     assert!(h.trace().contains("send SIGTERM to job 1"), "{}", h.trace());
-    assert!(!h.trace().contains("send SIGKILL to job 1"), "{}", h.trace());
+    assert!(
+        !h.trace().contains("send SIGKILL to job 1"),
+        "{}",
+        h.trace()
+    );
     // kill_grace is 5 s.
     h.advance(ms(5_100)).unwrap();
     assert!(h.trace().contains("send SIGKILL to job 1"), "{}", h.trace());
@@ -279,7 +283,8 @@ fn a_drain_gives_up_recovering_lost_claims_when_a_heartbeat_fails() {
     let mut h = Harness::new(config(), false);
     // The claim commits a job but its reply is lost: the machine will ask
     // for it with its heartbeats.
-    h.step(&Op::ClaimLost(vec![Behavior::quick(60_000)])).unwrap();
+    h.step(&Op::ClaimLost(vec![Behavior::quick(60_000)]))
+        .unwrap();
     h.signal(Signal::Term).unwrap();
     h.advance(ms(5_000)).unwrap();
     assert!(h.trace().contains("recover claims [1]"), "{}", h.trace());
