@@ -140,8 +140,12 @@ pub async fn serve(store: MemoryStore, faults: std::rc::Rc<dyn Faults>) -> turmo
     let mut buf = vec![0; MAX_DATAGRAM];
     loop {
         let (n, from) = socket.recv_from(&mut buf).await?;
-        let Ok(request) = serde_json::from_slice::<Request>(&buf[..n]) else {
-            continue;
+        // Every client is the simulation's own: a request that is cut or
+        // does not parse is a bug in the simulation, not a fault to absorb.
+        let request = match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(request) if n < MAX_DATAGRAM => request,
+            Ok(_) => return Err(format!("a store request filled all {MAX_DATAGRAM} bytes").into()),
+            Err(e) => return Err(format!("a store request does not parse: {e}").into()),
         };
         let (store, faults, socket) = (store.clone(), faults.clone(), socket.clone());
         tokio::task::spawn_local(async move {
