@@ -265,6 +265,7 @@ fn a_trace_keeps_its_first_lines_and_counts_the_rest() {
     assert!(trace.is_empty());
     trace.line(Instant::ZERO, "note", "one");
     assert_eq!(trace.len(), 1);
+    assert!(!trace.is_empty());
     assert!(!trace.render().contains("not kept"), "{}", trace.render());
     for _ in 0..MAX_TRACE_LINES + 4 {
         trace.line(Instant::ZERO, "note", "more");
