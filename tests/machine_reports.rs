@@ -302,3 +302,24 @@ fn a_drain_gives_up_recovering_lost_claims_when_a_heartbeat_fails() {
         h.trace()
     );
 }
+
+#[test]
+fn abandoned_leases_are_remembered_up_to_their_bound_oldest_dropped_first() {
+    use dockhand::machine::MAX_ABANDONED;
+    let mut h = Harness::new(config(), true).quiet();
+    // Every outcome is refused, even the plainest: each job is left to its
+    // lease, one abandoned lease per job.
+    h.refuse_records(u32::MAX);
+    h.hold_claims(true);
+    let total = MAX_ABANDONED + 3;
+    for n in 1..=total {
+        h.answer_claim(&[Behavior::quick(10)]).unwrap();
+        h.advance(ms(2_100)).unwrap();
+        let kept = h.machine().abandoned().count();
+        assert_eq!(kept, n.min(MAX_ABANDONED), "after {n} jobs");
+    }
+    let abandoned: Vec<i64> = h.machine().abandoned().map(|l| l.job.0).collect();
+    let first_kept = (total - MAX_ABANDONED + 1) as i64;
+    assert_eq!(abandoned.first(), Some(&first_kept), "the oldest go first");
+    assert_eq!(abandoned.last(), Some(&(total as i64)));
+}
