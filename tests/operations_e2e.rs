@@ -659,6 +659,83 @@ async fn bad_operations_input(db: Db) {
     assert!(jobs.is_empty(), "bad input wrote {jobs:?}");
 }
 
+/// A file larger than one chunk (`enqueue --from-file` streams 10,000
+/// lines at a time) goes in as one transaction: unique keys hold across
+/// chunks, and a bad last line leaves nothing of the lines before it.
+async fn a_file_of_many_chunks_is_enqueued_all_or_nothing(db: Db) {
+    let store = db.store().await;
+    let ready = |queue: &'static str| {
+        let store = store.clone();
+        async move {
+            let stats = store.queue_stats().await.unwrap();
+            stats
+                .into_iter()
+                .find(|q| q.queue == queue)
+                .map_or(0, |q| q.ready)
+        }
+    };
+    let good = db.path("good.jsonl");
+    let mut lines = String::new();
+    for i in 1..=25_000 {
+        let key = match i {
+            3 | 15_000 => r#", "unique_key": "nightly""#,
+            _ => "",
+        };
+        lines.push_str(&format!(
+            "{{\"command\": [\"true\"], \"queue\": \"bulk\"{key}}}\n"
+        ));
+        if i == 20_000 {
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&good, &lines).unwrap();
+    let out = db.cli(&["enqueue", "--from-file", &good]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let ids: Vec<&str> = text.lines().collect();
+    assert_eq!(ids.len(), 25_000);
+    assert_eq!(ids[14_999], ids[2], "the key holds across chunks");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"nightly\""), "{}", stderr(&out));
+    assert_eq!(ready("bulk").await, 24_999);
+
+    let bad = db.path("bad.jsonl");
+    lines = lines.replace("\"bulk\"", "\"bad\"");
+    lines.push_str("{\"command\": []}\n");
+    std::fs::write(&bad, &lines).unwrap();
+    let out = db.cli(&["enqueue", "--from-file", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("bad.jsonl:25002:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert_eq!(ready("bad").await, 0, "a bad line left rows behind");
+
+    // --json keeps its shape.
+    let small = db.path("small.jsonl");
+    std::fs::write(
+        &small,
+        "{\"command\": [\"true\"], \"queue\": \"json\"}\n{\"command\": [\"true\"], \"queue\": \"json\", \"unique_key\": \"nightly\"}\n",
+    )
+    .unwrap();
+    let out = db.cli(&["enqueue", "--from-file", &small, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let jobs = value["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["existed"], false);
+    assert_eq!(jobs[1]["existed"], true);
+    assert_eq!(jobs[1]["id"].to_string(), ids[2]);
+}
+
 macro_rules! on_both {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -691,4 +768,5 @@ on_both! {
     after_downtime_only_the_latest_missed_slot_runs,
     retention_keeps_the_tables_bounded_under_load,
     prune_by_hand,
+    a_file_of_many_chunks_is_enqueued_all_or_nothing,
 }

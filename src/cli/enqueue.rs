@@ -1,7 +1,7 @@
 //! `dockhand enqueue`: one job from flags, or many from a JSON-lines file.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{parse_duration, CliError};
 use crate::job::{JobSpec, NewJob};
-use crate::store::{validate, AnyStore, Store, MAX_BULK};
+use crate::store::{validate, AnyStore, Enqueued, Store, StoreError, MAX_SPEC_BYTES};
 
 /// What a job is and how it runs: shared by `enqueue` and `schedule add`.
 #[derive(Debug, Args)]
@@ -84,8 +84,9 @@ pub struct EnqueueArgs {
     /// print that job's id instead (exit 0; stderr says it already existed).
     #[arg(long, value_name = "KEY")]
     pub unique_key: Option<String>,
-    /// Enqueue every line of this JSON-lines file, all or nothing, and print
-    /// their ids: {"command": ["sh","-c","..."], "queue", "image", "timeout",
+    /// Enqueue every line of this JSON-lines file, all or nothing (one
+    /// transaction, read in chunks: up to 10,000,000 jobs), and print their
+    /// ids: {"command": ["sh","-c","..."], "queue", "image", "timeout",
     /// "max_attempts", "priority", "delay", "at", "unique_key",
     /// "env": {"K": "V"}, "memory", "cpus", "pids"}; only "command" is
     /// required.
@@ -236,59 +237,193 @@ fn parse_line_inner(line: &str) -> Result<NewJob, String> {
     Ok(job)
 }
 
-fn read_file(path: &PathBuf) -> Result<Vec<NewJob>, CliError> {
-    let shown = path.display();
-    let file = std::fs::File::open(path)
-        .map_err(|e| CliError::fatal(format!("cannot read {shown}: {e}")))?;
-    let mut jobs = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let line =
-            line.map_err(|e| CliError::fatal(format!("{shown}:{number}: cannot read: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if jobs.len() >= MAX_BULK {
-            return Err(CliError::fatal(format!(
-                "{shown}: more than {MAX_BULK} jobs; split the file"
-            )));
-        }
-        let job =
-            parse_line(&line).map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
-        jobs.push(job);
+/// Jobs per chunk handed to the store while a file streams in.
+const FILE_CHUNK: usize = 10_000;
+
+/// Longest line a jobs file may hold: a job's spec is at most
+/// [`MAX_SPEC_BYTES`]; a line can spell it with escapes.
+const MAX_LINE: usize = 16 * MAX_SPEC_BYTES;
+
+/// A JSON-lines file read a chunk at a time, so a file of millions of jobs
+/// never sits in memory. A line it cannot use is kept as the error to show
+/// (the store rolls back everything read before it).
+struct FileChunks {
+    reader: BufReader<std::fs::File>,
+    shown: String,
+    number: usize,
+    jobs: usize,
+    line: Vec<u8>,
+    error: Option<CliError>,
+}
+
+impl FileChunks {
+    fn open(path: &PathBuf) -> Result<Self, CliError> {
+        let shown = path.display().to_string();
+        let file = std::fs::File::open(path)
+            .map_err(|e| CliError::fatal(format!("cannot read {shown}: {e}")))?;
+        Ok(FileChunks {
+            reader: BufReader::new(file),
+            shown,
+            number: 0,
+            jobs: 0,
+            line: Vec::new(),
+            error: None,
+        })
     }
-    if jobs.is_empty() {
-        return Err(CliError::fatal(format!("{shown}: no jobs in the file")));
+
+    /// The next line's job, `None` at the end of the file.
+    fn next_job(&mut self) -> Result<Option<NewJob>, CliError> {
+        loop {
+            self.line.clear();
+            let shown = &self.shown;
+            let read = (&mut self.reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| {
+                    CliError::fatal(format!("{shown}:{}: cannot read: {e}", self.number + 1))
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.number += 1;
+            let number = self.number;
+            if self.line.len() > MAX_LINE {
+                return Err(CliError::fatal(format!(
+                    "{shown}:{number}: line longer than {MAX_LINE} bytes"
+                )));
+            }
+            let line = std::str::from_utf8(&self.line)
+                .map_err(|e| CliError::fatal(format!("{shown}:{number}: not UTF-8: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let job =
+                parse_line(line).map_err(|e| CliError::fatal(format!("{shown}:{number}: {e}")))?;
+            self.jobs += 1;
+            return Ok(Some(job));
+        }
     }
-    Ok(jobs)
+
+    fn next_chunk(&mut self) -> Result<Option<Vec<NewJob>>, StoreError> {
+        let mut chunk = Vec::with_capacity(FILE_CHUNK);
+        while chunk.len() < FILE_CHUNK {
+            match self.next_job() {
+                Ok(Some(job)) => chunk.push(job),
+                Ok(None) => break,
+                Err(e) => {
+                    self.error = Some(e);
+                    return Err(StoreError::InvalidJob("a line of the file".into()));
+                }
+            }
+        }
+        Ok((!chunk.is_empty()).then_some(chunk))
+    }
+}
+
+/// Enqueue a whole file in one transaction, streaming it.
+async fn enqueue_file(
+    store: &AnyStore,
+    path: &PathBuf,
+) -> Result<(Vec<Enqueued>, Vec<(usize, String)>), CliError> {
+    let mut file = FileChunks::open(path)?;
+    // Only the unique keys are kept (by line), for the messages about
+    // jobs that already existed.
+    let mut keys = Vec::new();
+    let mut seen = 0;
+    let mut next = || {
+        let chunk = file.next_chunk()?;
+        for job in chunk.iter().flatten() {
+            if let Some(key) = &job.unique_key {
+                keys.push((seen, key.clone()));
+            }
+            seen += 1;
+        }
+        Ok(chunk)
+    };
+    let result = store.enqueue_stream(&mut next).await;
+    if let Some(error) = file.error.take() {
+        return Err(error);
+    }
+    let answers = result?;
+    if file.jobs == 0 {
+        return Err(CliError::fatal(format!(
+            "{}: no jobs in the file",
+            file.shown
+        )));
+    }
+    Ok((answers, keys))
+}
+
+/// Print the ids (one per line, or `{"jobs": [{"id", "existed"}]}`) in
+/// blocks, so a million answers cost neither a million writes nor a
+/// document built in memory; stderr names each job that already existed.
+fn print_answers(
+    answers: &[Enqueued],
+    keys: &[(usize, String)],
+    json: bool,
+) -> Result<(), CliError> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if json {
+        text.push_str("{\n  \"jobs\": [");
+    }
+    for (i, answer) in answers.iter().enumerate() {
+        // Writing into a String cannot fail.
+        let _ = if json {
+            let comma = if i == 0 { "" } else { "," };
+            write!(
+                text,
+                "{comma}\n    {{\n      \"id\": {},\n      \"existed\": {}\n    }}",
+                answer.id, answer.existed
+            )
+        } else {
+            writeln!(text, "{}", answer.id)
+        };
+        if answer.existed {
+            let key = keys
+                .binary_search_by_key(&i, |(index, _)| *index)
+                .map(|at| keys[at].1.as_str())
+                .unwrap_or_default();
+            crate::errln!(
+                "dockhand: job {} already exists with unique key {key:?}: nothing enqueued",
+                answer.id
+            );
+        }
+        if text.len() >= 64 * 1024 {
+            super::out::bytes(text.as_bytes())?;
+            text.clear();
+        }
+    }
+    if json {
+        text.push_str(if answers.is_empty() {
+            "]\n}\n"
+        } else {
+            "\n  ]\n}\n"
+        });
+    }
+    super::out::bytes(text.as_bytes())
 }
 
 /// Enqueue and print the ids, one per line.
 pub async fn run(store: &AnyStore, args: EnqueueArgs) -> Result<i32, CliError> {
-    let jobs = match &args.from_file {
-        Some(path) => read_file(path)?,
-        None => vec![NewJob {
-            delay: args.delay.unwrap_or(Duration::ZERO),
-            run_at: args.at,
-            unique_key: args.unique_key,
-            ..args.job.into_job(args.command)
-        }],
-    };
-    let answers = store.enqueue(&jobs).await?;
-    if args.json {
-        let value = serde_json::json!({ "jobs": answers });
-        crate::outln!("{}", super::json_text(&value)?);
-        return Ok(0);
-    }
-    for (answer, job) in answers.iter().zip(&jobs) {
-        crate::outln!("{}", answer.id);
-        if answer.existed {
-            crate::errln!(
-                "dockhand: job {} already exists with unique key {:?}: nothing enqueued",
-                answer.id,
-                job.unique_key.as_deref().unwrap_or_default()
-            );
+    let (answers, keys) = match &args.from_file {
+        Some(path) => enqueue_file(store, path).await?,
+        None => {
+            let job = NewJob {
+                delay: args.delay.unwrap_or(Duration::ZERO),
+                run_at: args.at,
+                unique_key: args.unique_key,
+                ..args.job.into_job(args.command)
+            };
+            let keys = job
+                .unique_key
+                .clone()
+                .map(|key| (0, key))
+                .into_iter()
+                .collect();
+            (store.enqueue(std::slice::from_ref(&job)).await?, keys)
         }
-    }
+    };
+    print_answers(&answers, &keys, args.json)?;
     Ok(0)
 }

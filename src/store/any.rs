@@ -6,8 +6,8 @@ use tokio::sync::mpsc;
 
 use super::{
     redact_url, Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job,
-    JobEvent, JobFilter, MemoryStore, PostgresStore, QueueStats, Schedule, SqliteStore, Store,
-    StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop,
+    JobChunks, JobEvent, JobFilter, MemoryStore, PostgresStore, QueueStats, Schedule, SqliteStore,
+    Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop,
 };
 use crate::job::{
     ClaimedJob, Completion, HeartbeatAnswer, JobId, JobState, Lease, NewJob, Phase, RecordResult,
@@ -104,6 +104,9 @@ impl Store for AnyStore {
     }
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         delegate!(self, s => s.enqueue(jobs))
+    }
+    async fn enqueue_stream(&self, next: JobChunks<'_>) -> Result<Vec<Enqueued>, StoreError> {
+        delegate!(self, s => s.enqueue_stream(next))
     }
     async fn bulk(
         &self,

@@ -39,6 +39,15 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://dockhand.db";
 
 /// Most jobs in one bulk enqueue.
 pub const MAX_BULK: usize = 100_000;
+
+/// Most jobs one [`Store::enqueue_stream`] takes (its answers are kept until
+/// the commit: 16 bytes a job).
+pub const MAX_STREAM: usize = 10_000_000;
+
+/// Where [`Store::enqueue_stream`] draws its jobs: the next chunk (at most
+/// [`MAX_BULK`] jobs), `None` at the end, or why the input cannot be used
+/// (which rolls back everything drawn so far).
+pub type JobChunks<'a> = &'a mut (dyn FnMut() -> Result<Option<Vec<NewJob>>, StoreError> + Send);
 /// Most rows one listing returns.
 pub const MAX_LIST: u32 = 10_000;
 /// Longest queue name.
@@ -614,6 +623,29 @@ pub trait Store: Send + Sync + 'static {
         jobs: &[NewJob],
     ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
 
+    /// Enqueue every job `next` yields, chunk by chunk, all or nothing (one
+    /// transaction), with [`Store::enqueue`]'s answers and unique keys.
+    /// Memory holds one chunk at a time plus the answers, so a file of
+    /// millions of jobs can be loaded; at most [`MAX_STREAM`] jobs. This
+    /// default collects everything first and allows [`MAX_BULK`].
+    fn enqueue_stream(
+        &self,
+        next: JobChunks<'_>,
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send {
+        async move {
+            let mut jobs = Vec::new();
+            while let Some(chunk) = next()? {
+                jobs.extend(chunk);
+                if jobs.len() > MAX_BULK {
+                    return Err(StoreError::InvalidJob(format!(
+                        "at most {MAX_BULK} jobs per enqueue on this store"
+                    )));
+                }
+            }
+            self.enqueue(&jobs).await
+        }
+    }
+
     /// [`Store::enqueue`], answering with the ids only.
     fn enqueue_many(
         &self,
@@ -1095,6 +1127,16 @@ pub fn check_pids(pids: u32) -> Result<(), String> {
         return Err(format!(
             "process limit must be between 1 and {MAX_JOB_PIDS}, got {pids} (a limit cannot be turned off)"
         ));
+    }
+    Ok(())
+}
+
+/// The bound of [`Store::enqueue_stream`], checked before each chunk goes in.
+fn check_stream_len(total: usize) -> Result<(), StoreError> {
+    if total > MAX_STREAM {
+        return Err(StoreError::InvalidJob(format!(
+            "at most {MAX_STREAM} jobs per enqueue; split the input"
+        )));
     }
     Ok(())
 }

@@ -11,12 +11,13 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
-    decode_schedule, decode_stops, like_pattern, match_enqueued, migration_plan, outcome_params,
-    redact_url, validate_all, validate_queue_name, validate_schedule, Activity, BulkAction,
-    BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter, QueueStats,
-    Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS,
-    KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
+    check_prunable, check_stream_len, decode_activity, decode_claimed, decode_job,
+    decode_queue_stats, decode_schedule, decode_stops, like_pattern, match_enqueued,
+    migration_plan, outcome_params, redact_url, validate_all, validate_queue_name,
+    validate_schedule, Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job,
+    JobChunks, JobEvent, JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo,
+    WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS, KEEP_STOPS_FOR, LOST_AFTER_LEASES,
+    NEWEST_OF_KEY, REAP_BATCH, SINCE, WAKEUP_CAPACITY,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -199,6 +200,98 @@ fn events(rows: Vec<PgRow>) -> Result<Vec<JobEvent>, StoreError> {
         .collect()
 }
 
+/// Insert one chunk of an enqueue inside the caller's transaction; the
+/// answers, and whether any row was created (so the caller notifies).
+async fn insert_jobs(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[NewJob],
+) -> Result<(Vec<Enqueued>, bool), StoreError> {
+    validate_all(jobs)?;
+    if jobs.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut specs = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut delays = Vec::with_capacity(jobs.len());
+    let mut images: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+    let mut run_ats: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        images.push(job.spec.image.as_deref());
+        keys.push(job.unique_key.as_deref());
+        run_ats.push(job.run_at);
+        queues.push(job.queue.clone());
+        specs.push(
+            serde_json::to_string(&job.spec).map_err(|e| StoreError::InvalidJob(e.to_string()))?,
+        );
+        priorities.push(job.priority);
+        max_attempts.push(job.max_attempts as i32);
+        delays.push(job.delay.as_millis() as i64);
+    }
+    // Rows are inserted, and ids drawn, in input order. A row whose key
+    // a live job holds (or an earlier row of this call) is skipped by
+    // the partial unique index; concurrent enqueues of one key wait for
+    // each other there, so only one of them creates a job.
+    let rows = sqlx::query(
+        "WITH ins AS (
+            INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image, unique_key)
+            SELECT q, s::jsonb, p, m, $6,
+                coalesce(to_timestamp(a / 1000.0), now() + d * interval '1 millisecond'), i, k
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[], $7::text[],
+                        $8::text[], $9::bigint[])
+                WITH ORDINALITY AS t(q, s, p, m, d, i, k, a, n)
+            ORDER BY n
+            ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+            DO NOTHING
+            RETURNING id, unique_key
+        ), ev AS (
+            INSERT INTO job_events (job_id, kind) SELECT id, 'enqueued' FROM ins
+        )
+        SELECT id, unique_key FROM ins ORDER BY id",
+    )
+    .bind(&queues)
+    .bind(&specs)
+    .bind(&priorities)
+    .bind(&max_attempts)
+    .bind(&delays)
+    .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
+    .bind(&images)
+    .bind(&keys)
+    .bind(&run_ats)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut inserted = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let key: Option<String> = row.try_get("unique_key")?;
+        inserted.push((JobId(id), key));
+    }
+    let skipped: Vec<&str> = keys
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|k| !inserted.iter().any(|(_, key)| key.as_deref() == Some(*k)))
+        .collect();
+    // The jobs that hold the skipped keys: live ones first (one may
+    // also have finished since it made us skip).
+    let holders: Vec<(String, i64)> = if skipped.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT DISTINCT ON (unique_key) unique_key, id FROM jobs
+             WHERE unique_key = ANY($1)
+             ORDER BY unique_key, (state IN ('queued', 'running')) DESC, id DESC",
+        )
+        .bind(&skipped)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let answers = match_enqueued(&keys, &inserted, &holders)?;
+    Ok((answers, !inserted.is_empty()))
+}
+
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -228,92 +321,32 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
-        validate_all(jobs)?;
         if jobs.is_empty() {
+            validate_all(jobs)?;
             return Ok(Vec::new());
         }
-        let mut queues = Vec::with_capacity(jobs.len());
-        let mut specs = Vec::with_capacity(jobs.len());
-        let mut priorities = Vec::with_capacity(jobs.len());
-        let mut max_attempts = Vec::with_capacity(jobs.len());
-        let mut delays = Vec::with_capacity(jobs.len());
-        let mut images: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-        let mut keys: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-        let mut run_ats: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            images.push(job.spec.image.as_deref());
-            keys.push(job.unique_key.as_deref());
-            run_ats.push(job.run_at);
-            queues.push(job.queue.clone());
-            specs.push(
-                serde_json::to_string(&job.spec)
-                    .map_err(|e| StoreError::InvalidJob(e.to_string()))?,
-            );
-            priorities.push(job.priority);
-            max_attempts.push(job.max_attempts as i32);
-            delays.push(job.delay.as_millis() as i64);
-        }
         let mut tx = self.pool.begin().await?;
-        // Rows are inserted, and ids drawn, in input order. A row whose key
-        // a live job holds (or an earlier row of this call) is skipped by
-        // the partial unique index; concurrent enqueues of one key wait for
-        // each other there, so only one of them creates a job.
-        let rows = sqlx::query(
-            "WITH ins AS (
-                INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, image, unique_key)
-                SELECT q, s::jsonb, p, m, $6,
-                    coalesce(to_timestamp(a / 1000.0), now() + d * interval '1 millisecond'), i, k
-                FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::bigint[], $7::text[],
-                            $8::text[], $9::bigint[])
-                    WITH ORDINALITY AS t(q, s, p, m, d, i, k, a, n)
-                ORDER BY n
-                ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-                DO NOTHING
-                RETURNING id, unique_key
-            ), ev AS (
-                INSERT INTO job_events (job_id, kind) SELECT id, 'enqueued' FROM ins
-            )
-            SELECT id, unique_key FROM ins ORDER BY id",
-        )
-        .bind(&queues)
-        .bind(&specs)
-        .bind(&priorities)
-        .bind(&max_attempts)
-        .bind(&delays)
-        .bind(DEFAULT_MAX_INTERRUPTIONS as i32)
-        .bind(&images)
-        .bind(&keys)
-        .bind(&run_ats)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut inserted = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let key: Option<String> = row.try_get("unique_key")?;
-            inserted.push((JobId(id), key));
+        let (answers, created) = insert_jobs(&mut tx, jobs).await?;
+        if created {
+            notify(&mut *tx, JOBS_CHANNEL, "").await?;
         }
-        let skipped: Vec<&str> = keys
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|k| !inserted.iter().any(|(_, key)| key.as_deref() == Some(*k)))
-            .collect();
-        // The jobs that hold the skipped keys: live ones first (one may
-        // also have finished since it made us skip).
-        let holders: Vec<(String, i64)> = if skipped.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "SELECT DISTINCT ON (unique_key) unique_key, id FROM jobs
-                 WHERE unique_key = ANY($1)
-                 ORDER BY unique_key, (state IN ('queued', 'running')) DESC, id DESC",
-            )
-            .bind(&skipped)
-            .fetch_all(&mut *tx)
-            .await?
-        };
-        let answers = match_enqueued(&keys, &inserted, &holders)?;
-        if !inserted.is_empty() {
+        tx.commit().await?;
+        Ok(answers)
+    }
+
+    // Chunks go in one transaction: a bad line (or a lost connection) after
+    // a million rows rolls all of them back, and memory holds one chunk.
+    async fn enqueue_stream(&self, next: JobChunks<'_>) -> Result<Vec<Enqueued>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut answers = Vec::new();
+        let mut created = false;
+        while let Some(chunk) = next()? {
+            check_stream_len(answers.len() + chunk.len())?;
+            let (more, any) = insert_jobs(&mut tx, &chunk).await?;
+            answers.extend(more);
+            created |= any;
+        }
+        if created {
             notify(&mut *tx, JOBS_CHANNEL, "").await?;
         }
         tx.commit().await?;

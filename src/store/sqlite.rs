@@ -17,12 +17,13 @@ use tokio::sync::mpsc;
 
 use super::rules::{self, Dialect};
 use super::{
-    check_prunable, decode_activity, decode_claimed, decode_job, decode_queue_stats,
-    decode_schedule, decode_stops, like_pattern, match_enqueued, migration_plan, outcome_params,
-    redact_url, unix_ms_now, validate_all, validate_queue_name, validate_schedule, Activity,
-    BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job, JobEvent, JobFilter,
-    QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo, WorkerRow, WorkerStop, BULK_BATCH,
-    KEEP_STOPS, KEEP_STOPS_FOR, LOST_AFTER_LEASES, NEWEST_OF_KEY, REAP_BATCH, SINCE,
+    check_prunable, check_stream_len, decode_activity, decode_claimed, decode_job,
+    decode_queue_stats, decode_schedule, decode_stops, like_pattern, match_enqueued,
+    migration_plan, outcome_params, redact_url, unix_ms_now, validate_all, validate_queue_name,
+    validate_schedule, Activity, BulkAction, BulkFilter, CancelResult, ClaimRequest, Enqueued, Job,
+    JobChunks, JobEvent, JobFilter, QueueStats, Schedule, Store, StoreError, Wakeup, WorkerInfo,
+    WorkerRow, WorkerStop, BULK_BATCH, KEEP_STOPS, KEEP_STOPS_FOR, LOST_AFTER_LEASES,
+    NEWEST_OF_KEY, REAP_BATCH, SINCE,
 };
 use crate::job::{
     ClaimedJob, Completion, JobId, JobState, Lease, NewJob, RecordResult, DEFAULT_MAX_INTERRUPTIONS,
@@ -192,6 +193,95 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Rows per `INSERT` of an enqueue: 9 parameters each, well under SQLite's
+/// 32,766; one statement per row cost a round trip through sqlx's
+/// connection thread each.
+const INSERT_ROWS: usize = 500;
+
+/// Insert validated jobs inside the caller's write transaction, in input
+/// order; [`Store::enqueue`]'s answers.
+async fn insert_jobs(
+    tx: &mut sqlx::SqliteConnection,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut inserted: Vec<(JobId, Option<String>)> = Vec::with_capacity(jobs.len());
+    for rows in jobs.chunks(INSERT_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image, unique_key) VALUES ",
+        );
+        for i in 0..rows.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?,?,?,?)"
+            });
+        }
+        // The partial unique index skips a job whose key a live job (or an
+        // earlier row) holds; the write lock (BEGIN IMMEDIATE) orders
+        // concurrent enqueues. Rows get ascending ids in VALUES order.
+        sql.push_str(
+            " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+             DO NOTHING RETURNING id, unique_key",
+        );
+        let mut query = sqlx::query(&sql);
+        for job in rows {
+            let spec = serde_json::to_string(&job.spec)
+                .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
+            query = query
+                .bind(job.queue.clone())
+                .bind(spec)
+                .bind(job.priority)
+                .bind(job.max_attempts as i64)
+                .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
+                .bind(job.run_at.unwrap_or(now + job.delay.as_millis() as i64))
+                .bind(now)
+                .bind(job.spec.image.clone())
+                .bind(job.unique_key.clone());
+        }
+        let mut created: Vec<(i64, Option<String>)> = query
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("unique_key")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        created.sort_unstable_by_key(|(id, _)| *id);
+        let ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
+        if !ids.is_empty() {
+            let ids =
+                serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, kind) SELECT value, ?, 'enqueued' FROM json_each(?)",
+            )
+            .bind(now)
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        inserted.extend(created.into_iter().map(|(id, key)| (JobId(id), key)));
+    }
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+    let created: BTreeSet<&str> = inserted.iter().filter_map(|(_, k)| k.as_deref()).collect();
+    let skipped: BTreeSet<&str> = keys
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|k| !created.contains(k))
+        .collect();
+    let mut holders = Vec::with_capacity(skipped.len());
+    for key in skipped {
+        let holder: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE unique_key = ?
+             ORDER BY (state IN ('queued', 'running')) DESC, id DESC LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        holders.extend(holder.map(|id| (key.to_string(), id)));
+    }
+    match_enqueued(&keys, &inserted, &holders)
+}
+
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
@@ -217,58 +307,23 @@ impl Store for SqliteStore {
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         validate_all(jobs)?;
+        let mut tx = self.write().await?;
+        let answers = insert_jobs(&mut tx, jobs, unix_ms_now()).await?;
+        tx.commit().await?;
+        Ok(answers)
+    }
+
+    // One write transaction for every chunk: all or nothing, and memory
+    // holds one chunk. Workers wait for the write lock meanwhile.
+    async fn enqueue_stream(&self, next: JobChunks<'_>) -> Result<Vec<Enqueued>, StoreError> {
         let now = unix_ms_now();
         let mut tx = self.write().await?;
-        let mut inserted = Vec::with_capacity(jobs.len());
-        let mut skipped = Vec::new();
-        for job in jobs {
-            let spec = serde_json::to_string(&job.spec)
-                .map_err(|e| StoreError::InvalidJob(e.to_string()))?;
-            // The partial unique index skips a job whose key a live job
-            // holds; the write lock (BEGIN IMMEDIATE) orders concurrent
-            // enqueues.
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO jobs (queue, spec, priority, max_attempts, max_interruptions, run_at, created_at, image, unique_key)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-                 DO NOTHING
-                 RETURNING id",
-            )
-            .bind(&job.queue)
-            .bind(spec)
-            .bind(job.priority)
-            .bind(job.max_attempts as i64)
-            .bind(i64::from(DEFAULT_MAX_INTERRUPTIONS))
-            .bind(job.run_at.unwrap_or(now + job.delay.as_millis() as i64))
-            .bind(now)
-            .bind(job.spec.image.as_deref())
-            .bind(job.unique_key.as_deref())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(id) = id else {
-                skipped.extend(job.unique_key.as_deref());
-                continue;
-            };
-            sqlx::query("INSERT INTO job_events (job_id, at, kind) VALUES (?, ?, 'enqueued')")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            inserted.push((JobId(id), job.unique_key.clone()));
+        let mut answers = Vec::new();
+        while let Some(chunk) = next()? {
+            check_stream_len(answers.len() + chunk.len())?;
+            validate_all(&chunk)?;
+            answers.extend(insert_jobs(&mut tx, &chunk, now).await?);
         }
-        let mut holders = Vec::with_capacity(skipped.len());
-        for key in skipped {
-            let holder: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE unique_key = ?
-                 ORDER BY (state IN ('queued', 'running')) DESC, id DESC LIMIT 1",
-            )
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            holders.extend(holder.map(|id| (key.to_string(), id)));
-        }
-        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
-        let answers = match_enqueued(&keys, &inserted, &holders)?;
         tx.commit().await?;
         Ok(answers)
     }
