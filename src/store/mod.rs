@@ -73,7 +73,7 @@ pub const MIN_JOB_MEMORY: u64 = 6 << 20;
 /// Docker reads it as "no limit".
 pub const MAX_JOB_PIDS: u32 = 4_194_304;
 /// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// Longest unique key.
 pub const MAX_UNIQUE_KEY_LEN: usize = 200;
 /// Latest run time a job may ask for: the end of year 9999 (unix ms).

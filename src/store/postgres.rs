@@ -24,7 +24,7 @@ use crate::job::{
 };
 use crate::job::{HeartbeatAnswer, Phase};
 
-const MIGRATIONS: [(i64, &str); 6] = [
+const MIGRATIONS: [(i64, &str); 7] = [
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
@@ -45,6 +45,10 @@ const MIGRATIONS: [(i64, &str); 6] = [
     (
         6,
         include_str!("../../migrations/postgres/0006_dashboard.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_history_without_fk.sql"),
     ),
 ];
 /// Channel NOTIFYed when jobs become ready.
@@ -719,21 +723,28 @@ impl Store for PostgresStore {
                     .await?;
             return Ok(count as u64);
         }
-        // The history goes with its job (ON DELETE CASCADE). SKIP LOCKED:
-        // a row someone is retrying right now is left for the next round.
+        // The history goes with its job, in the same statement (there is
+        // no foreign key to cascade since v7). SKIP LOCKED: a row someone
+        // is retrying right now is left for the next round.
         let sql = format!(
-            "DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs WHERE {selected} ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            "WITH gone AS (
+                DELETE FROM jobs WHERE id IN (
+                    SELECT id FROM jobs WHERE {selected} ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                RETURNING id
+            ), history AS (
+                DELETE FROM job_events WHERE job_id IN (SELECT id FROM gone)
+            )
+            SELECT count(*) FROM gone"
         );
         let mut total = 0u64;
         loop {
-            let deleted = sqlx::query(&sql)
+            let deleted: i64 = sqlx::query_scalar(&sql)
                 .bind(&states)
                 .bind(older_ms)
                 .bind(i64::from(BULK_BATCH))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+                .fetch_one(&self.pool)
+                .await?;
+            let deleted = deleted as u64;
             total += deleted;
             if deleted < u64::from(BULK_BATCH) {
                 return Ok(total);

@@ -43,7 +43,7 @@ const CHANGE_POLL: Duration = Duration::from_millis(2);
 const IDLE_POLL: Duration = Duration::from_millis(20);
 const IDLE_AFTER: Duration = Duration::from_millis(200);
 
-const MIGRATIONS: [(i64, &str); 6] = [
+const MIGRATIONS: [(i64, &str); 7] = [
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (
         2,
@@ -61,6 +61,10 @@ const MIGRATIONS: [(i64, &str); 6] = [
     (
         6,
         include_str!("../../migrations/sqlite/0006_dashboard.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_history_without_fk.sql"),
     ),
 ];
 
