@@ -250,18 +250,6 @@ async fn insert_jobs(
             .map(|row| Ok((row.try_get("id")?, row.try_get("unique_key")?)))
             .collect::<Result<_, sqlx::Error>>()?;
         created.sort_unstable_by_key(|(id, _)| *id);
-        let ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
-        if !ids.is_empty() {
-            let ids =
-                serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO job_events (job_id, at, kind) SELECT value, ?, 'enqueued' FROM json_each(?)",
-            )
-            .bind(now)
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
-        }
         inserted.extend(created.into_iter().map(|(id, key)| (JobId(id), key)));
     }
     let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
@@ -979,10 +967,22 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
-        let rows = sqlx::query("SELECT at, kind, worker_id, lease_token, detail FROM job_events WHERE job_id = ? ORDER BY id")
-            .bind(id.0)
-            .fetch_all(&self.pool)
-            .await?;
+        // A plain enqueue writes no history row: its `enqueued` event is the
+        // job's `created_at` (see the PostgreSQL store).
+        let rows = sqlx::query(
+            "SELECT at, kind, worker_id, lease_token, detail FROM (
+                SELECT 0 AS part, 0 AS id, created_at AS at, 'enqueued' AS kind, NULL AS worker_id,
+                    NULL AS lease_token, NULL AS detail
+                FROM jobs WHERE id = ?1 AND NOT EXISTS (
+                    SELECT 1 FROM job_events WHERE job_id = ?1 AND kind = 'enqueued')
+                UNION ALL
+                SELECT 1, id, at, kind, worker_id, lease_token, detail
+                FROM job_events WHERE job_id = ?1
+             ) ORDER BY part, id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(JobEvent {
