@@ -14,8 +14,9 @@ use serde_json::json;
 use super::CliError;
 use crate::embed::WorkerBuilder;
 use crate::job::NewJob;
-use crate::machine::Config;
-use crate::store::{AnyStore, ClaimRequest, Store};
+use crate::machine::{Config, Machine, Signal};
+use crate::shell::{Observer, ShellConfig};
+use crate::store::{AnyStore, ClaimRequest, Store, WorkerInfo};
 
 /// `bench` options.
 #[derive(Debug, Args)]
@@ -31,6 +32,10 @@ pub struct BenchArgs {
     /// show what a claim costs as the backlog grows. Cancelled afterwards.
     #[arg(long, default_value_t = 0)]
     pub backlog: u64,
+    /// `true` commands run through the process executor at concurrency 16,
+    /// under the shim as `dockhand worker` runs them (0 skips the round).
+    #[arg(long, default_value_t = 2_000)]
+    pub process_jobs: u64,
     /// Lease for the recovery measurement (a claim left by a "killed" worker).
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
     pub lease: Duration,
@@ -73,8 +78,9 @@ struct Compared {
 /// Times are in milliseconds; a millisecond is added to both sides, so
 /// jitter on sub-millisecond measures (an idle exit takes about 1 ms) is
 /// not taken for a regression.
-const MEASURES: [(&str, Better, bool); 8] = [
+const MEASURES: [(&str, Better, bool); 9] = [
     ("/bulk_enqueue_jobs_per_s", Better::Higher, false),
+    ("/process_jobs_per_s", Better::Higher, false),
     ("/pickup_latency_ms/p50", Better::Lower, true),
     ("/pickup_latency_ms/p99", Better::Lower, true),
     ("/idle_term_to_exit_ms", Better::Lower, true),
@@ -161,10 +167,11 @@ fn settings(run: &serde_json::Value) -> String {
         .map(|round| round["concurrency"].to_string())
         .collect();
     format!(
-        "{kind} database, --jobs {} --concurrency {} --backlog {} --lease {}ms",
+        "{kind} database, --jobs {} --concurrency {} --backlog {} --process-jobs {} --lease {}ms",
         run["jobs"],
         concurrency.join(","),
         run["backlog"],
+        run["process_jobs"],
         run["lease_ms"]
     )
 }
@@ -196,6 +203,7 @@ fn read_baseline(path: &Path, url: &str, args: &BenchArgs) -> Result<serde_json:
         "database": crate::store::redact_url(url),
         "jobs": args.jobs,
         "backlog": args.backlog,
+        "process_jobs": args.process_jobs,
         "lease_ms": args.lease.as_millis() as u64,
         "throughput": args.concurrency.iter().map(|c| json!({"concurrency": c})).collect::<Vec<_>>(),
     });
@@ -315,6 +323,71 @@ async fn throughput(
         )));
     }
     Ok((n as f64 / elapsed.as_secs_f64(), peak))
+}
+
+/// Counts a worker's jobs recorded as succeeded, from its machine.
+#[derive(Debug, Default)]
+struct Succeeded(AtomicU64);
+
+impl Observer for Succeeded {
+    fn publish(&self, machine: &Machine) -> Option<tokio::time::Instant> {
+        self.0
+            .store(machine.counters().succeeded, Ordering::Relaxed);
+        None
+    }
+}
+
+/// Run `n` queued `true` commands at concurrency 16 through the process
+/// executor, under the shim, as `dockhand worker` runs them; jobs/s.
+async fn process_throughput(store: &AnyStore, n: u64, bar: &ProgressBar) -> Result<f64, CliError> {
+    const CONCURRENCY: u32 = 16;
+    let queue = queue("process");
+    let mut job = NewJob::new(vec!["true".into()]);
+    job.queue = queue.clone();
+    let jobs = vec![job; n as usize];
+    for chunk in jobs.chunks(10_000) {
+        store.enqueue_many(chunk).await?;
+    }
+    let config = config(CONCURRENCY);
+    let pid = std::process::id();
+    let counted = Arc::new(Succeeded::default());
+    let shell = ShellConfig {
+        worker: WorkerInfo {
+            id: format!("bench-{pid}-{:08x}", fastrand::u32(..)),
+            host: "bench".into(),
+            pid,
+            queues: vec![queue.clone()],
+            concurrency: CONCURRENCY,
+            lease: config.lease,
+        },
+        queues: vec![queue],
+        machine: config,
+        store_timeout: Duration::from_secs(5),
+        observer: counted.clone(),
+        status_to_stderr: false,
+    };
+    let (signal, signals) = tokio::sync::mpsc::channel(4);
+    let executor = super::worker::process_executor(None, None);
+    let start = Instant::now();
+    let run = tokio::spawn(crate::shell::run(store.clone(), executor, signals, shell));
+    while counted.0.load(Ordering::Relaxed) < n && !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bar.set_position(counted.0.load(Ordering::Relaxed));
+    }
+    let elapsed = start.elapsed();
+    let _ = signal.send(Signal::Term).await;
+    let report = run.await.map_err(|e| CliError::fatal(e.to_string()))?;
+    bar.finish_and_clear();
+    if let Some(message) = report.fatal {
+        return Err(CliError::fatal(message));
+    }
+    if report.status.counters.succeeded < n {
+        return Err(CliError::fatal(format!(
+            "only {} of {n} process jobs were recorded as succeeded",
+            report.status.counters.succeeded
+        )));
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
 }
 
 /// Enqueue one job at a time into an idle worker; pickup latencies.
@@ -526,6 +599,12 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
             remove_backlog(store, &queue).await?;
         }
     }
+    let process_rate = if args.process_jobs > 0 {
+        let bar = bar(args.process_jobs, "process jobs, concurrency 16", json);
+        Some(process_throughput(store, args.process_jobs, &bar).await?)
+    } else {
+        None
+    };
     let bar = bar(200, "pickup latency", json);
     let latencies = pickup(store, 200, &bar).await?;
     let last_exit = last_job_exit(store, 5).await?;
@@ -537,6 +616,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
         "database": crate::store::redact_url(url),
         "jobs": args.jobs,
         "backlog": args.backlog,
+        "process_jobs": args.process_jobs,
         "bulk_enqueue_jobs_per_s": enqueue_rate.round(),
         "throughput": rounds.iter().map(|(c, n, r)| json!({"concurrency": c, "jobs": n, "jobs_per_s": r.round()})).collect::<Vec<_>>(),
         "pickup_latency_ms": {"p50": ms(p50), "p99": ms(p99), "samples": latencies.len()},
@@ -546,6 +626,9 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
         "lease_ms": args.lease.as_millis() as u64,
         "rss_kib": {"idle": idle_rss, "under_load": peak_rss},
     });
+    if let Some(rate) = process_rate {
+        value["process_jobs_per_s"] = json!(rate.round());
+    }
     let tolerance = f64::from(args.tolerance) / 100.0;
     let compared = baseline
         .as_ref()
@@ -626,6 +709,13 @@ fn print_table(
             rate
         );
     }
+    if let Some(rate) = value.get("process_jobs_per_s").and_then(|v| v.as_f64()) {
+        crate::outln!(
+            "{:<46} {:>12.0}",
+            "process jobs (`true`)/s at concurrency 16",
+            rate
+        );
+    }
     crate::outln!(
         "{:<46} {:>12.2}",
         "pickup latency p50 (ms)",
@@ -695,6 +785,7 @@ mod tests {
             "database": "sqlite://dockhand.db",
             "jobs": 100,
             "backlog": 0,
+            "process_jobs": 0,
             "lease_ms": 2000,
             "bulk_enqueue_jobs_per_s": 50_000.0,
             "throughput": [{"concurrency": 16, "jobs": 100, "jobs_per_s": jobs_per_s}],
@@ -771,7 +862,7 @@ mod tests {
         let mut other = run(1_000.0, 3.0, 10_000);
         assert_eq!(
             settings(&other),
-            "sqlite database, --jobs 100 --concurrency 16 --backlog 0 --lease 2000ms"
+            "sqlite database, --jobs 100 --concurrency 16 --backlog 0 --process-jobs 0 --lease 2000ms"
         );
         other["database"] = json!("postgres://dockhand:xxxxx@localhost/db");
         assert!(settings(&other).starts_with("postgres database,"));
