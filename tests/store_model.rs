@@ -52,6 +52,14 @@ enum Op {
         priority: i32,
         max_attempts: u32,
     },
+    /// `enqueue_stream` in `chunks` chunks, each a job holding unique key
+    /// `key` (only the first may create a job) and the first with a
+    /// keyless job too.
+    Stream {
+        queue: usize,
+        key: usize,
+        chunks: usize,
+    },
     /// Claim from queue 0, 1 or both (2).
     Claim {
         worker: usize,
@@ -91,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         3 => (0..2usize, -1..=1i32, 1..=3u32).prop_map(|(queue, priority, max_attempts)| Op::Enqueue { queue, priority, max_attempts }),
+        1 => (0..2usize, 0..2usize, 1..=3usize).prop_map(|(queue, key, chunks)| Op::Stream { queue, key, chunks }),
         3 => (0..2usize, 0..3usize).prop_map(|(worker, queues)| Op::Claim { worker, queues }),
         1 => (0..2usize).prop_map(|worker| Op::Heartbeat { worker }),
         4 => (0..2usize, 0..12usize, kind).prop_map(|(worker, lease, kind)| Op::Record { worker, lease, kind }),
@@ -261,6 +270,27 @@ async fn answer<S: Store>(store: &S, op: &Op, leases: &[(usize, Lease)], jobs: u
             job.max_attempts = *max_attempts;
             format!("{:?}", store.enqueue(&[job]).await)
         }
+        Op::Stream { queue, key, chunks } => {
+            if jobs + 2 > MAX_JOBS {
+                return "skipped".into();
+            }
+            let job = |key: Option<&str>| {
+                let mut job = NewJob::new(vec!["true".into()]);
+                job.queue = QUEUES[*queue].into();
+                job.unique_key = key.map(str::to_string);
+                job
+            };
+            let key = ["k0", "k1"][*key];
+            let mut parts = (0..*chunks).map(|c| {
+                if c == 0 {
+                    vec![job(None), job(Some(key))]
+                } else {
+                    vec![job(Some(key))]
+                }
+            });
+            let mut next = || Ok(parts.next());
+            format!("{:?}", store.enqueue_stream(&mut next).await)
+        }
         Op::Heartbeat { worker } => {
             let held: Vec<Lease> = leases
                 .iter()
@@ -318,7 +348,7 @@ async fn rows<S: Store>(store: &S) -> String {
         .expect("list");
     for job in jobs.iter().rev() {
         out.push_str(&format!(
-            "#{} {} {} att={} int={} cancel={} exit={:?} token={} worker={:?}\n",
+            "#{} {} {} att={} int={} cancel={} exit={:?} token={} worker={:?} key={:?}\n",
             job.id,
             job.queue,
             job.state.as_str(),
@@ -328,7 +358,16 @@ async fn rows<S: Store>(store: &S) -> String {
             job.exit_code,
             job.lease_token,
             job.worker_id,
+            job.unique_key,
         ));
+        // The history's kinds, holders and tokens (times are each store's
+        // own clock).
+        for event in store.history(job.id).await.expect("history") {
+            out.push_str(&format!(
+                "  {} {:?} {:?}\n",
+                event.kind, event.worker_id, event.lease_token
+            ));
+        }
     }
     let mut stats = store.queue_stats().await.expect("stats");
     stats.sort_by(|a, b| a.queue.cmp(&b.queue));
@@ -358,8 +397,12 @@ async fn run_case(stores: &mut Stores, ops: &[Op]) -> Result<(), TestCaseError> 
             memory == sqlite && memory == postgres,
             "the stores disagree at step {step} ({op:?}):\n  memory:   {memory}\n  sqlite:   {sqlite}\n  postgres: {postgres}\nsteps so far:\n{log}"
         );
-        if matches!(op, Op::Enqueue { .. }) && memory.starts_with("Ok") {
-            jobs += 1;
+        if memory.starts_with("Ok") {
+            match op {
+                Op::Enqueue { .. } => jobs += 1,
+                Op::Stream { .. } => jobs += 2,
+                _ => {}
+            }
         }
         if let Op::Claim { worker, .. } = op {
             // Every store answered alike: the memory store's leases are theirs.

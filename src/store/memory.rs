@@ -338,6 +338,9 @@ impl Store for MemoryStore {
                         id: job.id,
                         existed: true,
                     });
+                    // The SQL stores draw an id before the unique index
+                    // skips the row; ids stay alike across the three.
+                    state.next_id += 1;
                     continue;
                 }
             }
