@@ -367,19 +367,27 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut history = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = decode_claimed(row)?;
-            sqlx::query("INSERT INTO job_events (job_id, at, kind, worker_id, lease_token) VALUES (?, ?, 'claimed', ?, ?)")
-                .bind(job.lease.job.0)
-                .bind(now)
-                .bind(worker)
-                .bind(job.lease.token.0)
-                .execute(&mut *tx)
-                .await?;
+            history.push([job.lease.job.0, job.lease.token.0]);
             let priority: i32 = row.try_get("priority")?;
             let run_at: i64 = row.try_get("run_at")?;
             claimed.push(((-priority, run_at, job.lease.job), job));
         }
+        // One statement for the batch's history: a statement per job cost a
+        // round trip through sqlx's connection thread each.
+        let history =
+            serde_json::to_string(&history).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, kind, worker_id, lease_token)
+             SELECT value->>0, ?1, 'claimed', ?2, value->>1 FROM json_each(?3)",
+        )
+        .bind(now)
+        .bind(worker)
+        .bind(history)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         // RETURNING order is unspecified in SQLite: restore the claim order.
         claimed.sort_by_key(|(key, _)| *key);
@@ -403,24 +411,35 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         let mut answer = HeartbeatAnswer::default();
-        for held in leases {
-            let row = sqlx::query(
-                "UPDATE jobs SET lease_expires_at = ?
-                 WHERE id = ? AND lease_owner = ? AND lease_token = ? AND state = 'running'
-                 RETURNING cancel_requested",
+        if !leases.is_empty() {
+            // One statement for every lease held (a statement each cost a
+            // round trip through sqlx's connection thread).
+            let held: Vec<[i64; 2]> = leases.iter().map(|l| [l.job.0, l.token.0]).collect();
+            let held =
+                serde_json::to_string(&held).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let extended: Vec<(i64, i64, bool)> = sqlx::query_as(
+                "UPDATE jobs SET lease_expires_at = ?1
+                 WHERE state = 'running' AND lease_owner = ?2
+                   AND (id, lease_token) IN (SELECT value->>0, value->>1 FROM json_each(?3))
+                 RETURNING id, lease_token, cancel_requested",
             )
             .bind(now + lease_ms(lease))
-            .bind(held.job.0)
             .bind(worker)
-            .bind(held.token.0)
-            .fetch_optional(&mut *tx)
+            .bind(held)
+            .fetch_all(&mut *tx)
             .await?;
-            match row {
-                Some(row) if row.try_get::<bool, _>("cancel_requested")? => {
-                    answer.cancelled.push(held.job)
+            // By job and token: a job may be named twice, under an old
+            // lease and under its current one.
+            let extended: BTreeMap<(i64, i64), bool> = extended
+                .into_iter()
+                .map(|(id, token, cancel)| ((id, token), cancel))
+                .collect();
+            for held in leases {
+                match extended.get(&(held.job.0, held.token.0)) {
+                    Some(true) => answer.cancelled.push(held.job),
+                    Some(false) => {}
+                    None => answer.lost.push(held.job),
                 }
-                Some(_) => {}
-                None => answer.lost.push(held.job),
             }
         }
         if !recover.is_empty() {
