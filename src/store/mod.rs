@@ -48,6 +48,7 @@ pub const MAX_STREAM: usize = 10_000_000;
 /// [`MAX_BULK`] jobs), `None` at the end, or why the input cannot be used
 /// (which rolls back everything drawn so far).
 pub type JobChunks<'a> = &'a mut (dyn FnMut() -> Result<Option<Vec<NewJob>>, StoreError> + Send);
+
 /// Most rows one listing returns.
 pub const MAX_LIST: u32 = 10_000;
 /// Longest queue name.

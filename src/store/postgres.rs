@@ -324,7 +324,6 @@ impl Store for PostgresStore {
 
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         if jobs.is_empty() {
-            validate_all(jobs)?;
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
