@@ -169,7 +169,10 @@ async fn every_command_that_prints_has_json() {
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
     };
-    assert_eq!(json(&["migrate", "--json"])["schema_version"], 6);
+    assert_eq!(
+        json(&["migrate", "--json"])["schema_version"],
+        dockhand::store::SCHEMA_VERSION
+    );
     let enqueued = json(&["enqueue", "--json", "--unique-key", "k", "--", "true"]);
     let id = enqueued["jobs"][0]["id"].as_i64().unwrap();
     assert_eq!(enqueued["jobs"][0]["existed"], false);

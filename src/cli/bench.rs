@@ -828,24 +828,18 @@ mod tests {
             ]
         );
         assert!(same.iter().all(|(_, bad)| !bad));
-        let slower = verdicts(&baseline, &run(600.0, 3.0, 10_000));
-        assert_eq!(
-            slower
-                .iter()
+        let regressed = |now: &serde_json::Value| -> Vec<String> {
+            verdicts(&baseline, now)
+                .into_iter()
                 .filter(|(_, bad)| *bad)
-                .map(|(m, _)| m.as_str())
-                .collect::<Vec<_>>(),
+                .map(|(measure, _)| measure)
+                .collect()
+        };
+        assert_eq!(
+            regressed(&run(600.0, 3.0, 10_000)),
             ["jobs_per_s at concurrency 16"]
         );
-        let heavier = verdicts(&baseline, &run(1_000.0, 3.0, 15_000));
-        assert_eq!(
-            heavier
-                .iter()
-                .filter(|(_, bad)| *bad)
-                .map(|(m, _)| m.as_str())
-                .collect::<Vec<_>>(),
-            ["rss_kib.idle"]
-        );
+        assert_eq!(regressed(&run(1_000.0, 3.0, 15_000)), ["rss_kib.idle"]);
     }
 
     #[test]
