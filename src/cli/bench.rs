@@ -179,7 +179,8 @@ fn settings(run: &serde_json::Value) -> String {
 /// Read a baseline and make sure it was made the way this run will be.
 fn read_baseline(path: &Path, url: &str, args: &BenchArgs) -> Result<serde_json::Value, CliError> {
     use std::io::Read;
-    let shown = path.display();
+    // One line whatever bytes the path holds.
+    let shown = crate::redact::one_line(&path.display().to_string());
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_BASELINE + 1).read_to_string(&mut text))
@@ -277,10 +278,16 @@ fn bar(len: u64, what: &str, json: bool) -> ProgressBar {
 async fn enqueue(store: &AnyStore, queue: &str, n: u64) -> Result<f64, CliError> {
     let jobs = noop_jobs(queue, n);
     let start = Instant::now();
+    enqueue_all(store, &jobs).await?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Enqueue in calls of 10,000 jobs (under the store's bulk limit).
+async fn enqueue_all(store: &AnyStore, jobs: &[NewJob]) -> Result<(), CliError> {
     for chunk in jobs.chunks(10_000) {
         store.enqueue_many(chunk).await?;
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// Run `n` queued jobs at `concurrency`; (jobs/s, peak RSS KiB).
@@ -344,10 +351,7 @@ async fn process_throughput(store: &AnyStore, n: u64, bar: &ProgressBar) -> Resu
     let queue = queue("process");
     let mut job = NewJob::new(vec!["true".into()]);
     job.queue = queue.clone();
-    let jobs = vec![job; n as usize];
-    for chunk in jobs.chunks(10_000) {
-        store.enqueue_many(chunk).await?;
-    }
+    enqueue_all(store, &vec![job; n as usize]).await?;
     let config = config(CONCURRENCY);
     let pid = std::process::id();
     let counted = Arc::new(Succeeded::default());

@@ -258,7 +258,8 @@ struct FileChunks {
 
 impl FileChunks {
     fn open(path: &PathBuf) -> Result<Self, CliError> {
-        let shown = path.display().to_string();
+        // One line whatever bytes the path holds.
+        let shown = crate::redact::one_line(&path.display().to_string());
         let file = std::fs::File::open(path)
             .map_err(|e| CliError::fatal(format!("cannot read {shown}: {e}")))?;
         Ok(FileChunks {
