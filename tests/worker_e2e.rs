@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dockhand::job::{JobId, JobState};
 use dockhand::store::{JobFilter, Store};
-use support::{eventually, processes_with, wait_state, Db};
+use support::{eventually, processes_exactly, processes_with, wait_state, wait_state_watching, Db};
 
 const SIGTERM: i32 = libc::SIGTERM;
 const SIGINT: i32 = libc::SIGINT;
@@ -77,8 +77,8 @@ async fn stuck_job_is_killed_and_requeued(db: Db) {
         "100ms",
     ]);
     wait_state(&db, id, JobState::Running).await;
-    eventually("the job's process", LONG, || async {
-        (!processes_with(&mark).is_empty()).then_some(())
+    eventually("the job's marker process", LONG, || async {
+        (!processes_exactly(&mark).is_empty()).then_some(())
     })
     .await;
     let sent = Instant::now();
@@ -210,8 +210,8 @@ async fn sigkilled_worker_leaves_no_process_and_job_reruns(db: Db) {
     let id = db.enqueue(&[], &["sh", "-c", &script]);
     let mut first = db.worker(&["--lease", "1s", "--poll-interval", "100ms"]);
     wait_state(&db, id, JobState::Running).await;
-    eventually("the job's process", LONG, || async {
-        (!processes_with(&mark).is_empty()).then_some(())
+    eventually("the job's marker process", LONG, || async {
+        (!processes_exactly(&mark).is_empty()).then_some(())
     })
     .await;
     first.signal(SIGKILL);
@@ -223,7 +223,7 @@ async fn sigkilled_worker_leaves_no_process_and_job_reruns(db: Db) {
     )
     .await;
     let mut second = db.worker(&["--lease", "1s", "--poll-interval", "100ms"]);
-    let job = wait_state(&db, id, JobState::Succeeded).await;
+    let job = wait_state_watching(&db, id, JobState::Succeeded, &[&first, &second]).await;
     assert_eq!((job.interruptions, job.attempts), (1, 1));
     assert_eq!(db.cli(&["logs", &id.to_string()]).stdout, b"second run\n");
     assert!(history(&db, id)

@@ -342,12 +342,74 @@ fn processes_where(file: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<String> {
     found
 }
 
+/// Every live descendant of `root`, one line each: pid, parent, state, the
+/// kernel function it sleeps in, its command line. For failure messages.
+pub fn process_tree(root: i32) -> String {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name (which may hold spaces) in parentheses:
+        // state, then the parent's pid.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("?").to_string();
+        let ppid = fields
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .unwrap_or(0);
+        parent_of.push((pid, ppid, state));
+    }
+    let mut tree = vec![root];
+    let mut lines = Vec::new();
+    let mut i = 0;
+    while i < tree.len() {
+        for (pid, ppid, state) in &parent_of {
+            if *ppid == tree[i] {
+                tree.push(*pid);
+                let wchan =
+                    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                lines.push(format!(
+                    "{pid} (parent {ppid}) {state} {wchan}: {}",
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                ));
+            }
+        }
+        i += 1;
+    }
+    lines.join("\n")
+}
+
 /// Processes whose command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<String> {
     processes_where("cmdline", |cmdline| {
         String::from_utf8_lossy(cmdline)
             .replace('\0', " ")
             .contains(marker)
+    })
+}
+
+/// Processes whose command line is exactly `command` (arguments joined by
+/// spaces). A job's marker also appears inside the command lines of the
+/// shim and the `sh -c` that start it, before the script has run a line:
+/// only the process that *is* the marker shows the script got that far.
+pub fn processes_exactly(command: &str) -> Vec<String> {
+    processes_where("cmdline", |cmdline| {
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.join(" ") == command
     })
 }
 
@@ -436,20 +498,47 @@ pub fn containers_of(store_id: &str) -> Vec<String> {
 
 /// Wait until job `id` is in state `want` (up to a minute).
 pub async fn wait_state(db: &Db, id: i64, want: dockhand::job::JobState) -> dockhand::store::Job {
+    wait_state_watching(db, id, want, &[]).await
+}
+
+/// `wait_state`, and on a timeout the panic shows what the job became, its
+/// history and everything `workers` wrote on stderr: a rare failure must
+/// explain itself from one CI log.
+pub async fn wait_state_watching(
+    db: &Db,
+    id: i64,
+    want: dockhand::job::JobState,
+    workers: &[&Worker],
+) -> dockhand::store::Job {
+    let limit = Duration::from_secs(60);
     let store = db.store().await;
-    eventually(
-        &format!("job {id} to be {want}"),
-        Duration::from_secs(60),
-        || {
-            let store = store.clone();
-            async move {
-                store
-                    .get(dockhand::job::JobId(id))
-                    .await
-                    .unwrap()
-                    .filter(|j| j.state == want)
-            }
-        },
-    )
-    .await
+    let job_id = dockhand::job::JobId(id);
+    let start = Instant::now();
+    loop {
+        let job = store.get(job_id).await.unwrap();
+        if let Some(job) = job.as_ref().filter(|j| j.state == want) {
+            return job.clone();
+        }
+        if start.elapsed() >= limit {
+            let history = store.history(job_id).await;
+            let logs: Vec<String> = workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    format!(
+                        "--- worker {i} (pid {}), its processes:\n{}\nits stderr:\n{}",
+                        w.pid(),
+                        process_tree(w.pid()),
+                        w.stderr()
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out after {limit:?} waiting for job {id} to be {want}\n\
+                 the job: {job:#?}\nits history: {history:#?}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
