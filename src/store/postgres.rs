@@ -51,6 +51,62 @@ const MIGRATIONS: [(i64, &str); 7] = [
         include_str!("../../migrations/postgres/0007_history_without_fk.sql"),
     ),
 ];
+
+/// The claim's statement, from the CTE `picked` (the ids to take, in claim
+/// order; binds: $1 worker, $2 queues, $3 max, $4 lease ms, $5 claim id,
+/// $6 whether jobs with an image may be taken).
+macro_rules! claim_sql {
+    ($picked:literal) => {
+        concat!(
+            "WITH picked AS (",
+            $picked,
+            "), claimed AS (
+                UPDATE jobs j SET state = 'running', lease_owner = $1, lease_token = j.lease_token + 1,
+                    lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(),
+                    cancel_requested = false, lease_expired = false, claim_id = $5
+                FROM picked WHERE j.id = picked.id
+                RETURNING j.id, j.lease_token, j.queue, j.spec::text AS spec, j.attempts, j.interruptions,
+                    j.priority, j.run_at, (extract(epoch FROM now() - j.run_at) * 1000)::bigint AS waited_ms
+            ), ev AS (
+                INSERT INTO job_events (job_id, kind, worker_id, lease_token)
+                SELECT id, 'claimed', $1, lease_token FROM claimed
+            )
+            SELECT id, lease_token, queue, spec, attempts::bigint AS attempts,
+                interruptions::bigint AS interruptions, waited_ms FROM claimed
+            ORDER BY priority DESC, run_at, id"
+        )
+    };
+}
+
+/// A claim from several queues: a `LATERAL` index scan per distinct name,
+/// merged by priority.
+const CLAIM_QUEUES: &str = claim_sql!(
+    "SELECT j.id FROM (SELECT DISTINCT name FROM unnest($2::text[]) AS u(name)) q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM jobs
+        WHERE state = 'queued' AND queue = q.name AND run_at <= now()
+          AND ($6 OR image IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
+        ORDER BY priority DESC, run_at, id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) j
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT $3"
+);
+
+/// A claim from one queue (`$2` names it, perhaps more than once): one
+/// index scan, the same rows in the same order as `CLAIM_QUEUES`.
+const CLAIM_ONE_QUEUE: &str = claim_sql!(
+    "SELECT id FROM jobs
+    WHERE state = 'queued' AND queue = $2[1] AND run_at <= now()
+      AND ($6 OR image IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = $2[1] AND p.paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED"
+);
+
 /// Channel NOTIFYed when jobs become ready.
 const JOBS_CHANNEL: &str = "dockhand_jobs";
 /// Channel NOTIFYed with a job id when a running job is cancelled.
@@ -360,43 +416,30 @@ impl Store for PostgresStore {
     // number of queues beyond one short scan each. `queue = ANY(...)`
     // instead made every claim sort all queued rows (1.4 s at 1,000,000).
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
-        let rows = sqlx::query(
-            "WITH picked AS (
-                SELECT j.id FROM (SELECT DISTINCT name FROM unnest($2::text[]) AS u(name)) q
-                CROSS JOIN LATERAL (
-                    SELECT id, priority, run_at FROM jobs
-                    WHERE state = 'queued' AND queue = q.name AND run_at <= now()
-                      AND ($6 OR image IS NULL)
-                      AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
-                    ORDER BY priority DESC, run_at, id
-                    LIMIT $3
-                    FOR UPDATE SKIP LOCKED
-                ) j
-                ORDER BY j.priority DESC, j.run_at, j.id
-                LIMIT $3
-            ), claimed AS (
-                UPDATE jobs j SET state = 'running', lease_owner = $1, lease_token = j.lease_token + 1,
-                    lease_expires_at = now() + $4 * interval '1 millisecond', started_at = now(),
-                    cancel_requested = false, lease_expired = false, claim_id = $5
-                FROM picked WHERE j.id = picked.id
-                RETURNING j.id, j.lease_token, j.queue, j.spec::text AS spec, j.attempts, j.interruptions,
-                    j.priority, j.run_at, (extract(epoch FROM now() - j.run_at) * 1000)::bigint AS waited_ms
-            ), ev AS (
-                INSERT INTO job_events (job_id, kind, worker_id, lease_token)
-                SELECT id, 'claimed', $1, lease_token FROM claimed
-            )
-            SELECT id, lease_token, queue, spec, attempts::bigint AS attempts,
-                interruptions::bigint AS interruptions, waited_ms FROM claimed
-            ORDER BY priority DESC, run_at, id",
-        )
-        .bind(&request.worker)
-        .bind(&request.queues)
-        .bind(i64::from(request.max))
-        .bind(request.lease.as_millis() as i64)
-        .bind(request.claim_id as i64)
-        .bind(request.images)
-        .fetch_all(&self.pool)
-        .await?;
+        let one_queue = request
+            .queues
+            .first()
+            .is_some_and(|first| request.queues.iter().all(|q| q == first));
+        // PostgreSQL plans the claim afresh on every call (a generic plan
+        // cannot know how many queues or rows are asked for); planning the
+        // merged form took 0.74 ms a claim, a third of its time in the
+        // database (`pg_stat_statements`, 2026-12-01). The common case, a
+        // worker of one queue, gets the plain index scan, which plans in
+        // about a fifth of that.
+        let sql = if one_queue {
+            CLAIM_ONE_QUEUE
+        } else {
+            CLAIM_QUEUES
+        };
+        let rows = sqlx::query(sql)
+            .bind(&request.worker)
+            .bind(&request.queues)
+            .bind(i64::from(request.max))
+            .bind(request.lease.as_millis() as i64)
+            .bind(request.claim_id as i64)
+            .bind(request.images)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(decode_claimed).collect()
     }
 
