@@ -482,3 +482,78 @@ fn log_note(worker_id: &str, phase: Phase, note: &Note) {
         NoteKind::Store => tracing::warn!(worker_id, phase, kind = "store", "{text}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// Records every engine state it is shown.
+    #[derive(Debug, Default)]
+    struct Engines(Mutex<Vec<EngineState>>);
+
+    impl Observer for Engines {
+        fn on_engine(&self, state: EngineState) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(state);
+        }
+    }
+
+    fn config(observer: Arc<dyn Observer>) -> ShellConfig {
+        ShellConfig {
+            worker: WorkerInfo {
+                id: "w1".into(),
+                host: "host".into(),
+                pid: 1,
+                queues: vec!["default".into()],
+                concurrency: 1,
+                lease: Duration::from_secs(30),
+            },
+            queues: vec!["default".into()],
+            machine: Config::default(),
+            store_timeout: Duration::from_secs(1),
+            observer,
+            status_to_stderr: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_each_engine_state_once_per_change() {
+        let engines = Arc::new(Engines::default());
+        let observer: Arc<dyn Observer> = engines.clone();
+        let config = config(observer.clone());
+        let store = MemoryStore::new();
+        let mut report = EngineReport::default();
+        let seen = || engines.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+        report.check(None, true, &observer, &store, &config);
+        assert_eq!(seen(), vec![], "no state known yet: nothing to show");
+        report.check(
+            Some(EngineState::Reachable),
+            false,
+            &observer,
+            &store,
+            &config,
+        );
+        assert_eq!(seen(), vec![EngineState::Reachable], "first sight is shown");
+        report.check(
+            Some(EngineState::Reachable),
+            true,
+            &observer,
+            &store,
+            &config,
+        );
+        assert_eq!(seen(), vec![EngineState::Reachable], "no change, no repeat");
+        report.check(
+            Some(EngineState::Unreachable),
+            false,
+            &observer,
+            &store,
+            &config,
+        );
+        assert_eq!(
+            seen(),
+            vec![EngineState::Reachable, EngineState::Unreachable],
+            "a change is shown at once"
+        );
+    }
+}
