@@ -516,6 +516,62 @@ mod tests {
         }
     }
 
+    /// Wait (bounded) for the spawned registry write to finish.
+    async fn settled(report: &EngineReport) {
+        for _ in 0..1000 {
+            if !report.busy.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the registry write never finished");
+    }
+
+    #[tokio::test]
+    async fn the_registry_is_written_on_a_change_and_not_again_once_stored() {
+        let observer: Arc<dyn Observer> = Arc::new(NoObserver);
+        let config = config(observer.clone());
+        let store = MemoryStore::new();
+        let mut report = EngineReport::default();
+        let stored =
+            |report: &EngineReport| *report.stored.lock().unwrap_or_else(|p| p.into_inner());
+
+        report.check(
+            Some(EngineState::Reachable),
+            false,
+            &observer,
+            &store,
+            &config,
+        );
+        assert!(report.busy.load(Ordering::Acquire), "a change is written");
+        settled(&report).await;
+        assert_eq!(stored(&report), Some(EngineState::Reachable));
+        report.check(
+            Some(EngineState::Reachable),
+            true,
+            &observer,
+            &store,
+            &config,
+        );
+        assert!(
+            !report.busy.load(Ordering::Acquire),
+            "stored already: a heartbeat writes nothing"
+        );
+        report.check(
+            Some(EngineState::Unreachable),
+            false,
+            &observer,
+            &store,
+            &config,
+        );
+        assert!(
+            report.busy.load(Ordering::Acquire),
+            "the next change is written"
+        );
+        settled(&report).await;
+        assert_eq!(stored(&report), Some(EngineState::Unreachable));
+    }
+
     #[tokio::test]
     async fn the_observer_sees_each_engine_state_once_per_change() {
         let engines = Arc::new(Engines::default());
