@@ -245,6 +245,17 @@ async fn a_worker_without_an_engine_leaves_image_jobs_to_one_that_has_one() {
         .unwrap()
         .unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
+    // Not even claimed and handed back: the claim itself leaves it out.
+    let kinds: Vec<String> = db
+        .store()
+        .await
+        .history(JobId(image_job))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["enqueued"], "the engineless worker claimed it");
     let addr = without.http_addr();
     let (code, body) = http_get(&addr, "/readyz");
     assert_eq!((code, body.as_str()), (200, "ready\ndocker: unreachable\n"));
