@@ -498,114 +498,99 @@ mod tests {
         }
     }
 
-    fn config(observer: Arc<dyn Observer>) -> ShellConfig {
-        ShellConfig {
-            worker: WorkerInfo {
-                id: "w1".into(),
-                host: "host".into(),
-                pid: 1,
-                queues: vec!["default".into()],
-                concurrency: 1,
-                lease: Duration::from_secs(30),
-            },
-            queues: vec!["default".into()],
-            machine: Config::default(),
-            store_timeout: Duration::from_secs(1),
-            observer,
-            status_to_stderr: false,
-        }
+    /// An `EngineReport` and what its `check` needs around it.
+    struct Harness {
+        report: EngineReport,
+        observer: Arc<dyn Observer>,
+        store: MemoryStore,
+        config: ShellConfig,
     }
 
-    /// Wait (bounded) for the spawned registry write to finish.
-    async fn settled(report: &EngineReport) {
-        for _ in 0..1000 {
-            if !report.busy.load(Ordering::Acquire) {
-                return;
+    impl Harness {
+        fn new(observer: Arc<dyn Observer>) -> Self {
+            let config = ShellConfig {
+                worker: WorkerInfo {
+                    id: "w1".into(),
+                    host: "host".into(),
+                    pid: 1,
+                    queues: vec!["default".into()],
+                    concurrency: 1,
+                    lease: Duration::from_secs(30),
+                },
+                queues: vec!["default".into()],
+                machine: Config::default(),
+                store_timeout: Duration::from_secs(1),
+                observer: observer.clone(),
+                status_to_stderr: false,
+            };
+            Harness {
+                report: EngineReport::default(),
+                observer,
+                store: MemoryStore::new(),
+                config,
             }
-            tokio::task::yield_now().await;
         }
-        panic!("the registry write never finished");
+
+        fn check(&mut self, state: Option<EngineState>, heartbeat: bool) {
+            let Harness {
+                report,
+                observer,
+                store,
+                config,
+            } = self;
+            report.check(state, heartbeat, observer, store, config);
+        }
+
+        /// A registry write is in flight.
+        fn writing(&self) -> bool {
+            self.report.busy.load(Ordering::Acquire)
+        }
+
+        fn stored(&self) -> Option<EngineState> {
+            *self.report.stored.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Wait (bounded) for the spawned registry write to finish.
+        async fn settled(&self) {
+            for _ in 0..1000 {
+                if !self.writing() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("the registry write never finished");
+        }
     }
 
     #[tokio::test]
     async fn the_registry_is_written_on_a_change_and_not_again_once_stored() {
-        let observer: Arc<dyn Observer> = Arc::new(NoObserver);
-        let config = config(observer.clone());
-        let store = MemoryStore::new();
-        let mut report = EngineReport::default();
-        let stored =
-            |report: &EngineReport| *report.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = Harness::new(Arc::new(NoObserver));
 
-        report.check(
-            Some(EngineState::Reachable),
-            false,
-            &observer,
-            &store,
-            &config,
-        );
-        assert!(report.busy.load(Ordering::Acquire), "a change is written");
-        settled(&report).await;
-        assert_eq!(stored(&report), Some(EngineState::Reachable));
-        report.check(
-            Some(EngineState::Reachable),
-            true,
-            &observer,
-            &store,
-            &config,
-        );
-        assert!(
-            !report.busy.load(Ordering::Acquire),
-            "stored already: a heartbeat writes nothing"
-        );
-        report.check(
-            Some(EngineState::Unreachable),
-            false,
-            &observer,
-            &store,
-            &config,
-        );
-        assert!(
-            report.busy.load(Ordering::Acquire),
-            "the next change is written"
-        );
-        settled(&report).await;
-        assert_eq!(stored(&report), Some(EngineState::Unreachable));
+        h.check(Some(EngineState::Reachable), false);
+        assert!(h.writing(), "a change is written");
+        h.settled().await;
+        assert_eq!(h.stored(), Some(EngineState::Reachable));
+        h.check(Some(EngineState::Reachable), true);
+        assert!(!h.writing(), "stored already: a heartbeat writes nothing");
+        h.check(Some(EngineState::Unreachable), false);
+        assert!(h.writing(), "the next change is written");
+        h.settled().await;
+        assert_eq!(h.stored(), Some(EngineState::Unreachable));
     }
 
     #[tokio::test]
     async fn the_observer_sees_each_engine_state_once_per_change() {
         let engines = Arc::new(Engines::default());
-        let observer: Arc<dyn Observer> = engines.clone();
-        let config = config(observer.clone());
-        let store = MemoryStore::new();
-        let mut report = EngineReport::default();
+        let mut h = Harness::new(engines.clone());
         let seen = || engines.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
-        report.check(None, true, &observer, &store, &config);
+        h.check(None, true);
         assert_eq!(seen(), vec![], "no state known yet: nothing to show");
-        report.check(
-            Some(EngineState::Reachable),
-            false,
-            &observer,
-            &store,
-            &config,
-        );
+        h.check(Some(EngineState::Reachable), false);
         assert_eq!(seen(), vec![EngineState::Reachable], "first sight is shown");
-        report.check(
-            Some(EngineState::Reachable),
-            true,
-            &observer,
-            &store,
-            &config,
-        );
+        h.check(Some(EngineState::Reachable), true);
         assert_eq!(seen(), vec![EngineState::Reachable], "no change, no repeat");
-        report.check(
-            Some(EngineState::Unreachable),
-            false,
-            &observer,
-            &store,
-            &config,
-        );
+        h.check(Some(EngineState::Unreachable), false);
         assert_eq!(
             seen(),
             vec![EngineState::Reachable, EngineState::Unreachable],
