@@ -53,14 +53,15 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (any::<u8>(), any::<u8>(), any::<u8>()),
+        (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()),
         prop::collection::vec(op(), 0..120),
     )
-        .prop_map(|((concurrency, batch, timing), ops)| Case {
+        .prop_map(|((concurrency, batch, timing, prefetch), ops)| Case {
             config: ConfigChoice {
                 concurrency,
                 batch,
                 timing,
+                prefetch,
             },
             ops,
         })
@@ -91,6 +92,7 @@ fn a_busy_schedule_reaches_stopped() {
             concurrency: 2,
             batch: 2,
             timing: 0,
+            prefetch: 0,
         },
         ops: vec![
             Op::ClaimOk(vec![Behavior::quick(500), Behavior::stuck()]),

@@ -14,6 +14,7 @@ use dockhand_testkit::harness::{Behavior, Harness, Op};
 fn config() -> Config {
     Config {
         concurrency: 3,
+        prefetch: 0,
         batch_max: 3,
         poll_interval: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(10),
@@ -145,6 +146,7 @@ fn a_wake_up_while_running_claims_at_once_and_not_while_draining() {
 fn wide(concurrency: u32, batch_max: u32) -> Config {
     Config {
         concurrency,
+        prefetch: 0,
         batch_max,
         ..config()
     }
@@ -322,4 +324,80 @@ fn abandoned_leases_are_remembered_up_to_their_bound_oldest_dropped_first() {
     let first_kept = (total - MAX_ABANDONED + 1) as i64;
     assert_eq!(abandoned.first(), Some(&first_kept), "the oldest go first");
     assert_eq!(abandoned.last(), Some(&(total as i64)));
+}
+
+/// Concurrency 1 with one job prefetched; claims of up to two.
+fn prefetching() -> Config {
+    Config {
+        prefetch: 1,
+        ..wide(1, 2)
+    }
+}
+
+#[test]
+fn a_claim_asks_for_the_prefetch_beyond_the_free_slots() {
+    let mut h = Harness::new(
+        Config {
+            prefetch: 4,
+            ..wide(4, 8)
+        },
+        true,
+    );
+    h.hold_claims(true);
+    assert!(h.trace().contains("claim up to 8"), "{}", h.trace());
+    h.answer_claim(&[Behavior::quick(60_000); 6]).unwrap();
+    assert_eq!((h.machine().alive(), h.machine().queued()), (4, 2));
+    // A short batch: the next claim waits for the poll, and asks for the two
+    // that still fit the prefetch (a quarter of the eight is worth a claim).
+    assert!(!h.trace().contains("claim up to 2"), "{}", h.trace());
+    h.advance(config().poll_interval).unwrap();
+    assert!(h.trace().contains("claim up to 2"), "{}", h.trace());
+}
+
+#[test]
+fn a_cancelled_prefetched_job_is_recorded_cancelled_without_starting() {
+    let mut h = Harness::new(prefetching(), true);
+    h.answer_claim(&[Behavior::quick(60_000), Behavior::quick(100)])
+        .unwrap();
+    assert_eq!(h.machine().queued(), 1, "{}", h.trace());
+    h.deliver(Event::CancelRequested { job: JobId(2) }).unwrap();
+    let trace = h.trace();
+    assert!(trace.contains("record job 2 cancelled"), "{trace}");
+    assert!(!trace.contains("start job 2"), "{trace}");
+    assert_eq!(h.machine().queued(), 0);
+}
+
+#[test]
+fn a_prefetched_job_whose_lease_runs_short_goes_back_unstarted() {
+    let mut h = Harness::new(prefetching(), true);
+    h.answer_claim(&[Behavior::quick(60_000), Behavior::quick(100)])
+        .unwrap();
+    // No heartbeat gets through: the lease (15 s) is not extended, and the
+    // waiting job goes back a quarter lease before it would expire.
+    h.set_store_healthy(false).unwrap();
+    h.advance(ms(11_000)).unwrap();
+    assert_eq!(h.machine().queued(), 1, "{}", h.trace());
+    h.advance(ms(500)).unwrap();
+    let trace = h.trace();
+    assert!(
+        trace.contains("job 2: prefetched, and its lease ran short"),
+        "{trace}"
+    );
+    assert_eq!(h.machine().queued(), 0);
+    h.set_store_healthy(true).unwrap();
+    h.advance(ms(1_000)).unwrap();
+    let trace = h.trace();
+    assert!(trace.contains("record job 2 handed back"), "{trace}");
+    assert!(!trace.contains("start job 2"), "{trace}");
+}
+
+#[test]
+fn a_prefetched_job_starts_when_a_slot_frees() {
+    let mut h = Harness::new(prefetching(), true);
+    h.answer_claim(&[Behavior::quick(1_000), Behavior::quick(100)])
+        .unwrap();
+    assert!(!h.trace().contains("start job 2"), "{}", h.trace());
+    h.advance(ms(1_000)).unwrap();
+    assert!(h.trace().contains("start job 2"), "{}", h.trace());
+    assert_eq!((h.machine().alive(), h.machine().queued()), (1, 0));
 }

@@ -16,6 +16,7 @@ use dockhand_testkit::harness::{Behavior, Harness, Op};
 fn config() -> Config {
     Config {
         concurrency: 3,
+        prefetch: 0,
         batch_max: 3,
         poll_interval: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(10),
@@ -331,4 +332,41 @@ fn term_before_the_first_claim_is_sent_claims_nothing() {
         trace.action(dockhand::machine::Instant::from_millis(1), &action);
     }
     insta::assert_snapshot!(trace.render());
+}
+
+/// With a prefetch, a claim carries jobs beyond the free slots; they start
+/// in claim order as slots free up, and those still waiting at the first
+/// signal go back to the queue, never started.
+#[test]
+fn prefetched_jobs_start_as_slots_free_and_go_back_at_the_signal() {
+    let mut h = Harness::new(
+        Config {
+            prefetch: 2,
+            batch_max: 5,
+            ..config()
+        },
+        true,
+    );
+    let run = |h: &mut Harness| {
+        h.hold_claims(true);
+        h.answer_claim(&[
+            quick(1000),
+            quick(5000),
+            quick(5000),
+            quick(500),
+            quick(500),
+        ])?;
+        h.hold_claims(false);
+        // Job 1 ends: job 4, the first prefetched, takes its slot.
+        h.advance(ms(1000))?;
+        h.advance(ms(200))?;
+        // Job 5 still waits when TERM comes.
+        h.signal(Signal::Term)?;
+        h.advance(ms(6000))
+    };
+    if let Err(violation) = run(&mut h) {
+        panic!("{violation}");
+    }
+    assert!(h.exit().is_some(), "no exit:\n{}", h.trace());
+    insta::assert_snapshot!(h.trace());
 }

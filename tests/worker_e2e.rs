@@ -458,6 +458,11 @@ async fn bad_input_gets_one_line_and_changes_nothing(db: Db) {
             2,
             "concurrency",
         ),
+        (
+            vec!["worker".into(), "--prefetch".into(), "5000".into()],
+            2,
+            "prefetch must be at most 1024",
+        ),
         (vec!["show".into(), "999999".into()], 66, "not found"),
         (
             vec![
@@ -602,6 +607,58 @@ fn idle_worker_exits_at_once_on_term() {
     );
 }
 
+/// `--prefetch`: a claim takes jobs beyond the free slots; those still
+/// waiting at SIGTERM go back to the queue without starting, attempts
+/// untouched, while the running job finishes.
+async fn prefetched_jobs_go_back_unstarted_at_term(db: Db) {
+    // Job a runs until the test lets it end, so the signal comes while it runs.
+    let flag = db.dir.path().join("let-a-end");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done; echo a",
+        flag.display()
+    );
+    let a = db.enqueue(&[], &["sh", "-c", &script]);
+    let b = db.enqueue(&[], &["sh", "-c", "echo b"]);
+    let c = db.enqueue(&[], &["sh", "-c", "echo c"]);
+    let mut worker = db.worker(&[
+        "--concurrency",
+        "1",
+        "--prefetch",
+        "2",
+        "--poll-interval",
+        "100ms",
+    ]);
+    // One claim of three: a runs, b and c wait in the worker, claimed.
+    for id in [a, b, c] {
+        wait_state(&db, id, JobState::Running).await;
+    }
+    worker.signal(SIGTERM);
+    worker.wait_for_line("running -> draining", LONG);
+    for (id, name) in [(b, "b"), (c, "c")] {
+        let job = wait_state(&db, id, JobState::Queued).await;
+        assert_eq!((job.attempts, job.interruptions), (0, 0), "job {name}");
+        assert_eq!(
+            history(&db, id).await,
+            ["enqueued", "claimed", "handed-back"],
+            "job {name}"
+        );
+        assert!(db.cli(&["logs", &id.to_string()]).stdout.is_empty());
+    }
+    // The running job was never stopped: it ends on its own.
+    assert_eq!(state(&db, a).await.state, JobState::Running);
+    std::fs::write(&flag, b"").unwrap();
+    let code = worker.wait(LONG);
+    assert_eq!(code, 0, "{}", worker.stderr());
+    assert_eq!(db.cli(&["logs", &a.to_string()]).stdout, b"a\n");
+    let stderr = worker.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "job {b}: prefetched, not started before the shutdown signal; handing it back"
+        )),
+        "{stderr}"
+    );
+}
+
 macro_rules! on_both {
     ($($test:ident $(($($arg:expr),*))?),* $(,)?) => {
         mod postgres {
@@ -644,6 +701,7 @@ on_both! {
     retries_timeouts_and_cancels,
     secrets_never_shown,
     bad_input_gets_one_line_and_changes_nothing,
+    prefetched_jobs_go_back_unstarted_at_term,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,6 +117,8 @@ pub struct Params {
     /// Chance per step that the database's clock jumps ahead, by up to two
     /// leases: leases expire and backoffs end that much sooner.
     pub clock_jump_rate: f64,
+    /// Jobs each worker may hold waiting for a slot (0 in two worlds of three).
+    pub prefetch: u32,
 }
 
 impl Params {
@@ -200,6 +202,7 @@ impl Params {
                 None
             },
             clock_jump_rate: rate(&mut rng, 0.002),
+            prefetch: if rng.u8(0..3) == 0 { rng.u32(1..=4) } else { 0 },
             jobs,
         }
     }
@@ -207,6 +210,7 @@ impl Params {
     fn machine(&self) -> Config {
         Config {
             concurrency: self.concurrency,
+            prefetch: self.prefetch,
             batch_max: self.batch,
             poll_interval: self.poll,
             shutdown_timeout: self.shutdown_timeout,

@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// show what a claim costs as the backlog grows. Cancelled afterwards.
     #[arg(long, default_value_t = 0)]
     pub backlog: u64,
+    /// The worker's `--prefetch` in the throughput and process-job rounds:
+    /// jobs claimed ahead of free slots.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
     /// `true` commands run through the process executor at concurrency 16,
     /// under the shim as `dockhand worker` runs them (0 skips the round).
     #[arg(long, default_value_t = 2_000)]
@@ -167,10 +171,12 @@ fn settings(run: &serde_json::Value) -> String {
         .map(|round| round["concurrency"].to_string())
         .collect();
     format!(
-        "{kind} database, --jobs {} --concurrency {} --backlog {} --process-jobs {} --lease {}ms",
+        "{kind} database, --jobs {} --concurrency {} --backlog {} --prefetch {} --process-jobs {} --lease {}ms",
         run["jobs"],
         concurrency.join(","),
         run["backlog"],
+        // Baselines from before --prefetch ran without it.
+        run["prefetch"].as_u64().unwrap_or(0),
         run["process_jobs"],
         run["lease_ms"]
     )
@@ -204,6 +210,7 @@ fn read_baseline(path: &Path, url: &str, args: &BenchArgs) -> Result<serde_json:
         "database": crate::store::redact_url(url),
         "jobs": args.jobs,
         "backlog": args.backlog,
+        "prefetch": args.prefetch,
         "process_jobs": args.process_jobs,
         "lease_ms": args.lease.as_millis() as u64,
         "throughput": args.concurrency.iter().map(|c| json!({"concurrency": c})).collect::<Vec<_>>(),
@@ -239,6 +246,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn config(concurrency: u32) -> Config {
     Config {
         concurrency,
+        prefetch: 0,
         batch_max: concurrency.clamp(1, 100),
         poll_interval: Duration::from_millis(50),
         ..Config::default()
@@ -295,13 +303,13 @@ async fn throughput(
     store: &AnyStore,
     queue: &str,
     n: u64,
-    concurrency: u32,
+    config: Config,
     bar: &ProgressBar,
 ) -> Result<(f64, u64), CliError> {
     let done = Arc::new(AtomicU64::new(0));
     let counter = done.clone();
     let (worker, shutdown) = WorkerBuilder::new(store.clone())
-        .config(config(concurrency))
+        .config(config)
         .queues(&[queue])
         .handler("noop", move |_job| {
             let counter = counter.clone();
@@ -346,13 +354,21 @@ impl Observer for Succeeded {
 
 /// Run `n` queued `true` commands at concurrency 16 through the process
 /// executor, under the shim, as `dockhand worker` runs them; jobs/s.
-async fn process_throughput(store: &AnyStore, n: u64, bar: &ProgressBar) -> Result<f64, CliError> {
+async fn process_throughput(
+    store: &AnyStore,
+    n: u64,
+    prefetch: u32,
+    bar: &ProgressBar,
+) -> Result<f64, CliError> {
     const CONCURRENCY: u32 = 16;
     let queue = queue("process");
     let mut job = NewJob::new(vec!["true".into()]);
     job.queue = queue.clone();
     enqueue_all(store, &vec![job; n as usize]).await?;
-    let config = config(CONCURRENCY);
+    let config = Config {
+        prefetch,
+        ..config(CONCURRENCY)
+    };
     let pid = std::process::id();
     let counted = Arc::new(Succeeded::default());
     let shell = ShellConfig {
@@ -577,10 +593,11 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
     };
     if !json {
         crate::outln!(
-            "dockhand bench on {} ({} jobs per round, {} queued ahead)",
+            "dockhand bench on {} ({} jobs per round, {} queued ahead, prefetch {})",
             crate::store::redact_url(url),
             args.jobs,
-            args.backlog
+            args.backlog,
+            args.prefetch
         );
     }
     let (idle_exit, idle_rss) = idle_exit(store, 10).await?;
@@ -596,7 +613,11 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
         let queue = queue(&format!("c{concurrency}"));
         enqueue_rates.push(enqueue(store, &queue, n + args.backlog).await?);
         let bar = bar(n, &format!("concurrency {concurrency}"), json);
-        let (rate, peak) = throughput(store, &queue, n, concurrency, &bar).await?;
+        let config = Config {
+            prefetch: args.prefetch,
+            ..config(concurrency)
+        };
+        let (rate, peak) = throughput(store, &queue, n, config, &bar).await?;
         peak_rss = peak_rss.max(peak);
         rounds.push((concurrency, n, rate));
         if args.backlog > 0 {
@@ -605,7 +626,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
     }
     let process_rate = if args.process_jobs > 0 {
         let bar = bar(args.process_jobs, "process jobs, concurrency 16", json);
-        Some(process_throughput(store, args.process_jobs, &bar).await?)
+        Some(process_throughput(store, args.process_jobs, args.prefetch, &bar).await?)
     } else {
         None
     };
@@ -620,6 +641,7 @@ pub async fn run(store: &AnyStore, url: &str, args: BenchArgs) -> Result<i32, Cl
         "database": crate::store::redact_url(url),
         "jobs": args.jobs,
         "backlog": args.backlog,
+        "prefetch": args.prefetch,
         "process_jobs": args.process_jobs,
         "bulk_enqueue_jobs_per_s": enqueue_rate.round(),
         "throughput": rounds.iter().map(|(c, n, r)| json!({"concurrency": c, "jobs": n, "jobs_per_s": r.round()})).collect::<Vec<_>>(),
@@ -860,8 +882,10 @@ mod tests {
         let mut other = run(1_000.0, 3.0, 10_000);
         assert_eq!(
             settings(&other),
-            "sqlite database, --jobs 100 --concurrency 16 --backlog 0 --process-jobs 0 --lease 2000ms"
+            "sqlite database, --jobs 100 --concurrency 16 --backlog 0 --prefetch 0 --process-jobs 0 --lease 2000ms"
         );
+        other["prefetch"] = json!(64);
+        assert!(settings(&other).contains("--prefetch 64 "));
         other["database"] = json!("postgres://dockhand:xxxxx@localhost/db");
         assert!(settings(&other).starts_with("postgres database,"));
     }

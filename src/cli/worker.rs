@@ -32,6 +32,12 @@ pub struct WorkerArgs {
     /// Jobs running at once.
     #[arg(long, env = "DOCKHAND_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u32,
+    /// Jobs claimed ahead of free slots and held until one frees (0: claim
+    /// only for free slots). Helps many short jobs; with long jobs it keeps
+    /// work from idle workers. Handed back, never started, at the first
+    /// SIGTERM/SIGINT.
+    #[arg(long, env = "DOCKHAND_PREFETCH", default_value_t = 0)]
+    pub prefetch: u32,
     /// How often to look for jobs without a wake-up (and reap expired leases).
     #[arg(long, env = "DOCKHAND_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -170,6 +176,7 @@ impl WorkerArgs {
     pub fn machine_config(&self) -> Config {
         Config {
             concurrency: self.concurrency,
+            prefetch: self.prefetch,
             poll_interval: self.poll_interval,
             shutdown_timeout: self.shutdown_timeout,
             kill_grace: self.kill_grace,

@@ -24,6 +24,12 @@ pub const MAX_TIMING: Duration = Duration::from_secs(3600);
 pub struct Config {
     /// Most jobs running at once.
     pub concurrency: u32,
+    /// Most claimed jobs held waiting for a slot (0: claim only for free
+    /// slots). They are started in claim order as slots free up, and handed
+    /// back, never started, at the first shutdown signal. With short jobs
+    /// this lets a claim carry the jobs that will be done by the time it is
+    /// answered; with long jobs it keeps them from idle workers.
+    pub prefetch: u32,
     /// Most jobs asked for in one claim, and most outcomes in one write.
     pub batch_max: u32,
     /// How often to look for work (and reap expired leases) without a wake-up.
@@ -44,6 +50,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             concurrency: 4,
+            prefetch: 0,
             batch_max: 100,
             poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
@@ -61,6 +68,9 @@ pub enum ConfigError {
     /// `concurrency` outside 1..=MAX_CONCURRENCY.
     #[error("concurrency must be between 1 and {MAX_CONCURRENCY}, got {0}")]
     Concurrency(u32),
+    /// `prefetch` above MAX_CONCURRENCY.
+    #[error("prefetch must be at most {MAX_CONCURRENCY}, got {0}")]
+    Prefetch(u32),
     /// `batch_max` outside 1..=MAX_BATCH.
     #[error("batch size must be between 1 and {MAX_BATCH}, got {0}")]
     Batch(u32),
@@ -96,6 +106,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return Err(ConfigError::Concurrency(self.concurrency));
+        }
+        if self.prefetch > MAX_CONCURRENCY {
+            return Err(ConfigError::Prefetch(self.prefetch));
         }
         if !(1..=MAX_BATCH).contains(&self.batch_max) {
             return Err(ConfigError::Batch(self.batch_max));
@@ -172,6 +185,13 @@ mod tests {
                     ..base.clone()
                 },
                 ConfigError::Concurrency(5000),
+            ),
+            (
+                Config {
+                    prefetch: MAX_CONCURRENCY + 1,
+                    ..base.clone()
+                },
+                ConfigError::Prefetch(MAX_CONCURRENCY + 1),
             ),
             (
                 Config {

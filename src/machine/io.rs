@@ -260,6 +260,8 @@ pub enum What {
     Started {
         /// Jobs at once.
         concurrency: u32,
+        /// Jobs claimed ahead of free slots.
+        prefetch: u32,
         /// Drain time.
         shutdown_timeout: Duration,
         /// TERM to KILL.
@@ -374,6 +376,19 @@ pub enum What {
         /// The job.
         job: JobId,
     },
+    /// A prefetched job handed back without ever starting.
+    PrefetchReturned {
+        /// The job.
+        job: JobId,
+        /// Because the first shutdown signal came (otherwise: its lease ran
+        /// short while it waited for a slot).
+        signal: bool,
+    },
+    /// A cancel reached a prefetched job: recorded cancelled, never started.
+    CancelledUnstarted {
+        /// The job.
+        job: JobId,
+    },
     /// A claim answered too late to run within its lease: handed back.
     ClaimTooLate {
         /// The job.
@@ -478,7 +493,8 @@ pub struct Counters {
     pub interrupted: u64,
     /// Outcomes recorded as cancelled.
     pub cancelled: u64,
-    /// Jobs claimed after the signal and handed back unstarted.
+    /// Jobs handed back unstarted: claimed after the signal, or prefetched
+    /// and not started before it.
     pub handed_back: u64,
     /// Jobs stopped because their lease was lost; nothing recorded.
     pub lost: u64,

@@ -133,6 +133,9 @@ struct Pending {
 /// Where a held job's run is.
 #[derive(Clone, Debug)]
 enum Run {
+    /// Prefetched: claimed, waiting for a slot; never started. Its lease is
+    /// heartbeated like a running job's.
+    Queued { lease_deadline: Instant },
     /// Start sent, not yet confirmed; signals wait until it runs.
     Starting(Live),
     /// Its process or container is alive.
@@ -153,15 +156,19 @@ impl Slot {
     fn live(&self) -> Option<&Live> {
         match &self.run {
             Run::Starting(live) | Run::Running(live) => Some(live),
-            Run::Done(_) => None,
+            Run::Queued { .. } | Run::Done(_) => None,
         }
     }
 
     fn live_mut(&mut self) -> Option<&mut Live> {
         match &mut self.run {
             Run::Starting(live) | Run::Running(live) => Some(live),
-            Run::Done(_) => None,
+            Run::Queued { .. } | Run::Done(_) => None,
         }
+    }
+
+    fn queued(&self) -> bool {
+        matches!(self.run, Run::Queued { .. })
     }
 
     fn pending(&self) -> Option<&Pending> {
@@ -240,6 +247,9 @@ pub struct Machine {
     inner: Inner,
     now: Instant,
     slots: BTreeMap<JobId, Slot>,
+    /// Prefetched jobs in claim order (the store's priority order): exactly
+    /// the slots in [`Run::Queued`].
+    queued: VecDeque<JobId>,
     timers: TimerTable,
     actions: VecDeque<Action>,
     notes: VecDeque<Note>,
@@ -269,6 +279,7 @@ impl Machine {
             inner: Inner::Running,
             now,
             slots: BTreeMap::new(),
+            queued: VecDeque::new(),
             timers: TimerTable::default(),
             actions: VecDeque::new(),
             notes: VecDeque::new(),
@@ -298,6 +309,7 @@ impl Machine {
             .set(Timer::Heartbeat, now + machine.config.heartbeat_interval());
         let what = What::Started {
             concurrency: machine.config.concurrency,
+            prefetch: machine.config.prefetch,
             shutdown_timeout: machine.config.shutdown_timeout,
             kill_grace: machine.config.kill_grace,
             lease: machine.config.lease,
@@ -391,6 +403,7 @@ impl Machine {
                 id: slot.job.lease.job,
                 queue: slot.job.queue.clone(),
                 state: match &slot.run {
+                    Run::Queued { .. } => "queued",
                     Run::Starting(_) => "starting",
                     Run::Running(live) if live.sent.is_none() => "running",
                     Run::Running(_) => "stopping",
@@ -407,11 +420,17 @@ impl Machine {
         }
     }
 
-    /// Most jobs held at once: running, finished and waiting for their
-    /// write, or being handed back. Claims are sized to stay within twice the
-    /// concurrency; recovered and late claims may add a batch or two.
+    /// Most jobs held at once: prefetched, running, finished and waiting
+    /// for their write, or being handed back. Claims are sized to stay within
+    /// twice the concurrency plus the prefetch; recovered and late claims may
+    /// add a batch or two.
     pub fn max_held(&self) -> usize {
-        (2 * (self.config.concurrency + self.config.batch_max)) as usize
+        (2 * (self.config.concurrency + self.config.batch_max) + self.config.prefetch) as usize
+    }
+
+    /// Prefetched jobs waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
     }
 
     /// Feed one event that happened at `now`.
@@ -487,6 +506,12 @@ impl Machine {
         {
             self.actions.remove(pos);
             self.claims.in_flight = None;
+        }
+        // Prefetched jobs never start once a signal has come: they go back
+        // to the queue now, for a worker that is not stopping.
+        let prefetched: Vec<JobId> = self.queued.drain(..).collect();
+        for id in prefetched {
+            self.requeue_prefetched(id, true);
         }
         let what = What::Draining {
             signal,
@@ -605,6 +630,12 @@ impl Machine {
     /// No heartbeat extended a running job's lease: stop it so that it is
     /// dead (KILL at the deadline) before the store can hand it to another.
     fn lease_running_out(&mut self, id: JobId) {
+        if self.slots.get(&id).is_some_and(Slot::queued) {
+            // Not started and no heartbeat kept its lease: give it back while
+            // the store would still take it from us.
+            self.requeue_prefetched(id, false);
+            return;
+        }
         let Some(deadline) = self
             .slots
             .get(&id)
@@ -640,7 +671,7 @@ impl Machine {
             let kill = match &slot.run {
                 Run::Running(live) => Some(live.sent != Some(JobSignal::Kill)),
                 Run::Starting(_) => Some(false),
-                Run::Done(_) => None,
+                Run::Queued { .. } | Run::Done(_) => None,
             };
             self.abandon(lease);
             self.note(What::LeftToLease {
@@ -752,9 +783,11 @@ impl Machine {
             });
         }
         // A recovered claim may have taken a slot since this claim was sized.
-        let room =
-            self.alive() < self.config.concurrency as usize && self.slots.len() < self.max_held();
-        if self.inner != Inner::Running || !room {
+        // Prefetched jobs wait only while every slot is busy (drive starts
+        // them as slots free), so a free slot means nothing waits ahead.
+        let start = self.alive() < self.config.concurrency as usize;
+        let wait = !start && self.queued.len() < self.config.prefetch as usize;
+        if self.inner != Inner::Running || !(start || wait) || self.slots.len() >= self.max_held() {
             self.hand_back(job, sent_at);
             return false;
         }
@@ -767,6 +800,19 @@ impl Machine {
             return false;
         }
         self.counters.claimed += 1;
+        self.arm_lease_timer(id, lease_deadline);
+        if wait {
+            self.slots.insert(
+                id,
+                Slot {
+                    job,
+                    claimed_at: self.now,
+                    run: Run::Queued { lease_deadline },
+                },
+            );
+            self.queued.push_back(id);
+            return true;
+        }
         let live = Live {
             lease_deadline,
             stop: None,
@@ -782,9 +828,65 @@ impl Machine {
                 run: Run::Starting(live),
             },
         );
-        self.arm_lease_timer(id, lease_deadline);
         self.actions.push_back(Action::Start { job });
         true
+    }
+
+    /// Start prefetched jobs while slots are free, in claim order. One whose
+    /// lease is about to run out is handed back instead, like a late claim.
+    fn start_step(&mut self) {
+        if self.inner != Inner::Running || self.queued.is_empty() {
+            return;
+        }
+        let mut alive = self.alive();
+        while alive < self.config.concurrency as usize {
+            let Some(id) = self.queued.pop_front() else {
+                return;
+            };
+            let now = self.now;
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let Run::Queued { lease_deadline } = slot.run else {
+                continue;
+            };
+            if now >= self.lease_stop_at(lease_deadline) {
+                self.requeue_prefetched(id, false);
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            // Times in the trace and the status count from the start, as for
+            // a job started at its claim.
+            slot.claimed_at = now;
+            slot.run = Run::Starting(Live {
+                lease_deadline,
+                stop: None,
+                want: None,
+                sent: None,
+                next: None,
+            });
+            self.actions.push_back(Action::Start {
+                job: slot.job.clone(),
+            });
+            alive += 1;
+        }
+    }
+
+    /// A prefetched job goes back to the queue, never started: the first
+    /// signal came (`signal`), or its lease ran short while it waited.
+    fn requeue_prefetched(&mut self, id: JobId, signal: bool) {
+        self.queued.retain(|queued| *queued != id);
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if !slot.queued() {
+            return;
+        }
+        slot.run = Run::Done(unstarted(slot.job.lease, Outcome::HandBack));
+        self.timers.forget_job(id);
+        self.note(What::PrefetchReturned { job: id, signal });
     }
 
     /// When a job must be sent TERM so that it is dead (KILL at the
@@ -815,17 +917,7 @@ impl Machine {
             self.abandon(job.lease);
             return;
         }
-        let pending = Pending {
-            completion: Completion {
-                lease: job.lease,
-                outcome: Outcome::HandBack,
-                output: Vec::new(),
-            },
-            sending: false,
-            must_flush: false,
-            solo: false,
-            degraded: false,
-        };
+        let pending = unstarted(job.lease, Outcome::HandBack);
         self.slots.insert(
             id,
             Slot {
@@ -904,6 +996,15 @@ impl Machine {
     }
 
     fn cancel(&mut self, id: JobId) {
+        if let Some(slot) = self.slots.get_mut(&id).filter(|slot| slot.queued()) {
+            // Never started: nothing to stop, the cancel is its outcome.
+            let lease = slot.job.lease;
+            slot.run = Run::Done(unstarted(lease, Outcome::Cancelled));
+            self.queued.retain(|queued| *queued != id);
+            self.timers.forget_job(id);
+            self.note(What::CancelledUnstarted { job: id });
+            return;
+        }
         if self.slots.get(&id).is_some_and(Slot::alive) {
             self.note(What::CancelRequested { job: id });
             self.stop_job(id, StopReason::Cancel, JobSignal::Term);
@@ -913,6 +1014,16 @@ impl Machine {
     /// The store says our lease is gone: another worker may already run the
     /// job, so it is killed at once rather than given a grace period.
     fn lose_lease(&mut self, id: JobId) {
+        if self.slots.get(&id).is_some_and(Slot::queued) {
+            // Never started: let it go; whoever holds it now runs it.
+            if let Some(slot) = self.release(id) {
+                self.timers.forget_job(id);
+                self.counters.lost += 1;
+                self.abandon(slot.job.lease);
+                self.note(What::LeaseLost { job: id });
+            }
+            return;
+        }
         if self.slots.get(&id).is_some_and(Slot::alive) {
             self.note(What::LeaseLost { job: id });
             self.stop_job(id, StopReason::LeaseLost, JobSignal::Kill);
@@ -1012,6 +1123,9 @@ impl Machine {
     /// Let go of a job's slot, telling the executor its run is over.
     fn release(&mut self, id: JobId) -> Option<Slot> {
         let slot = self.slots.remove(&id)?;
+        if slot.queued() {
+            self.queued.retain(|queued| *queued != id);
+        }
         self.actions.push_back(Action::Release {
             lease: slot.job.lease,
         });
@@ -1229,13 +1343,17 @@ impl Machine {
                     if answer.lost.contains(&id) {
                         continue;
                     }
-                    let extend = self
-                        .slots
-                        .get_mut(&id)
-                        .and_then(Slot::live_mut)
-                        .filter(|live| live.stop != Some(StopReason::LeaseLost));
-                    if let Some(live) = extend {
-                        live.lease_deadline = deadline;
+                    let extend = match self.slots.get_mut(&id).map(|slot| &mut slot.run) {
+                        Some(Run::Queued { lease_deadline }) => Some(lease_deadline),
+                        Some(Run::Starting(live) | Run::Running(live))
+                            if live.stop != Some(StopReason::LeaseLost) =>
+                        {
+                            Some(&mut live.lease_deadline)
+                        }
+                        _ => None,
+                    };
+                    if let Some(lease_deadline) = extend {
+                        *lease_deadline = deadline;
                         self.arm_lease_timer(id, deadline);
                     }
                 }
@@ -1308,6 +1426,7 @@ impl Machine {
             .slots
             .values()
             .any(|slot| slot.pending().is_some_and(|p| p.must_flush));
+        self.start_step();
         if !flushing {
             self.claim_step();
             self.reap_step();
@@ -1321,17 +1440,18 @@ impl Machine {
         if self.inner != Inner::Running || !self.claims.wanted || self.claims.in_flight.is_some() {
             return;
         }
-        // Slots count live jobs: a finished job waiting for its outcome write
-        // does not hold one, so claims overlap with writes. Held jobs stay
-        // bounded at twice the concurrency.
+        // Slots count live and prefetched jobs: a finished job waiting for
+        // its outcome write does not hold one, so claims overlap with writes.
+        // Held jobs stay bounded at twice the concurrency plus the prefetch.
         let concurrency = self.config.concurrency as usize;
+        let capacity = concurrency + self.config.prefetch as usize;
         let alive = self.alive();
-        let free = concurrency
-            .saturating_sub(alive)
-            .min((2 * concurrency).saturating_sub(self.slots.len()));
+        let free = capacity
+            .saturating_sub(alive + self.queued.len())
+            .min((capacity + concurrency).saturating_sub(self.slots.len()));
         // Claim in worthwhile batches: when a quarter of the slots (up to the
         // batch limit) are free, or when nothing runs at all.
-        let low_water = (concurrency / 4).clamp(1, self.config.batch_max as usize);
+        let low_water = (capacity / 4).clamp(1, self.config.batch_max as usize);
         if free == 0 || (free < low_water && alive > 0) {
             return;
         }
@@ -1446,6 +1566,27 @@ impl Machine {
             "more jobs alive than concurrency allows"
         );
         assert!(self.slots.len() <= self.max_held(), "too many jobs held");
+        // Prefetched jobs wait only while every slot is busy, only while no
+        // signal has come, and never beyond the prefetch.
+        debug_assert_eq!(
+            self.queued.len(),
+            self.slots.values().filter(|slot| slot.queued()).count(),
+            "the prefetch list and the prefetched slots disagree"
+        );
+        if self.inner != Inner::Running && self.config.prefetch > 0 {
+            assert!(
+                !self.slots.values().any(Slot::queued),
+                "a prefetched job held after the first signal"
+            );
+        }
+        if !self.queued.is_empty() {
+            assert!(
+                self.inner == Inner::Running
+                    && self.alive() == self.config.concurrency as usize
+                    && self.queued.len() <= self.config.prefetch as usize,
+                "a prefetched job waits while it should start or go back"
+            );
+        }
         if let Inner::Stopped { code, .. } = self.inner {
             // Invariant 5: exit only once every job is done and recorded (or given up).
             assert!(self.slots.is_empty(), "stopped while holding jobs");
@@ -1465,6 +1606,21 @@ impl Machine {
             self.notes_dropped += 1;
         }
         self.notes.push_back(Note { at: self.now, what });
+    }
+}
+
+/// The outcome of a job that never started, waiting to be written.
+fn unstarted(lease: Lease, outcome: Outcome) -> Pending {
+    Pending {
+        completion: Completion {
+            lease,
+            outcome,
+            output: Vec::new(),
+        },
+        sending: false,
+        must_flush: false,
+        solo: false,
+        degraded: false,
     }
 }
 

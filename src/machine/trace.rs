@@ -200,16 +200,23 @@ impl fmt::Display for NoteText<'_> {
         match &self.0.what {
             What::Started {
                 concurrency,
+                prefetch,
                 shutdown_timeout,
                 kill_grace,
                 lease,
-            } => write!(
-                f,
-                "running (concurrency {concurrency}, shutdown timeout {}, kill grace {}, lease {})",
-                fmt_duration(*shutdown_timeout),
-                fmt_duration(*kill_grace),
-                fmt_duration(*lease)
-            ),
+            } => {
+                write!(f, "running (concurrency {concurrency}")?;
+                if *prefetch > 0 {
+                    write!(f, ", prefetch {prefetch}")?;
+                }
+                write!(
+                    f,
+                    ", shutdown timeout {}, kill grace {}, lease {})",
+                    fmt_duration(*shutdown_timeout),
+                    fmt_duration(*kill_grace),
+                    fmt_duration(*lease)
+                )
+            }
             What::Draining {
                 signal,
                 alive,
@@ -332,6 +339,18 @@ impl fmt::Display for NoteText<'_> {
             What::HandedBack { job } => write!(
                 f,
                 "job {job}: claimed after the shutdown signal; handing it back unstarted"
+            ),
+            What::PrefetchReturned { job, signal: true } => write!(
+                f,
+                "job {job}: prefetched, not started before the shutdown signal; handing it back"
+            ),
+            What::PrefetchReturned { job, signal: false } => write!(
+                f,
+                "job {job}: prefetched, and its lease ran short before a slot was free; handing it back"
+            ),
+            What::CancelledUnstarted { job } => write!(
+                f,
+                "job {job}: cancel requested while prefetched; recording it cancelled, never started"
             ),
             What::ClaimTooLate { job } => write!(
                 f,

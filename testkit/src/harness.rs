@@ -132,6 +132,8 @@ pub struct ConfigChoice {
     pub batch: u8,
     /// Selects among a few timing sets.
     pub timing: u8,
+    /// 0 for half the values, else 1..=3 after mapping.
+    pub prefetch: u8,
 }
 
 impl ConfigChoice {
@@ -144,6 +146,11 @@ impl ConfigChoice {
         };
         Config {
             concurrency: u32::from(self.concurrency % 4) + 1,
+            prefetch: if self.prefetch < 128 {
+                0
+            } else {
+                u32::from(self.prefetch % 3) + 1
+            },
             batch_max: u32::from(self.batch % 3) + 1,
             poll_interval: Duration::from_millis(poll),
             shutdown_timeout: Duration::from_millis(shutdown),
@@ -639,6 +646,9 @@ impl Harness {
             return Ok(());
         }
         self.trace_event(&event);
+        if let Event::CancelRequested { job } = event {
+            self.cancelled.insert(job);
+        }
         // Claim replies are not repeated: the shell delivers each at most
         // once (a timed-out call is dropped, never answered late).
         if matches!(
@@ -1174,11 +1184,11 @@ impl Harness {
                         lease.job
                     ));
                 }
+                // A claim may carry up to the prefetch beyond the free slots
+                // (the machine asserts its own count of waiting jobs).
                 let alive = self.procs.len() + self.starts.len();
-                if max == 0
-                    || max > self.config.batch_max
-                    || alive + max as usize > self.config.concurrency as usize
-                {
+                let capacity = (self.config.concurrency + self.config.prefetch) as usize;
+                if max == 0 || max > self.config.batch_max || alive + max as usize > capacity {
                     return self.violation(&format!(
                         "claim of {max} exceeds free slots or the batch limit"
                     ));
@@ -1195,6 +1205,10 @@ impl Harness {
                     return self.violation(&format!(
                         "job {id} from a claim answered after the signal was started"
                     ));
+                }
+                if self.first_signal.is_some() {
+                    return self
+                        .violation(&format!("job {id} started after the first shutdown signal"));
                 }
                 if !self.started.insert(lease) {
                     return self.violation(&format!("job {id} started twice under one lease"));
@@ -1364,6 +1378,14 @@ impl Harness {
                 return self.violation(&format!(
                     "job {id} was stopped by the shutdown but recorded as a failed attempt"
                 ));
+            }
+            // A prefetched job cancelled before it started: nothing ran.
+            Outcome::Cancelled if !self.started.contains(&lease) => {
+                if !self.cancelled.contains(&id) {
+                    return self.violation(&format!(
+                        "job {id} recorded cancelled without a start or a cancel"
+                    ));
+                }
             }
             Outcome::Failed { .. } | Outcome::Succeeded | Outcome::Cancelled => {
                 if !self.started.contains(&lease) {
