@@ -1,5 +1,6 @@
-//! Fleet chaos: three real `dockhand worker` processes on one PostgreSQL
-//! database run a mixed workload while a seeded driver SIGKILLs workers,
+//! Fleet chaos: three real `dockhand worker` processes (every other one
+//! started with `--prefetch 4`) on one PostgreSQL database run a mixed
+//! workload while a seeded driver SIGKILLs workers,
 //! rolls them with TERM, double-TERMs them, pauses them past their lease and
 //! restarts the PostgreSQL server. Then the chaos stops, a healthy fleet
 //! empties the queue, and the run is judged: nothing lost, every success's
@@ -197,11 +198,19 @@ struct Fleet {
     /// Paused workers and when to resume them.
     paused: Vec<(i32, Instant)>,
     late_exits: Vec<String>,
+    /// Workers started so far: every other one prefetches.
+    spawned: usize,
 }
 
 impl Fleet {
     fn spawn(&mut self) {
-        let args = worker_args();
+        let mut args = worker_args();
+        // Half the fleet holds jobs ahead of its slots, so signals, kills
+        // and pauses also meet prefetched jobs.
+        if self.spawned % 2 == 1 {
+            args.extend(["--prefetch".into(), "4".into()]);
+        }
+        self.spawned += 1;
         let worker = self
             .db
             .worker(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -472,6 +481,7 @@ fn fleet_survives_chaos_losing_nothing() {
         fates: BTreeMap::new(),
         paused: Vec::new(),
         late_exits: Vec::new(),
+        spawned: 0,
     };
     for _ in 0..FLEET {
         fleet.spawn();
