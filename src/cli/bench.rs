@@ -243,11 +243,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// The worker's own defaults (claims and outcome writes of up to 100, as
+/// `dockhand worker` makes them), with a short poll for the rounds that
+/// wait for an empty queue.
 fn config(concurrency: u32) -> Config {
     Config {
         concurrency,
-        prefetch: 0,
-        batch_max: concurrency.clamp(1, 100),
         poll_interval: Duration::from_millis(50),
         ..Config::default()
     }
