@@ -401,3 +401,33 @@ fn a_prefetched_job_starts_when_a_slot_frees() {
     assert!(h.trace().contains("start job 2"), "{}", h.trace());
     assert_eq!((h.machine().alive(), h.machine().queued()), (1, 0));
 }
+
+#[test]
+fn a_prefetching_worker_has_at_most_two_claims_in_flight() {
+    let mut h = Harness::new(
+        Config {
+            prefetch: 4,
+            ..wide(4, 2)
+        },
+        true,
+    );
+    h.hold_claims(true);
+    // A full batch: more jobs wait, so the next claim goes at once.
+    h.answer_claim(&[Behavior::quick(100), Behavior::quick(100)])
+        .unwrap();
+    assert_eq!(claims(&h), 2, "{}", h.trace());
+    // The jobs end and their outcomes are written while that claim is
+    // unanswered: a second claim joins it, and no third.
+    h.advance(ms(100)).unwrap();
+    assert_eq!(claims(&h), 3, "{}", h.trace());
+    h.advance(config().poll_interval).unwrap();
+    assert_eq!(claims(&h), 3, "{}", h.trace());
+    // Without a prefetch, the same world has one claim in flight.
+    let mut h = Harness::new(wide(4, 2), true);
+    h.hold_claims(true);
+    h.answer_claim(&[Behavior::quick(100), Behavior::quick(100)])
+        .unwrap();
+    h.advance(ms(100)).unwrap();
+    h.advance(config().poll_interval).unwrap();
+    assert_eq!(claims(&h), 2, "{}", h.trace());
+}

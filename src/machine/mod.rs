@@ -203,11 +203,11 @@ enum Inner {
     Stopped { signal_at: Instant, code: i32 },
 }
 
-/// The claim side: at most one claim in flight.
+/// The claim side: at most one claim in flight, two with a prefetch.
 #[derive(Clone, Debug, Default)]
 struct Claims {
-    /// Request id, `max` and send time of the claim in flight.
-    in_flight: Option<(u64, u32, Instant)>,
+    /// Request id, `max` and send time of each claim in flight, oldest first.
+    in_flight: VecDeque<(u64, u32, Instant)>,
     /// Look for jobs at the next chance (poll, wake-up, a full batch).
     wanted: bool,
     /// The last claim came back full: more jobs are probably waiting.
@@ -497,15 +497,21 @@ impl Machine {
             .set(Timer::ShutdownDeadline, now + self.config.shutdown_timeout);
         self.timers
             .set(Timer::ExitDeadline, now + self.config.exit_bound());
-        // A claim queued but not yet polled was never issued: withdraw it
-        // (the signal arrived before the driver performed it).
-        if let Some(pos) = self
+        // Claims queued but not yet polled were never issued: withdraw them
+        // (the signal arrived before the driver performed them).
+        let withdrawn: Vec<u64> = self
             .actions
             .iter()
-            .position(|a| matches!(a, Action::Claim { .. }))
-        {
-            self.actions.remove(pos);
-            self.claims.in_flight = None;
+            .filter_map(|a| match a {
+                Action::Claim { request, .. } => Some(*request),
+                _ => None,
+            })
+            .collect();
+        if !withdrawn.is_empty() {
+            self.actions.retain(|a| !matches!(a, Action::Claim { .. }));
+            self.claims
+                .in_flight
+                .retain(|(request, _, _)| !withdrawn.contains(request));
         }
         // Prefetched jobs never start once a signal has come: they go back
         // to the queue now, for a worker that is not stopping.
@@ -517,7 +523,7 @@ impl Machine {
             signal,
             alive: self.alive(),
             shutdown_timeout: self.config.shutdown_timeout,
-            claim_in_flight: self.claims.in_flight.is_some(),
+            claim_in_flight: !self.claims.in_flight.is_empty(),
             uncertain_claims: !self.claims.uncertain.is_empty(),
         };
         self.note(what);
@@ -693,7 +699,7 @@ impl Machine {
                 }
             }
         }
-        self.claims.in_flight = None;
+        self.claims.in_flight.clear();
         self.claims.uncertain.clear();
         self.stop(StopCause::ExitDeadline {
             bound: self.config.exit_bound(),
@@ -704,8 +710,13 @@ impl Machine {
     // ----- claims and starts -------------------------------------------------
 
     fn recv_claim_reply(&mut self, request: u64, reply: Result<Vec<ClaimedJob>, StoreFailure>) {
-        let in_flight = self.claims.in_flight.filter(|(id, _, _)| *id == request);
-        let Some((_, max, sent_at)) = in_flight else {
+        let position = self
+            .claims
+            .in_flight
+            .iter()
+            .position(|(id, _, _)| *id == request);
+        let Some((_, max, sent_at)) = position.and_then(|at| self.claims.in_flight.remove(at))
+        else {
             // A late or duplicate reply: jobs in it that we do not hold are
             // handed back so they do not wait for lease expiry.
             self.counters.late_replies += 1;
@@ -718,7 +729,6 @@ impl Machine {
             }
             return;
         };
-        self.claims.in_flight = None;
         let jobs = match reply {
             Ok(jobs) => jobs,
             Err(failure) => {
@@ -1436,23 +1446,45 @@ impl Machine {
         self.stop_step();
     }
 
+    /// Claims in flight at once: one, or with a prefetch two, so that the
+    /// next batch is on its way while the last one's reply is handled (the
+    /// prefetched jobs keep the slots busy meanwhile).
+    fn claims_at_once(&self) -> usize {
+        if self.config.prefetch > 0 {
+            2
+        } else {
+            1
+        }
+    }
+
     fn claim_step(&mut self) {
-        if self.inner != Inner::Running || !self.claims.wanted || self.claims.in_flight.is_some() {
+        if self.inner != Inner::Running
+            || !self.claims.wanted
+            || self.claims.in_flight.len() >= self.claims_at_once()
+        {
             return;
         }
         // Slots count live and prefetched jobs: a finished job waiting for
         // its outcome write does not hold one, so claims overlap with writes.
         // Held jobs stay bounded at twice the concurrency plus the prefetch.
+        // Claims in flight count as held for all they asked.
         let concurrency = self.config.concurrency as usize;
         let capacity = concurrency + self.config.prefetch as usize;
         let alive = self.alive();
+        let asked: usize = self
+            .claims
+            .in_flight
+            .iter()
+            .map(|(_, max, _)| *max as usize)
+            .sum();
         let free = capacity
-            .saturating_sub(alive + self.queued.len())
-            .min((capacity + concurrency).saturating_sub(self.slots.len()));
+            .saturating_sub(alive + self.queued.len() + asked)
+            .min((capacity + concurrency).saturating_sub(self.slots.len() + asked));
         // Claim in worthwhile batches: when a quarter of the slots (up to the
-        // batch limit) are free, or when nothing runs at all.
+        // batch limit) are free, or when nothing runs and nothing is asked.
         let low_water = (capacity / 4).clamp(1, self.config.batch_max as usize);
-        if free == 0 || (free < low_water && alive > 0) {
+        let idle = alive == 0 && asked == 0;
+        if free == 0 || (free < low_water && !idle) {
             return;
         }
         // Invariant 1: no claim after the first shutdown signal.
@@ -1462,7 +1494,7 @@ impl Machine {
         );
         let max = (free as u32).min(self.config.batch_max);
         let request = self.request_id();
-        self.claims.in_flight = Some((request, max, self.now));
+        self.claims.in_flight.push_back((request, max, self.now));
         self.claims.wanted = false;
         self.actions.push_back(Action::Claim { request, max });
     }
@@ -1527,7 +1559,7 @@ impl Machine {
     fn stop_step(&mut self) {
         if matches!(self.inner, Inner::Draining { .. } | Inner::TimedOut { .. })
             && self.slots.is_empty()
-            && self.claims.in_flight.is_none()
+            && self.claims.in_flight.is_empty()
             && self.claims.uncertain.is_empty()
         {
             let cause = if self.counters.claimed == 0 && self.counters.handed_back == 0 {

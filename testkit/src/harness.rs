@@ -214,8 +214,9 @@ pub struct Harness {
     claimed_once: bool,
     next_id: i64,
     behaviors: BTreeMap<JobId, Behavior>,
-    /// Request, max and send time of the claim in flight.
-    claim_pending: Option<(u64, u32, Instant)>,
+    /// Request, max and send time of each claim in flight, oldest first
+    /// (answered in that order).
+    claim_pending: VecDeque<(u64, u32, Instant)>,
     starts: VecDeque<Lease>,
     procs: BTreeMap<JobId, Proc>,
     records: VecDeque<(u64, Vec<Completion>)>,
@@ -313,7 +314,7 @@ impl Harness {
             claimed_once: false,
             next_id: 1,
             behaviors: BTreeMap::new(),
-            claim_pending: None,
+            claim_pending: VecDeque::new(),
             starts: VecDeque::new(),
             procs: BTreeMap::new(),
             records: VecDeque::new(),
@@ -399,7 +400,7 @@ impl Harness {
                 self.signal(signal)?;
             }
             Op::ClaimOk(behaviors) => {
-                if let Some((request, max, sent_at)) = self.claim_pending.take() {
+                if let Some((request, max, sent_at)) = self.claim_pending.pop_front() {
                     let jobs = behaviors
                         .iter()
                         .take(max as usize)
@@ -412,14 +413,14 @@ impl Harness {
                 }
             }
             Op::ClaimErr => {
-                if let Some((request, _, _)) = self.claim_pending.take() {
+                if let Some((request, _, _)) = self.claim_pending.pop_front() {
                     self.uncertain.insert(request);
                     let result = Err(transient("connection refused"));
                     self.deliver(Event::ClaimReply { request, result })?;
                 }
             }
             Op::ClaimLost(behaviors) => {
-                if let Some((request, max, sent_at)) = self.claim_pending.take() {
+                if let Some((request, max, sent_at)) = self.claim_pending.pop_front() {
                     let jobs: Vec<ClaimedJob> = behaviors
                         .iter()
                         .take(max as usize)
@@ -529,7 +530,7 @@ impl Harness {
         let idle = first
             && self.procs.is_empty()
             && self.starts.is_empty()
-            && self.claim_pending.is_none()
+            && self.claim_pending.is_empty()
             && self.uncertain.is_empty()
             && self.machine.held() == 0;
         if first {
@@ -666,7 +667,7 @@ impl Harness {
     pub fn finish(mut self) -> Check {
         self.auto = true;
         self.store_healthy = true;
-        if let Some((request, _, _)) = self.claim_pending.take() {
+        if let Some((request, _, _)) = self.claim_pending.pop_front() {
             self.deliver(Event::ClaimReply {
                 request,
                 result: Ok(Vec::new()),
@@ -713,7 +714,7 @@ impl Harness {
                 self.answer_heartbeat(HbAnswer::Ok)?;
             } else if self.reap_pending.is_some() {
                 self.answer_reap(true)?;
-            } else if let Some((request, _, _)) = self.claim_pending.take() {
+            } else if let Some((request, _, _)) = self.claim_pending.pop_front() {
                 self.deliver(Event::ClaimReply {
                     request,
                     result: Ok(Vec::new()),
@@ -779,10 +780,12 @@ impl Harness {
             .filter(|(_, lease)| self.given.contains(lease) && !self.acked.contains(lease))
             .map(|(id, _)| *id)
             .collect();
-        let (Some((request, _, sent_at)), false) = (self.claim_pending, held.is_empty()) else {
+        let (Some((request, _, sent_at)), false) =
+            (self.claim_pending.front().copied(), held.is_empty())
+        else {
             return Ok(());
         };
-        self.claim_pending = None;
+        self.claim_pending.pop_front();
         let id = held[n as usize % held.len()];
         let old = self.current[&id];
         let lease = Lease {
@@ -1153,7 +1156,7 @@ impl Harness {
             return Ok(true);
         }
         if self.claimed_once && !self.hold_claims {
-            if let Some((request, _, _)) = self.claim_pending.take() {
+            if let Some((request, _, _)) = self.claim_pending.pop_front() {
                 let event = Event::ClaimReply {
                     request,
                     result: Ok(Vec::new()),
@@ -1175,8 +1178,11 @@ impl Harness {
                 if self.first_signal.is_some() {
                     return self.violation("claim after the first shutdown signal");
                 }
-                if self.claim_pending.is_some() {
-                    return self.violation("a second claim while one is in flight");
+                // One claim at a time; a prefetching machine may pipeline two.
+                let at_once = if self.config.prefetch > 0 { 2 } else { 1 };
+                if self.claim_pending.len() >= at_once {
+                    return self
+                        .violation(&format!("claim number {} in flight at once", at_once + 1));
                 }
                 if let Some(lease) = self.unflushed_outcome() {
                     return self.violation(&format!(
@@ -1184,16 +1190,21 @@ impl Harness {
                         lease.job
                     ));
                 }
-                // A claim may carry up to the prefetch beyond the free slots
-                // (the machine asserts its own count of waiting jobs).
+                // Claims may carry up to the prefetch beyond the free slots
+                // (the machine asserts its own count of waiting jobs), all
+                // claims in flight together.
                 let alive = self.procs.len() + self.starts.len();
+                let asked: usize = self.claim_pending.iter().map(|c| c.1 as usize).sum();
                 let capacity = (self.config.concurrency + self.config.prefetch) as usize;
-                if max == 0 || max > self.config.batch_max || alive + max as usize > capacity {
+                if max == 0
+                    || max > self.config.batch_max
+                    || alive + asked + max as usize > capacity
+                {
                     return self.violation(&format!(
                         "claim of {max} exceeds free slots or the batch limit"
                     ));
                 }
-                self.claim_pending = Some((request, max, self.now));
+                self.claim_pending.push_back((request, max, self.now));
             }
             Action::Start { job } => {
                 let lease = job.lease;
