@@ -121,9 +121,17 @@ fn the_status_report_tells_running_from_stopping() {
 #[test]
 fn the_held_bound_is_twice_concurrency_and_batch() {
     // The documented bound (claims stay within it; recovered and late
-    // claims may add a batch or two): 2 × (3 + 3).
+    // claims may add a batch or two): 2 × (3 + 3), plus any prefetch.
     let h = Harness::new(config(), true);
     assert_eq!(h.machine().max_held(), 12);
+    let h = Harness::new(
+        Config {
+            prefetch: 5,
+            ..config()
+        },
+        true,
+    );
+    assert_eq!(h.machine().max_held(), 17);
 }
 
 #[test]
