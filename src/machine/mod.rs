@@ -845,9 +845,12 @@ impl Machine {
     /// Start prefetched jobs while slots are free, in claim order. One whose
     /// lease is about to run out is handed back instead, like a late claim.
     fn start_step(&mut self) {
-        if self.inner != Inner::Running || self.queued.is_empty() {
+        // Only while running: the first signal hands every prefetched job
+        // back (`begin_drain`), so none is left to start after it.
+        if self.queued.is_empty() {
             return;
         }
+        debug_assert!(self.inner == Inner::Running);
         let mut alive = self.alive();
         while alive < self.config.concurrency as usize {
             let Some(id) = self.queued.pop_front() else {
