@@ -439,3 +439,34 @@ fn a_prefetching_worker_has_at_most_two_claims_in_flight() {
     h.advance(config().poll_interval).unwrap();
     assert_eq!(claims(&h), 2, "{}", h.trace());
 }
+
+#[test]
+fn a_prefetched_job_whose_lease_is_lost_is_let_go_unstarted() {
+    let mut h = Harness::new(prefetching(), true);
+    h.answer_claim(&[Behavior::quick(60_000), Behavior::quick(100)])
+        .unwrap();
+    h.lose_lease_of(JobId(2));
+    // The next heartbeat (every lease/3 = 5 s) reports it lost.
+    h.advance(ms(5_100)).unwrap();
+    let trace = h.trace();
+    assert!(trace.contains("release job 2"), "{trace}");
+    assert!(!trace.contains("start job 2"), "{trace}");
+    assert!(!trace.contains("record job 2"), "{trace}");
+    assert_eq!(h.machine().queued(), 0);
+    assert_eq!(h.machine().counters().lost, 1, "{trace}");
+}
+
+#[test]
+fn heartbeats_keep_a_prefetched_jobs_lease() {
+    let mut h = Harness::new(prefetching(), true);
+    h.answer_claim(&[Behavior::quick(60_000), Behavior::quick(100)])
+        .unwrap();
+    // Four leases (15 s) later it still waits, its lease extended by every
+    // heartbeat, not handed back as running short.
+    h.advance(ms(60_000 - 100)).unwrap();
+    let trace = h.trace();
+    assert_eq!(h.machine().queued(), 1, "{trace}");
+    assert!(!trace.contains("lease ran short"), "{trace}");
+    h.advance(ms(200)).unwrap();
+    assert!(h.trace().contains("start job 2"), "{}", h.trace());
+}

@@ -263,6 +263,8 @@ pub struct Harness {
     refuse_records: u32,
     /// In auto mode, the next heartbeat reports its first lease lost.
     lose_lease: bool,
+    /// In auto mode, the next heartbeat reports this job's lease lost.
+    lose_job: Option<JobId>,
 }
 
 /// A broken invariant, with the trace that led to it.
@@ -344,6 +346,7 @@ impl Harness {
             store_healthy: true,
             refuse_records: 0,
             lose_lease: false,
+            lose_job: None,
         };
         // The machine's first actions (its claim) come out of `new`.
         if let Err(violation) = harness.drain() {
@@ -623,6 +626,12 @@ impl Harness {
     /// store reaped it, or another worker claimed the job) (scenarios).
     pub fn lose_next_lease(&mut self) {
         self.lose_lease = true;
+    }
+
+    /// In auto mode, the next heartbeat reports `job`'s lease lost
+    /// (scenarios).
+    pub fn lose_lease_of(&mut self, job: JobId) {
+        self.lose_job = Some(job);
     }
 
     /// Answer the claim in flight with these jobs (scenarios). In auto mode,
@@ -948,9 +957,14 @@ impl Harness {
                 answer.lost.push(lease.job);
             }
         }
+        let lose = match how {
+            HbAnswer::LoseFirst => hb.leases.first(),
+            HbAnswer::Lose(job) => hb.leases.iter().find(|lease| lease.job == job),
+            _ => None,
+        };
         match how {
-            HbAnswer::LoseFirst => {
-                if let Some(lease) = hb.leases.first() {
+            HbAnswer::LoseFirst | HbAnswer::Lose(_) => {
+                if let Some(lease) = lose {
                     if !answer.lost.contains(&lease.job) {
                         // Reaped: nobody else has it, but it is not ours now.
                         answer.lost.push(lease.job);
@@ -1140,6 +1154,8 @@ impl Harness {
             // The same answer as the op, with its checks.
             let how = if std::mem::take(&mut self.lose_lease) {
                 HbAnswer::LoseFirst
+            } else if let Some(job) = self.lose_job.take() {
+                HbAnswer::Lose(job)
             } else {
                 HbAnswer::Ok
             };
@@ -1547,6 +1563,8 @@ enum HbAnswer {
     Ok,
     Err,
     LoseFirst,
+    /// This job's lease, if the heartbeat holds it.
+    Lose(JobId),
     CancelFirst,
 }
 
