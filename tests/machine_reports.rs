@@ -470,3 +470,24 @@ fn heartbeats_keep_a_prefetched_jobs_lease() {
     h.advance(ms(200)).unwrap();
     assert!(h.trace().contains("start job 2"), "{}", h.trace());
 }
+
+#[test]
+fn outcomes_waiting_for_their_write_hold_back_claims() {
+    // Manual mode, and no outcome write is ever answered: concurrency 3
+    // holds at most twice 3 jobs (finished ones waiting for their write
+    // count), so claims stop there however often jobs are offered.
+    let mut h = Harness::new(wide(3, 3), false);
+    for _ in 0..10 {
+        h.step(&Op::ClaimOk(vec![Behavior::quick(10); 3])).unwrap();
+        for _ in 0..3 {
+            h.step(&Op::StartOk).unwrap();
+        }
+        h.advance(config().poll_interval).unwrap();
+    }
+    assert_eq!(
+        (h.machine().held(), h.machine().alive()),
+        (6, 0),
+        "{}",
+        h.trace()
+    );
+}
