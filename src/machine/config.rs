@@ -169,6 +169,15 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_prefetch_is_valid() {
+        let config = Config {
+            prefetch: MAX_CONCURRENCY,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
     fn limits_are_enforced_with_named_errors() {
         let base = Config::default();
         let bad = [
