@@ -491,3 +491,23 @@ fn outcomes_waiting_for_their_write_hold_back_claims() {
         h.trace()
     );
 }
+
+#[test]
+fn with_nothing_running_a_claim_goes_for_the_last_free_slot() {
+    // Manual mode, no outcome write answered, each claim answered with one
+    // job: concurrency 8 (a worthwhile batch is 2) fills its held bound of
+    // 16 to the last job, because with nothing running a claim of one is
+    // still worth it.
+    let mut h = Harness::new(wide(8, 8), false);
+    for _ in 0..24 {
+        h.step(&Op::ClaimOk(vec![Behavior::quick(10)])).unwrap();
+        h.step(&Op::StartOk).unwrap();
+        h.advance(config().poll_interval).unwrap();
+    }
+    assert_eq!(
+        (h.machine().held(), h.machine().alive()),
+        (16, 0),
+        "{}",
+        h.trace()
+    );
+}
