@@ -152,6 +152,20 @@ struct Slot {
     run: Run,
 }
 
+impl Live {
+    /// A run just started (or about to be), under a lease valid until
+    /// `lease_deadline`, with nothing asked of it yet.
+    fn new(lease_deadline: Instant) -> Live {
+        Live {
+            lease_deadline,
+            stop: None,
+            want: None,
+            sent: None,
+            next: None,
+        }
+    }
+}
+
 impl Slot {
     fn live(&self) -> Option<&Live> {
         match &self.run {
@@ -823,19 +837,12 @@ impl Machine {
             self.queued.push_back(id);
             return true;
         }
-        let live = Live {
-            lease_deadline,
-            stop: None,
-            want: None,
-            sent: None,
-            next: None,
-        };
         self.slots.insert(
             id,
             Slot {
                 job: job.clone(),
                 claimed_at: self.now,
-                run: Run::Starting(live),
+                run: Run::Starting(Live::new(lease_deadline)),
             },
         );
         self.actions.push_back(Action::Start { job });
@@ -857,12 +864,12 @@ impl Machine {
                 return;
             };
             let now = self.now;
-            let Some(slot) = self.slots.get_mut(&id) else {
+            // The list holds exactly the prefetched slots (asserted).
+            let Some(Run::Queued { lease_deadline }) = self.slots.get(&id).map(|slot| &slot.run)
+            else {
                 continue;
             };
-            let Run::Queued { lease_deadline } = slot.run else {
-                continue;
-            };
+            let lease_deadline = *lease_deadline;
             if now >= self.lease_stop_at(lease_deadline) {
                 self.requeue_prefetched(id, false);
                 continue;
@@ -873,13 +880,7 @@ impl Machine {
             // Times in the trace and the status count from the start, as for
             // a job started at its claim.
             slot.claimed_at = now;
-            slot.run = Run::Starting(Live {
-                lease_deadline,
-                stop: None,
-                want: None,
-                sent: None,
-                next: None,
-            });
+            slot.run = Run::Starting(Live::new(lease_deadline));
             self.actions.push_back(Action::Start {
                 job: slot.job.clone(),
             });
@@ -890,16 +891,21 @@ impl Machine {
     /// A prefetched job goes back to the queue, never started: the first
     /// signal came (`signal`), or its lease ran short while it waited.
     fn requeue_prefetched(&mut self, id: JobId, signal: bool) {
-        self.queued.retain(|queued| *queued != id);
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        if !slot.queued() {
-            return;
+        if self.settle_prefetched(id, Outcome::HandBack) {
+            self.note(What::PrefetchReturned { job: id, signal });
         }
-        slot.run = Run::Done(unstarted(slot.job.lease, Outcome::HandBack));
+    }
+
+    /// A prefetched job leaves the list with `outcome` to write, never
+    /// started. Whether `id` was a prefetched job.
+    fn settle_prefetched(&mut self, id: JobId, outcome: Outcome) -> bool {
+        self.queued.retain(|queued| *queued != id);
+        let Some(slot) = self.slots.get_mut(&id).filter(|slot| slot.queued()) else {
+            return false;
+        };
+        slot.run = Run::Done(unstarted(slot.job.lease, outcome));
         self.timers.forget_job(id);
-        self.note(What::PrefetchReturned { job: id, signal });
+        true
     }
 
     /// When a job must be sent TERM so that it is dead (KILL at the
@@ -1009,12 +1015,8 @@ impl Machine {
     }
 
     fn cancel(&mut self, id: JobId) {
-        if let Some(slot) = self.slots.get_mut(&id).filter(|slot| slot.queued()) {
-            // Never started: nothing to stop, the cancel is its outcome.
-            let lease = slot.job.lease;
-            slot.run = Run::Done(unstarted(lease, Outcome::Cancelled));
-            self.queued.retain(|queued| *queued != id);
-            self.timers.forget_job(id);
+        // Never started: nothing to stop, the cancel is its outcome.
+        if self.settle_prefetched(id, Outcome::Cancelled) {
             self.note(What::CancelledUnstarted { job: id });
             return;
         }
