@@ -1070,6 +1070,61 @@ async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore)
     );
 }
 
+/// A worker sends its heartbeat and its outcome writes independently, so
+/// the two may run at once over the same held jobs. On PostgreSQL both lock
+/// many rows; taken in different orders they deadlocked, and the server
+/// broke the tie after a second by failing one of them (seen under load:
+/// `dockhand bench --concurrency 64 --prefetch 128`, about one heartbeat in
+/// two). Neither call may fail, and neither may wait a second on the other.
+async fn a_workers_heartbeat_and_record_may_run_at_once(store: AnyStore) {
+    const JOBS: usize = 400;
+    for round in 0..6 {
+        let jobs: Vec<NewJob> = (0..JOBS).map(|i| job(&format!("echo {i}"))).collect();
+        store.enqueue_many(&jobs).await.unwrap();
+        let mut held = Vec::new();
+        while held.len() < JOBS {
+            let claimed = store
+                .claim(&ClaimRequest::new(W1, &queues(), 100, LEASE, round))
+                .await
+                .unwrap();
+            assert!(!claimed.is_empty(), "round {round}: jobs left to claim");
+            held.extend(claimed.into_iter().map(|c| c.lease));
+        }
+        // Opposite orders, as a worker's two calls may well list them.
+        held.sort();
+        let completions: Vec<Completion> =
+            held.iter().map(|l| done(*l, Outcome::Succeeded)).collect();
+        let mut leases = held.clone();
+        leases.reverse();
+        let (hb_store, rec_store) = (store.clone(), store.clone());
+        let began = std::time::Instant::now();
+        let heartbeat = tokio::spawn(async move {
+            hb_store
+                .heartbeat(W1, Phase::Running, &leases, LEASE, &[])
+                .await
+        });
+        let record = tokio::spawn(async move { rec_store.record(W1, &completions).await });
+        let (heartbeat, record) = (heartbeat.await.unwrap(), record.await.unwrap());
+        let took = began.elapsed();
+        if let Err(e) = &heartbeat {
+            panic!("round {round}: the heartbeat failed beside a record: {e}");
+        }
+        match &record {
+            Err(e) => panic!("round {round}: the record failed beside a heartbeat: {e}"),
+            Ok(results) => assert!(
+                results.iter().all(|(_, r)| r.is_recorded()),
+                "round {round}: every outcome recorded: {results:?}"
+            ),
+        }
+        // A deadlock is broken only after the server's deadlock_timeout
+        // (1 s by default); two calls over 400 rows take milliseconds.
+        assert!(
+            took < Duration::from_millis(900),
+            "round {round}: the two calls took {took:?}: one waited for the other's locks"
+        );
+    }
+}
+
 /// A worker whose engine is away (or who has none) claims only jobs without
 /// an image, and the registry shows its engine's state.
 async fn a_worker_without_an_engine_leaves_image_jobs(store: AnyStore) {
@@ -1586,6 +1641,7 @@ macro_rules! suite {
                 output_is_stored_byte_for_byte,
                 nul_in_a_job_is_refused_at_enqueue,
                 claims_whose_reply_was_lost_are_recovered_by_heartbeat,
+                a_workers_heartbeat_and_record_may_run_at_once,
                 a_worker_without_an_engine_leaves_image_jobs,
                 migrate_twice_is_harmless,
                 unique_keys_hold_while_a_job_is_live,

@@ -107,6 +107,29 @@ const CLAIM_ONE_QUEUE: &str = claim_sql!(
     FOR UPDATE SKIP LOCKED"
 );
 
+/// A condition that takes the worker's transaction-level advisory lock
+/// (`$worker` binds its id) before the statement touches any row.
+///
+/// A worker's heartbeat and its outcome write run independently and both
+/// update many of its held rows; each locks them in its plan's order, so
+/// the two deadlocked under load (about one heartbeat in two at concurrency
+/// 64, each costing the server's one-second `deadlock_timeout` and a failed
+/// call). Uncorrelated, the subquery is planned as an `InitPlan` checked as
+/// a one-time filter before the scan (`EXPLAIN` shows it above the join),
+/// so the calls of one worker take turns. Other writers of those rows lock
+/// one row at a time (cancel) or skip locked rows (claim, reap, bulk), so
+/// they cannot close a cycle. Workers whose ids hash alike merely take turns.
+macro_rules! worker_lock {
+    ($worker:literal) => {
+        concat!(
+            "(SELECT true FROM pg_advisory_xact_lock(",
+            "1146, hashtext(",
+            $worker,
+            ")))"
+        )
+    };
+}
+
 /// Channel NOTIFYed when jobs become ready.
 const JOBS_CHANNEL: &str = "dockhand_jobs";
 /// Channel NOTIFYed with a job id when a running job is cancelled.
@@ -222,7 +245,7 @@ fn record_sql() -> String {
             SELECT id, state <> 'running' AS late FROM jobs WHERE id = ANY($1)
         ), upd AS (
             UPDATE jobs j SET {assignments}
-            FROM input t WHERE j.id = t.id AND {fence}
+            FROM input t WHERE {lock} AND j.id = t.id AND {fence}
             RETURNING j.id, j.state, t.kind, t.token, t.error
         ), history AS (
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
@@ -241,6 +264,7 @@ fn record_sql() -> String {
         )
         SELECT id, state FROM upd",
         assignments = rules::outcome_assignments(&d),
+        lock = worker_lock!("$7"),
         fence = rules::outcome_fence("$7"),
         event = rules::outcome_event("upd.state").replace("t.kind", "upd.kind"),
     )
@@ -453,15 +477,17 @@ impl Store for PostgresStore {
     ) -> Result<HeartbeatAnswer, StoreError> {
         let ids: Vec<i64> = leases.iter().map(|l| l.job.0).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token.0).collect();
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "WITH w AS (
-                UPDATE workers SET phase = $5, heartbeat_at = now() WHERE id = $1
-            )
-            UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond'
-            WHERE state = 'running' AND lease_owner = $1
-              AND (id, lease_token) IN (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
-            RETURNING id, lease_token, cancel_requested",
-        )
+                    UPDATE workers SET phase = $5, heartbeat_at = now() WHERE id = $1
+                )
+                UPDATE jobs SET lease_expires_at = now() + $4 * interval '1 millisecond'
+                WHERE ",
+            worker_lock!("$1"),
+            " AND state = 'running' AND lease_owner = $1
+                  AND (id, lease_token) IN (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
+                RETURNING id, lease_token, cancel_requested"
+        ))
         .bind(worker)
         .bind(&ids)
         .bind(&tokens)
@@ -488,11 +514,15 @@ impl Store for PostgresStore {
         if !recover.is_empty() {
             let claims: Vec<i64> = recover.iter().map(|&c| c as i64).collect();
             let rows = sqlx::query(
-                "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
-                 WHERE state = 'running' AND lease_owner = $1 AND claim_id = ANY($2)
-                 RETURNING id, lease_token, queue, spec::text AS spec, attempts::bigint AS attempts,
-                    interruptions::bigint AS interruptions,
-                    (extract(epoch FROM now() - run_at) * 1000)::bigint AS waited_ms",
+                concat!(
+                    "UPDATE jobs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+                    WHERE ",
+                    worker_lock!("$1"),
+                    " AND state = 'running' AND lease_owner = $1 AND claim_id = ANY($2)
+                    RETURNING id, lease_token, queue, spec::text AS spec, attempts::bigint AS attempts,
+                        interruptions::bigint AS interruptions,
+                        (extract(epoch FROM now() - run_at) * 1000)::bigint AS waited_ms"
+                ),
             )
             .bind(worker)
             .bind(&claims)
