@@ -1,4 +1,4 @@
-//! Long seed hunts: `cargo run -p dockhand-sim --release -- --seeds 100000 [--start 0] [--threads N]`
+//! Long seed hunts: `cargo run -p dockhand-sim --profile sim -- --seeds 100000 [--start 0] [--threads N]`
 //! (one thread per core by default).
 //! Prints progress, every failure with its replay command, and a summary.
 
