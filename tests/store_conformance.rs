@@ -1263,6 +1263,43 @@ async fn concurrent_enqueues_of_one_key_create_one_job(store: AnyStore) {
     assert_eq!(store.list(&JobFilter::default()).await.unwrap().len(), 1);
 }
 
+/// Two producers enqueue batches that share keys, listed in opposite
+/// orders. On PostgreSQL each insert of a key another open transaction
+/// holds waits for that transaction: without a common order the two waited
+/// for each other and the server failed one with a deadlock.
+async fn concurrent_batches_sharing_keys_both_succeed(store: AnyStore) {
+    const KEYS: usize = 200;
+    for round in 0..5 {
+        let forward: Vec<NewJob> = (0..KEYS)
+            .map(|i| keyed("k", &format!("r{round}-k{i}")))
+            .collect();
+        let mut backward = forward.clone();
+        backward.reverse();
+        let (a, b) = (store.clone(), store.clone());
+        let began = std::time::Instant::now();
+        let first = tokio::spawn(async move { a.enqueue(&forward).await });
+        let second = tokio::spawn(async move { b.enqueue(&backward).await });
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        let took = began.elapsed();
+        let first = first.unwrap_or_else(|e| panic!("round {round}: the first batch failed: {e}"));
+        let second =
+            second.unwrap_or_else(|e| panic!("round {round}: the second batch failed: {e}"));
+        // Each key made one job, and both answers name it.
+        for i in 0..KEYS {
+            let (x, y) = (&first[i], &second[KEYS - 1 - i]);
+            assert_eq!(x.id, y.id, "round {round}: key {i} answered with two jobs");
+            assert!(
+                x.existed != y.existed,
+                "round {round}: key {i}: {x:?} {y:?}"
+            );
+        }
+        assert!(
+            took < Duration::from_millis(900),
+            "round {round}: the batches took {took:?}: one waited out a deadlock"
+        );
+    }
+}
+
 async fn paused_queues_are_not_claimed(store: AnyStore) {
     let mut other = job("other");
     other.queue = "other".into();
@@ -1646,6 +1683,7 @@ macro_rules! suite {
                 migrate_twice_is_harmless,
                 unique_keys_hold_while_a_job_is_live,
                 concurrent_enqueues_of_one_key_create_one_job,
+                concurrent_batches_sharing_keys_both_succeed,
                 paused_queues_are_not_claimed,
                 queue_stats_count_every_state,
                 bulk_cancel_and_retry_by_filter,

@@ -314,6 +314,24 @@ async fn insert_jobs(
         max_attempts.push(job.max_attempts as i32);
         delays.push(job.delay.as_millis() as i64);
     }
+    // An insert of a key that another open transaction has inserted waits
+    // for that transaction, so two batches sharing keys in different
+    // orders deadlocked. The keys' advisory locks are taken first, in one
+    // global order (their hashes, sorted): a batch waits for the other
+    // before it inserts anything. Two streams whose later chunks share
+    // keys with each other's earlier ones can still meet a deadlock, which
+    // the server breaks by failing one of them whole (a transient error).
+    if keys.iter().any(Option::is_some) {
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(1147, h)) FROM (
+                SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS u(k)
+                WHERE k IS NOT NULL ORDER BY 1
+            ) AS sorted",
+        )
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    }
     // Rows are inserted, and ids drawn, in input order. A row whose key
     // a live job holds (or an earlier row of this call) is skipped by
     // the partial unique index; concurrent enqueues of one key wait for
