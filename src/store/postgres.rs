@@ -134,7 +134,9 @@ macro_rules! worker_lock {
 const JOBS_CHANNEL: &str = "dockhand_jobs";
 /// Channel NOTIFYed with a job id when a running job is cancelled.
 const CANCEL_CHANNEL: &str = "dockhand_cancel";
-/// Serialises concurrent migrations (an arbitrary constant).
+/// Serialises concurrent migrations (an arbitrary constant). The other
+/// advisory locks use the two-integer form, a separate key space: class
+/// 1146 a worker's calls (`worker_lock!`), 1147 unique keys (`insert_jobs`).
 const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
 
 const JOB_COLUMNS: &str =
