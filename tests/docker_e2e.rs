@@ -520,3 +520,113 @@ async fn a_lost_lease_releases_its_container_while_the_worker_runs() {
     reaper.signal(libc::SIGTERM);
     assert_eq!(reaper.wait(LONG), 0);
 }
+
+/// Reconciliation keeps a container only while its worker is alive *and*
+/// its job still runs under that worker and token; either one gone, the
+/// container goes. (cargo-mutants: `state == Running && worker == ...`
+/// turned into `||` survived every test: a finished job's container whose
+/// worker lives on was never judged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_keeps_a_container_only_while_its_worker_and_lease_both_live() {
+    use dockhand::executor::docker::{
+        reconcile, LABEL_JOB, LABEL_MANAGED, LABEL_STORE, LABEL_TOKEN, LABEL_WORKER,
+    };
+    use dockhand::job::NewJob;
+    use dockhand::store::{ClaimRequest, WorkerInfo};
+
+    let db = Db::postgres("docker_reconcile_rules").await;
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let store_id = store.instance_id().await.unwrap();
+    let lease = Duration::from_secs(30);
+    let queues = vec!["default".to_string()];
+    store
+        .register_worker(&WorkerInfo {
+            id: "alive".into(),
+            host: "test".into(),
+            pid: 1,
+            queues: queues.clone(),
+            concurrency: 3,
+            lease,
+        })
+        .await
+        .unwrap();
+    let jobs = vec![NewJob::new(vec!["true".into()]); 4];
+    store.enqueue_many(&jobs).await.unwrap();
+    let mine = store
+        .claim(&ClaimRequest::new("alive", &queues, 3, lease, 1))
+        .await
+        .unwrap();
+    // "gone" never registered (or was deregistered): not alive.
+    let theirs = store
+        .claim(&ClaimRequest::new("gone", &queues, 1, lease, 1))
+        .await
+        .unwrap();
+    assert_eq!((mine.len(), theirs.len()), (3, 1));
+    // The third of "alive"'s jobs is over: it succeeded under its lease.
+    let done = dockhand::job::Completion {
+        lease: mine[2].lease,
+        outcome: dockhand::job::Outcome::Succeeded,
+        output: Vec::new(),
+    };
+    store.record("alive", &[done]).await.unwrap();
+    let run = |name: &str, worker: &str, job: i64, token: i64| {
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", name])
+            .args(["--label", &format!("{LABEL_MANAGED}=true")])
+            .args(["--label", &format!("{LABEL_STORE}={store_id}")])
+            .args(["--label", &format!("{LABEL_WORKER}={worker}")])
+            .args(["--label", &format!("{LABEL_JOB}={job}")])
+            .args(["--label", &format!("{LABEL_TOKEN}={token}")])
+            .args([test_image().as_str(), "sleep", "300"])
+            .output()
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let pid = std::process::id();
+    let (kept, stale, finished, orphan) = (
+        format!("dh-rec-{pid}-kept"),
+        format!("dh-rec-{pid}-stale"),
+        format!("dh-rec-{pid}-finished"),
+        format!("dh-rec-{pid}-orphan"),
+    );
+    // Worker alive, lease alive: kept.
+    run(&kept, "alive", mine[0].lease.job.0, mine[0].lease.token.0);
+    // Worker alive, but the job no longer runs under that token: removed.
+    run(
+        &stale,
+        "alive",
+        mine[1].lease.job.0,
+        mine[1].lease.token.0 + 5,
+    );
+    // Worker alive, same worker and token, but the job is over: removed.
+    run(
+        &finished,
+        "alive",
+        mine[2].lease.job.0,
+        mine[2].lease.token.0,
+    );
+    // The lease still stands, but its worker is not alive: removed.
+    run(
+        &orphan,
+        "gone",
+        theirs[0].lease.job.0,
+        theirs[0].lease.token.0,
+    );
+    let docker = bollard::Docker::connect_with_local_defaults().expect("a Docker client");
+    let removed = reconcile(&docker, &store, "judge", lease).await.unwrap();
+    let left = containers_of(&store_id);
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &kept, &stale, &finished, &orphan])
+        .output();
+    assert_eq!(removed, 3, "left: {left:?}");
+    assert!(
+        left.len() == 1 && left[0].starts_with(&format!("{kept} ")),
+        "only the live worker's live lease keeps its container: {left:?}"
+    );
+    assert_no_containers_left(&db).await;
+}

@@ -360,6 +360,56 @@ on_both! {
     descendants_die_when_their_shim_is_killed,
 }
 
+/// A library user's `ProcessExecutor` without the shim (`dockhand worker`
+/// always has one): the job's command leads its own process group, and
+/// what it leaves in that group is killed once it exits. (cargo-mutants:
+/// the executor's `pgid > 0` guard turned into `== 0` survived every test,
+/// since the shim kills a job's leftovers itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_shim_a_jobs_group_dies_with_it() {
+    use dockhand::executor::{ExecEvent, Executor, ProcessExecutor};
+    use dockhand::job::{ClaimedJob, JobId, JobSpec, Lease, LeaseToken};
+
+    let value = format!("noshim-{}", std::process::id());
+    let mark = format!("DOCKHAND_TEST_MARK={value}");
+    let mut spec = JobSpec {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 300 >/dev/null 2>&1 & echo started".into(),
+        ],
+        ..JobSpec::default()
+    };
+    spec.env.insert("DOCKHAND_TEST_MARK".into(), value);
+    let job = ClaimedJob {
+        lease: Lease {
+            job: JobId(1),
+            token: LeaseToken(1),
+        },
+        queue: "default".into(),
+        spec,
+        attempts: 0,
+        interruptions: 0,
+        waited: Duration::ZERO,
+    };
+    let mut executor = ProcessExecutor::new(None);
+    let (events, mut received) = tokio::sync::mpsc::channel(8);
+    executor.start(job, events);
+    let exited = tokio::time::timeout(LONG, async {
+        while let Some(event) = received.recv().await {
+            if let ExecEvent::Exited { exit, output, .. } = event {
+                return Some((exit, output));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the job to exit within 30 s")
+    .expect("an Exited event");
+    assert_eq!(exited.1, b"started\n", "{exited:?}");
+    no_process_left(&mark, Duration::from_secs(5)).await;
+}
+
 #[test]
 fn the_job_user_is_checked_at_start() {
     let dir = support::job_dir();
