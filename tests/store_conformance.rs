@@ -1286,6 +1286,37 @@ async fn concurrent_batches_sharing_keys_both_succeed(store: AnyStore) {
     }
 }
 
+/// A stream of keyed jobs (`enqueue --from-file` of 60,000 lines, in
+/// chunks of 10,000, one transaction): whatever orders concurrent keyed
+/// batches must not grow with the keys. PostgreSQL's lock table holds a
+/// few thousand locks in all with default settings: an advisory lock per
+/// key failed here with "out of shared memory".
+///
+/// PostgreSQL only: the limit is its lock table's, and the memory store's
+/// key check is quadratic (60,000 keys take minutes there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_stream_of_sixty_thousand_keys_is_one_enqueue() {
+    let (store, _guard) = support::postgres_store("stream_of_keys").await;
+    const CHUNK: usize = 10_000;
+    let mut sent = 0;
+    let mut next = move || -> Result<Option<Vec<NewJob>>, StoreError> {
+        if sent == 6 * CHUNK {
+            return Ok(None);
+        }
+        let chunk = (sent..sent + CHUNK)
+            .map(|i| keyed("k", &format!("many-{i}")))
+            .collect();
+        sent += CHUNK;
+        Ok(Some(chunk))
+    };
+    let answers = store
+        .enqueue_stream(&mut next)
+        .await
+        .unwrap_or_else(|e| panic!("60,000 keys in one stream: {e}"));
+    assert_eq!(answers.len(), 6 * CHUNK);
+    assert!(answers.iter().all(|a| !a.existed));
+}
+
 async fn paused_queues_are_not_claimed(store: AnyStore) {
     let mut other = job("other");
     other.queue = "other".into();

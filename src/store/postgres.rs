@@ -136,7 +136,8 @@ const JOBS_CHANNEL: &str = "dockhand_jobs";
 const CANCEL_CHANNEL: &str = "dockhand_cancel";
 /// Serialises concurrent migrations (an arbitrary constant). The other
 /// advisory locks use the two-integer form, a separate key space: class
-/// 1146 a worker's calls (`worker_lock!`), 1147 unique keys (`insert_jobs`).
+/// 1146 a worker's calls (`worker_lock!`), 1147 enqueues of several unique
+/// keys (`insert_jobs`).
 const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
 
 const JOB_COLUMNS: &str =
@@ -318,21 +319,17 @@ async fn insert_jobs(
     }
     // An insert of a key that another open transaction has inserted waits
     // for that transaction, so two batches sharing keys in different
-    // orders deadlocked. The keys' advisory locks are taken first, in one
-    // global order (their hashes, sorted): a batch waits for the other
-    // before it inserts anything. Two streams whose later chunks share
-    // keys with each other's earlier ones can still meet a deadlock, which
-    // the server breaks by failing one of them whole (a transient error).
-    if keys.iter().any(Option::is_some) {
-        sqlx::query(
-            "SELECT count(pg_advisory_xact_lock(1147, h)) FROM (
-                SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS u(k)
-                WHERE k IS NOT NULL ORDER BY 1
-            ) AS sorted",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
+    // orders deadlocked. A transaction that inserts one key holds nothing
+    // while it waits, so only those with two or more keys can close a
+    // cycle: they take one advisory lock and go one at a time (its later
+    // chunks take it again, a no-op). One lock, not one per key: the
+    // server's lock table holds a few thousand locks in all, and a stream
+    // of 50,000 keys ran out of it.
+    let distinct: std::collections::BTreeSet<&str> = keys.iter().flatten().copied().collect();
+    if distinct.len() > 1 {
+        sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
+            .execute(&mut *tx)
+            .await?;
     }
     // Rows are inserted, and ids drawn, in input order. A row whose key
     // a live job holds (or an earlier row of this call) is skipped by
