@@ -325,8 +325,9 @@ async fn insert_jobs(
     // chunks take it again, a no-op). One lock, not one per key: the
     // server's lock table holds a few thousand locks in all, and a stream
     // of 50,000 keys ran out of it.
-    let distinct: std::collections::BTreeSet<&str> = keys.iter().flatten().copied().collect();
-    if distinct.len() > 1 {
+    let mut named = keys.iter().flatten();
+    let first = named.next();
+    if named.any(|key| Some(key) != first) {
         sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
             .execute(&mut *tx)
             .await?;
