@@ -99,7 +99,12 @@ impl Executor for SimExecutor {
                         None => std::future::pending().await,
                     }
                 };
+                // Biased: an unbiased select! draws its first branch from
+                // tokio's per-thread random state, which is not the seed's,
+                // so a signal and a natural end at one instant would make
+                // the trace depend on what else the thread had run.
                 tokio::select! {
+                    biased;
                     _ = natural => break Exit::Code(behavior.code),
                     signal = rx.recv() => match signal {
                         Some(JobSignal::Kill) => break Exit::Signal(9),
