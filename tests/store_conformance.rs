@@ -1286,6 +1286,112 @@ async fn concurrent_batches_sharing_keys_both_succeed(store: AnyStore) {
     }
 }
 
+/// An operator's bulk retry of failed keyed jobs while producers enqueue
+/// the same keys in the other order, as one batch or one key per call. On
+/// PostgreSQL a requeued row enters the unique index of live keys as an
+/// insert does: with a batch the two waited for each other (a deadlock);
+/// with single keys the retry, finding a key taken by an enqueue that
+/// committed while it waited, failed with a unique violation. Both sides
+/// must succeed, and each key must end with exactly one live job.
+async fn a_bulk_retry_racing_enqueues_of_the_same_keys_both_succeed(store: AnyStore) {
+    const KEYS: usize = 150;
+    for round in 0..8u64 {
+        let one_per_call = round % 2 == 1;
+        let queue = format!("retry-race-{round}");
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("r{round}-{i}")).collect();
+        let jobs: Vec<NewJob> = keys
+            .iter()
+            .map(|key| {
+                let mut new = keyed("first", key);
+                new.queue = queue.clone();
+                new.max_attempts = 1;
+                new
+            })
+            .collect();
+        store.enqueue_many(&jobs).await.unwrap();
+        let mut claimed = Vec::new();
+        while claimed.len() < KEYS {
+            let more = store
+                .claim(&ClaimRequest::new(
+                    W1,
+                    std::slice::from_ref(&queue),
+                    100,
+                    LEASE,
+                    100 * round + claimed.len() as u64 + 1,
+                ))
+                .await
+                .unwrap();
+            assert!(!more.is_empty(), "round {round}: every job is claimable");
+            claimed.extend(more);
+        }
+        let failures: Vec<_> = claimed.iter().map(|c| done(c.lease, failed(1))).collect();
+        store.record(W1, &failures).await.unwrap();
+        let batch: Vec<NewJob> = keys
+            .iter()
+            .rev()
+            .map(|key| {
+                let mut new = keyed("second", key);
+                new.queue = queue.clone();
+                new
+            })
+            .collect();
+        let filter = BulkFilter {
+            queue: Some(queue.clone()),
+            ..BulkFilter::default()
+        };
+        let retrying = {
+            let store = store.clone();
+            tokio::spawn(async move { store.bulk(BulkAction::Retry, &filter, false).await })
+        };
+        let enqueuing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if !one_per_call {
+                    return store.enqueue(&batch).await;
+                }
+                let mut answers = Vec::new();
+                for new in batch {
+                    answers.extend(store.enqueue(&[new]).await?);
+                }
+                Ok(answers)
+            })
+        };
+        let retried = retrying
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: the bulk retry failed: {e}"));
+        let answers = enqueuing
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: the enqueue failed: {e}"));
+        let created = answers.iter().filter(|a| !a.existed).count() as u64;
+        assert_eq!(
+            retried + created,
+            KEYS as u64,
+            "round {round}: each key is either retried or enqueued anew"
+        );
+        let rows = store
+            .list(&JobFilter {
+                queue: Some(queue.clone()),
+                limit: Some(10_000),
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        let mut live: BTreeMap<String, u32> = BTreeMap::new();
+        for row in rows.iter().filter(|r| !r.state.is_final()) {
+            *live
+                .entry(row.unique_key.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        assert_eq!(live.len(), KEYS, "round {round}: every key has a live job");
+        assert!(
+            live.values().all(|n| *n == 1),
+            "round {round}: a key with two live jobs: {live:?}"
+        );
+    }
+}
+
 /// A stream of keyed jobs (`enqueue --from-file` of 60,000 lines, in
 /// chunks of 10,000, one transaction): whatever orders concurrent keyed
 /// batches must not grow with the keys. PostgreSQL's lock table holds a
@@ -1753,6 +1859,7 @@ macro_rules! suite {
                 concurrent_enqueues_of_one_key_create_one_job,
                 concurrent_batches_sharing_keys_both_succeed,
                 a_stream_of_sixty_thousand_keys_is_one_enqueue,
+                a_bulk_retry_racing_enqueues_of_the_same_keys_both_succeed,
                 paused_queues_are_not_claimed,
                 queue_stats_count_every_state,
                 bulk_cancel_and_retry_by_filter,

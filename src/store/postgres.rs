@@ -137,7 +137,7 @@ const CANCEL_CHANNEL: &str = "dockhand_cancel";
 /// Serialises concurrent migrations (an arbitrary constant). The other
 /// advisory locks use the two-integer form, a separate key space: class
 /// 1146 a worker's calls (`worker_lock!`), 1147 enqueues of several unique
-/// keys (`insert_jobs`).
+/// keys (`insert_jobs`) and bulk retries (`bulk`).
 const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
 
 const JOB_COLUMNS: &str =
@@ -767,15 +767,41 @@ impl Store for PostgresStore {
             SELECT id, kind FROM changed"
         );
         let mut total = 0u64;
+        let mut key_races = 0;
         loop {
             let mut tx = self.pool.begin().await?;
-            let changed: Vec<(i64, String)> = sqlx::query_as(&sql)
+            if action == BulkAction::Retry {
+                // A requeued row enters the unique index of live keys as an
+                // insert does: without the enqueues' lock (`insert_jobs`) a
+                // retry and a batch of the same keys in another order
+                // waited for each other.
+                sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let changed: Vec<(i64, String)> = match sqlx::query_as(&sql)
                 .bind(&states)
                 .bind(filter.queue.as_deref())
                 .bind(older_ms)
                 .bind(i64::from(BULK_BATCH))
                 .fetch_all(&mut *tx)
-                .await?;
+                .await
+            {
+                Ok(changed) => changed,
+                // An enqueue of one key takes no lock: if it took a key this
+                // batch requeues, the batch fails whole (only once that
+                // enqueue committed). The next attempt's snapshot sees the
+                // new job, whose key the guard then skips: each race takes
+                // one more key out of the batch, so a batch is tried at most
+                // once per row it may hold.
+                Err(sqlx::Error::Database(db))
+                    if db.is_unique_violation() && key_races < BULK_BATCH =>
+                {
+                    key_races += 1;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             for (id, kind) in &changed {
                 if kind == "cancel-requested" {
                     notify(&mut *tx, CANCEL_CHANNEL, &id.to_string()).await?;
@@ -785,6 +811,7 @@ impl Store for PostgresStore {
                 notify(&mut *tx, JOBS_CHANNEL, "").await?;
             }
             tx.commit().await?;
+            key_races = 0;
             total += changed.len() as u64;
             if changed.is_empty() {
                 return Ok(total);
