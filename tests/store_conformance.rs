@@ -1286,17 +1286,17 @@ async fn concurrent_batches_sharing_keys_both_succeed(store: AnyStore) {
     }
 }
 
-/// An operator's bulk retry of failed keyed jobs while producers enqueue
-/// the same keys in the other order, as one batch or one key per call. On
-/// PostgreSQL a requeued row enters the unique index of live keys as an
-/// insert does: with a batch the two waited for each other (a deadlock);
-/// with single keys the retry, finding a key taken by an enqueue that
-/// committed while it waited, failed with a unique violation. Both sides
+/// An operator's retry of failed keyed jobs (bulk, or one job per call)
+/// while producers enqueue the same keys in the other order (one batch, or
+/// one key per call). On PostgreSQL a requeued row enters the unique index
+/// of live keys as an insert does: a bulk retry and a batch waited for each
+/// other (a deadlock); a retry that found a key taken by an enqueue that
+/// committed while it waited failed with a unique violation. Both sides
 /// must succeed, and each key must end with exactly one live job.
 async fn a_bulk_retry_racing_enqueues_of_the_same_keys_both_succeed(store: AnyStore) {
     const KEYS: usize = 150;
     for round in 0..8u64 {
-        let one_per_call = round % 2 == 1;
+        let (one_key_per_call, one_retry_per_call) = (round % 2 == 1, round % 4 >= 2);
         let queue = format!("retry-race-{round}");
         let keys: Vec<String> = (0..KEYS).map(|i| format!("r{round}-{i}")).collect();
         let jobs: Vec<NewJob> = keys
@@ -1339,14 +1339,24 @@ async fn a_bulk_retry_racing_enqueues_of_the_same_keys_both_succeed(store: AnySt
             queue: Some(queue.clone()),
             ..BulkFilter::default()
         };
+        let failed_ids: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
         let retrying = {
             let store = store.clone();
-            tokio::spawn(async move { store.bulk(BulkAction::Retry, &filter, false).await })
+            tokio::spawn(async move {
+                if !one_retry_per_call {
+                    return store.bulk(BulkAction::Retry, &filter, false).await;
+                }
+                let mut retried = 0;
+                for id in failed_ids {
+                    retried += u64::from(store.retry(id).await?);
+                }
+                Ok(retried)
+            })
         };
         let enqueuing = {
             let store = store.clone();
             tokio::spawn(async move {
-                if !one_per_call {
+                if !one_key_per_call {
                     return store.enqueue(&batch).await;
                 }
                 let mut answers = Vec::new();
@@ -1359,7 +1369,7 @@ async fn a_bulk_retry_racing_enqueues_of_the_same_keys_both_succeed(store: AnySt
         let retried = retrying
             .await
             .unwrap()
-            .unwrap_or_else(|e| panic!("round {round}: the bulk retry failed: {e}"));
+            .unwrap_or_else(|e| panic!("round {round}: the retry failed: {e}"));
         let answers = enqueuing
             .await
             .unwrap()

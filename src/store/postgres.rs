@@ -681,7 +681,7 @@ impl Store for PostgresStore {
 
     async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated: Option<i64> = sqlx::query_scalar(&format!(
+        let updated: Result<Option<i64>, _> = sqlx::query_scalar(&format!(
             "UPDATE jobs SET state = 'queued', run_at = now(), max_attempts = greatest(max_attempts, attempts + 1),
                 interruptions = 0, cancel_requested = false, lease_expired = false,
                 error = NULL, exit_code = NULL, finished_at = NULL
@@ -690,7 +690,14 @@ impl Store for PostgresStore {
         ))
         .bind(id.0)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await;
+        let updated = match updated {
+            // An enqueue of the key committed while this waited on it: a
+            // newer job holds the key, so the retry is refused as the guard
+            // would have refused it had it seen that job.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
+            other => other?,
+        };
         if updated.is_none() {
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1")
                 .bind(id.0)
