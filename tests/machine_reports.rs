@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
-use dockhand::job::JobId;
+use dockhand::job::{ClaimedJob, Exit, JobId, JobSignal, JobSpec, Lease, LeaseToken, Outcome};
 use dockhand::machine::trace::{Trace, MAX_TRACE_LINES};
-use dockhand::machine::{Action, Config, Event, Instant, Machine, Signal, StoreFailure, MAX_NOTES};
+use dockhand::machine::{
+    Action, Config, Event, Instant, Machine, Signal, StoreFailure, What, MAX_NOTES,
+};
 use dockhand_testkit::harness::{Behavior, Harness, Op};
 
 fn config() -> Config {
@@ -510,4 +512,230 @@ fn with_nothing_running_a_claim_goes_for_the_last_free_slot() {
         "{}",
         h.trace()
     );
+}
+
+// ----- driven by hand: replies the harness never makes -----------------------
+
+/// A job as a claim hands it over.
+fn claimed(job: i64, token: i64) -> ClaimedJob {
+    ClaimedJob {
+        lease: Lease {
+            job: JobId(job),
+            token: LeaseToken(token),
+        },
+        queue: "default".into(),
+        spec: JobSpec {
+            command: vec!["true".into()],
+            ..JobSpec::default()
+        },
+        attempts: 0,
+        interruptions: 0,
+        waited: Duration::ZERO,
+    }
+}
+
+/// Everything the machine asks for now, and the notes it wrote.
+fn take(machine: &mut Machine) -> (Vec<Action>, Vec<What>) {
+    let actions = std::iter::from_fn(|| machine.poll_action()).collect();
+    let notes = std::iter::from_fn(|| machine.poll_note())
+        .map(|note| note.what)
+        .collect();
+    (actions, notes)
+}
+
+/// A machine running job 1 (token 1), claimed by its first claim, whose
+/// request id is returned.
+fn running_job_one() -> (Machine, u64) {
+    let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
+    let (actions, _) = take(&mut machine);
+    let Some(Action::Claim { request, .. }) = actions.first().cloned() else {
+        panic!("a new machine claims first: {actions:?}");
+    };
+    let now = Instant::ZERO;
+    let result = Ok(vec![claimed(1, 1)]);
+    machine.handle(Event::ClaimReply { request, result }, now);
+    let (actions, _) = take(&mut machine);
+    assert!(
+        matches!(actions.as_slice(), [Action::Start { job }] if job.lease.job == JobId(1)),
+        "{actions:?}"
+    );
+    machine.handle(
+        Event::JobStarted {
+            lease: claimed(1, 1).lease,
+        },
+        now,
+    );
+    take(&mut machine);
+    (machine, request)
+}
+
+#[test]
+fn a_late_claim_reply_hands_back_only_what_is_not_held_and_is_counted() {
+    // The reply to a claim already answered comes again (a retried call
+    // whose first answer did arrive): job 1 runs here under that claim, job
+    // 2 is nobody's. Job 2 goes back at once; job 1 is left alone.
+    let (mut machine, request) = running_job_one();
+    let result = Ok(vec![claimed(1, 1), claimed(2, 2)]);
+    machine.handle(Event::ClaimReply { request, result }, Instant::ZERO);
+    let (actions, notes) = take(&mut machine);
+    assert_eq!(machine.counters().late_replies, 1);
+    let handed_back: Vec<(JobId, &Outcome)> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Record { completions, .. } => Some(completions),
+            _ => None,
+        })
+        .flatten()
+        .map(|c| (c.lease.job, &c.outcome))
+        .collect();
+    assert_eq!(
+        handed_back,
+        vec![(JobId(2), &Outcome::HandBack)],
+        "{actions:?}"
+    );
+    assert_eq!(notes, vec![What::HandedBack { job: JobId(2) }]);
+    assert_eq!(machine.abandoned().count(), 0, "job 1's lease is kept");
+    assert_eq!(machine.alive(), 1, "job 1 runs on");
+}
+
+#[test]
+fn a_newer_claim_of_a_finished_unrecorded_job_supersedes_its_outcome() {
+    // Job 1 ended but its outcome is not written yet; the store reaped the
+    // lease meanwhile and hands the job to us again with a new token.
+    // The old outcome can never be written: it is dropped and counted, and
+    // the new claim runs.
+    let (mut machine, _) = running_job_one();
+    let mut now = Instant::ZERO + Duration::from_millis(500);
+    let exit = Event::JobExited {
+        lease: claimed(1, 1).lease,
+        exit: Exit::Code(0),
+        output: Vec::new(),
+    };
+    machine.handle(exit, now);
+    let mut claim = None;
+    for _ in 0..20 {
+        let (actions, _) = take(&mut machine);
+        for action in actions {
+            // The outcome's write is left unanswered (a slow database):
+            // claims go on beside it.
+            if let Action::Claim { request, .. } = action {
+                claim = Some(request);
+            }
+        }
+        if claim.is_some() {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    let request = claim.expect("the machine claims beside the write");
+    assert_eq!(machine.counters().superseded, 0);
+    let result = Ok(vec![claimed(1, 5)]);
+    machine.handle(Event::ClaimReply { request, result }, now);
+    let (actions, notes) = take(&mut machine);
+    assert_eq!(machine.counters().superseded, 1, "{actions:?}");
+    assert!(
+        actions.contains(&Action::Release {
+            lease: claimed(1, 1).lease
+        }),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Start { job } if job.lease == claimed(1, 5).lease)),
+        "{actions:?}"
+    );
+    assert!(
+        notes.contains(&What::ClaimedAgain {
+            job: JobId(1),
+            old: LeaseToken(1),
+            alive: false
+        }),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_job_alive_past_its_kill_at_the_exit_deadline_is_not_killed_twice() {
+    // A job that outlives its KILL (a process stuck in the kernel, an
+    // engine that does not answer) while the store is unreachable: at the
+    // exit deadline its lease is left to expire and the worker exits. It
+    // was sent KILL once already; the executor's clean-up at exit is what
+    // is left, not another KILL.
+    let (mut machine, _) = running_job_one();
+    let mut now = Instant::ZERO + Duration::from_secs(1);
+    machine.handle(Event::Signal(Signal::Term), now);
+    let mut signals = Vec::new();
+    let mut notes = Vec::new();
+    for _ in 0..100 {
+        let (actions, more) = take(&mut machine);
+        notes.extend(more);
+        for action in actions {
+            match action {
+                Action::Signal { job, signal } => signals.push((job, signal)),
+                Action::Heartbeat { request, .. } => {
+                    let result = Err(StoreFailure::transient("connection refused"));
+                    machine.handle(Event::HeartbeatReply { request, result }, now);
+                }
+                _ => {}
+            }
+        }
+        if machine.exit_code().is_some() {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    assert_eq!(machine.exit_code(), Some(75), "{notes:?}");
+    assert_eq!(
+        signals,
+        vec![(JobId(1), JobSignal::Term), (JobId(1), JobSignal::Kill)],
+        "{notes:?}"
+    );
+    assert!(
+        notes.contains(&What::LeftToLease {
+            job: JobId(1),
+            alive: true
+        }),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_full_reply_of_jobs_already_held_is_no_backlog() {
+    // A store that answers every claim with a job this worker already runs
+    // (a replayed reply, a store bug): nothing new was taken, so nothing
+    // says more jobs wait. Claiming again at once on such a reply would
+    // loop against the store at full speed; claims stay at the poll's pace.
+    let (mut machine, _) = running_job_one();
+    let mut now = Instant::ZERO;
+    let mut claims = 0;
+    for _ in 0..1_000 {
+        // Answer at once, as long as claims come at this instant.
+        for _ in 0..100 {
+            let (actions, _) = take(&mut machine);
+            let mut answered = false;
+            for action in actions {
+                if let Action::Claim { request, max } = action {
+                    claims += 1;
+                    answered = true;
+                    let result = Ok(vec![claimed(1, 1); max as usize]);
+                    machine.handle(Event::ClaimReply { request, result }, now);
+                }
+            }
+            if !answered {
+                break;
+            }
+        }
+        if now >= Instant::ZERO + Duration::from_secs(10) {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    // One claim per poll (every 2 s) over 10 s.
+    assert!(claims <= 6, "{claims} claims in 10 s");
+    assert!(claims >= 4, "the polls go on: {claims} claims in 10 s");
+    assert_eq!(machine.alive(), 1);
 }
