@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use dockhand::job::{ClaimedJob, Exit, JobId, JobSignal, JobSpec, Lease, LeaseToken, Outcome};
+use dockhand::job::{
+    ClaimedJob, Exit, HeartbeatAnswer, JobId, JobSignal, JobSpec, Lease, LeaseToken, Outcome,
+};
 use dockhand::machine::trace::{Trace, MAX_TRACE_LINES};
 use dockhand::machine::{
     Action, Config, Event, Instant, Machine, Signal, StoreFailure, What, MAX_NOTES,
@@ -543,9 +545,9 @@ fn take(machine: &mut Machine) -> (Vec<Action>, Vec<What>) {
     (actions, notes)
 }
 
-/// A machine running job 1 (token 1), claimed by its first claim, whose
-/// request id is returned.
-fn running_job_one() -> (Machine, u64) {
+/// A machine starting job 1 (token 1: the executor has not answered yet),
+/// claimed by its first claim, whose request id is returned.
+fn starting_job_one() -> (Machine, u64) {
     let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
     let (actions, _) = take(&mut machine);
     let Some(Action::Claim { request, .. }) = actions.first().cloned() else {
@@ -559,14 +561,104 @@ fn running_job_one() -> (Machine, u64) {
         matches!(actions.as_slice(), [Action::Start { job }] if job.lease.job == JobId(1)),
         "{actions:?}"
     );
+    (machine, request)
+}
+
+/// A machine running job 1 (token 1), claimed by its first claim, whose
+/// request id is returned.
+fn running_job_one() -> (Machine, u64) {
+    let (mut machine, request) = starting_job_one();
     machine.handle(
         Event::JobStarted {
             lease: claimed(1, 1).lease,
         },
-        now,
+        Instant::ZERO,
     );
     take(&mut machine);
     (machine, request)
+}
+
+/// The outcomes the machine asks to write in `actions`.
+fn recorded(actions: &[Action]) -> Vec<(JobId, Outcome)> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Record { completions, .. } => Some(completions),
+            _ => None,
+        })
+        .flatten()
+        .map(|c| (c.lease.job, c.outcome.clone()))
+        .collect()
+}
+
+#[test]
+fn a_start_that_fails_after_the_lease_was_lost_writes_nothing() {
+    // The heartbeat reports job 1's lease lost while its executor is still
+    // starting it (nothing to signal yet). When the start fails, the lease
+    // is not ours to write with: the job is left to whoever holds it now.
+    let (mut machine, _) = starting_job_one();
+    let mut now = Instant::ZERO;
+    let mut asked = false;
+    for _ in 0..20 {
+        let (actions, _) = take(&mut machine);
+        for action in actions {
+            if let Action::Heartbeat { request, .. } = action {
+                let result = Ok(HeartbeatAnswer {
+                    lost: vec![JobId(1)],
+                    ..HeartbeatAnswer::default()
+                });
+                machine.handle(Event::HeartbeatReply { request, result }, now);
+                asked = true;
+            }
+        }
+        if asked {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    assert!(asked, "a heartbeat went out");
+    take(&mut machine);
+    let failed = Event::StartFailed {
+        lease: claimed(1, 1).lease,
+        error: "no such image".into(),
+        transient: false,
+    };
+    machine.handle(failed, now);
+    let (actions, _) = take(&mut machine);
+    assert_eq!(recorded(&actions), Vec::new(), "{actions:?}");
+    assert_eq!(machine.counters().lost, 1);
+    let abandoned: Vec<Lease> = machine.abandoned().copied().collect();
+    assert_eq!(abandoned, vec![claimed(1, 1).lease]);
+}
+
+#[test]
+fn a_job_cancelled_while_starting_whose_start_fails_is_cancelled() {
+    // A user cancels job 1 while its executor is starting it (nothing to
+    // signal yet), then the start fails: the user's cancel is the answer,
+    // not a failure that uses an attempt (or a hand-back that queues it).
+    for transient in [false, true] {
+        let (mut machine, _) = starting_job_one();
+        let now = Instant::ZERO + Duration::from_millis(10);
+        machine.handle(Event::CancelRequested { job: JobId(1) }, now);
+        let (actions, _) = take(&mut machine);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Signal { .. })),
+            "nothing runs yet to be signalled: {actions:?}"
+        );
+        let failed = Event::StartFailed {
+            lease: claimed(1, 1).lease,
+            error: "no such image".into(),
+            transient,
+        };
+        machine.handle(failed, now);
+        let (actions, _) = take(&mut machine);
+        assert_eq!(
+            recorded(&actions),
+            vec![(JobId(1), Outcome::Cancelled)],
+            "transient {transient}: {actions:?}"
+        );
+    }
 }
 
 #[test]

@@ -1068,7 +1068,10 @@ impl Machine {
             None
         };
         let outcome = match &end {
-            RunEnd::StartFailed { error, transient } => match reason {
+            // Nothing ran, so no signal was needed for a stop to apply: a
+            // cancel asked while the job was starting is the answer (the
+            // job used no attempt).
+            RunEnd::StartFailed { error, transient } => match live.stop {
                 Some(StopReason::Cancel) => Outcome::Cancelled,
                 // Nothing of the job ran: another worker (or this one, once
                 // its engine is back) runs it, without using an attempt.
