@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dockhand::job::{
     ClaimedJob, Exit, HeartbeatAnswer, JobId, JobSignal, JobSpec, Lease, LeaseToken, Outcome,
+    RecordResult,
 };
 use dockhand::machine::trace::{Trace, MAX_TRACE_LINES};
 use dockhand::machine::{
@@ -830,4 +831,58 @@ fn a_full_reply_of_jobs_already_held_is_no_backlog() {
     assert!(claims <= 6, "{claims} claims in 10 s");
     assert!(claims >= 4, "the polls go on: {claims} claims in 10 s");
     assert_eq!(machine.alive(), 1);
+}
+
+/// Job 1 exits with `output`; the outcome the machine asks to write.
+fn exit_with(output: Vec<u8>) -> (Machine, u64, dockhand::job::Completion) {
+    let (mut machine, _) = running_job_one();
+    let exit = Event::JobExited {
+        lease: claimed(1, 1).lease,
+        exit: Exit::Code(0),
+        output,
+    };
+    machine.handle(exit, Instant::ZERO + Duration::from_millis(10));
+    let (actions, _) = take(&mut machine);
+    let Some((request, completion)) = actions.into_iter().find_map(|action| match action {
+        Action::Record {
+            request,
+            mut completions,
+        } => Some((request, completions.remove(0))),
+        _ => None,
+    }) else {
+        panic!("the outcome is written at once");
+    };
+    (machine, request, completion)
+}
+
+#[test]
+fn only_the_tail_of_a_long_output_is_written() {
+    use dockhand::job::OUTPUT_LIMIT;
+    let long: Vec<u8> = (0..OUTPUT_LIMIT + 1000).map(|i| (i % 251) as u8).collect();
+    let (_, _, completion) = exit_with(long.clone());
+    assert_eq!(completion.output.len(), OUTPUT_LIMIT);
+    assert_eq!(completion.output, long[1000..], "the last bytes, in order");
+    let short = b"a few bytes\n\xff\x00 of anything".to_vec();
+    let (_, _, completion) = exit_with(short.clone());
+    assert_eq!(completion.output, short, "a short output is kept whole");
+}
+
+#[test]
+fn an_outcome_the_store_refuses_is_let_go_and_counted() {
+    // The store refuses the write (the lease went stale meanwhile): the
+    // job is not ours any more; nothing is retried.
+    let (mut machine, request, _) = exit_with(Vec::new());
+    let result = Ok(vec![(JobId(1), RecordResult::Refused)]);
+    machine.handle(
+        Event::RecordReply { request, result },
+        Instant::ZERO + Duration::from_millis(20),
+    );
+    let (actions, notes) = take(&mut machine);
+    assert_eq!(machine.counters().refused, 1);
+    assert!(
+        notes.contains(&What::OutcomeRefused { job: JobId(1) }),
+        "{notes:?}"
+    );
+    assert_eq!(recorded(&actions), Vec::new(), "not written again");
+    assert_eq!(machine.held(), 0);
 }
