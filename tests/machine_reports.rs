@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use dockhand::job::{
-    ClaimedJob, Exit, HeartbeatAnswer, JobId, JobSignal, JobSpec, Lease, LeaseToken, Outcome,
-    RecordResult,
+    ClaimedJob, Exit, HeartbeatAnswer, JobId, JobSignal, JobSpec, JobState, Lease, LeaseToken,
+    Outcome, RecordResult,
 };
 use dockhand::machine::trace::{Trace, MAX_TRACE_LINES};
 use dockhand::machine::{
@@ -885,4 +885,136 @@ fn an_outcome_the_store_refuses_is_let_go_and_counted() {
     );
     assert_eq!(recorded(&actions), Vec::new(), "not written again");
     assert_eq!(machine.held(), 0);
+}
+
+/// Answer the record in `actions` (there must be one) with `result`.
+fn answer_record(
+    machine: &mut Machine,
+    actions: &[Action],
+    now: Instant,
+    result: impl FnOnce(
+        &[dockhand::job::Completion],
+    ) -> Result<Vec<(JobId, RecordResult)>, StoreFailure>,
+) {
+    let Some((request, completions)) = actions.iter().find_map(|action| match action {
+        Action::Record {
+            request,
+            completions,
+        } => Some((*request, completions)),
+        _ => None,
+    }) else {
+        panic!("a record was asked for: {actions:?}");
+    };
+    let result = result(completions);
+    machine.handle(Event::RecordReply { request, result }, now);
+}
+
+fn written(
+    completions: &[dockhand::job::Completion],
+    state: JobState,
+) -> Vec<(JobId, RecordResult)> {
+    completions
+        .iter()
+        .map(|c| (c.lease.job, RecordResult::Recorded { state }))
+        .collect()
+}
+
+#[test]
+fn hand_backs_and_cancels_are_counted_once_written() {
+    let (mut machine, request) = running_job_one();
+    let now = Instant::ZERO + Duration::from_millis(10);
+    // A late reply brings job 2, which goes back.
+    let result = Ok(vec![claimed(2, 2)]);
+    machine.handle(Event::ClaimReply { request, result }, now);
+    let (actions, _) = take(&mut machine);
+    answer_record(&mut machine, &actions, now, |c| {
+        Ok(written(c, JobState::Queued))
+    });
+    take(&mut machine);
+    // Job 1 is cancelled and obeys its TERM.
+    machine.handle(Event::CancelRequested { job: JobId(1) }, now);
+    let (actions, _) = take(&mut machine);
+    assert!(
+        actions.contains(&Action::Signal {
+            job: JobId(1),
+            signal: JobSignal::Term
+        }),
+        "{actions:?}"
+    );
+    let exit = Event::JobExited {
+        lease: claimed(1, 1).lease,
+        exit: Exit::Signal(15),
+        output: Vec::new(),
+    };
+    machine.handle(exit, now);
+    let (actions, _) = take(&mut machine);
+    assert_eq!(recorded(&actions), vec![(JobId(1), Outcome::Cancelled)]);
+    answer_record(&mut machine, &actions, now, |c| {
+        Ok(written(c, JobState::Cancelled))
+    });
+    let c = machine.counters();
+    assert_eq!((c.handed_back, c.cancelled), (1, 1));
+}
+
+#[test]
+fn an_outcome_refused_for_good_is_written_plain_then_left_to_its_lease() {
+    // The store refuses the outcome as a value it cannot store (not an
+    // outage): it is written again as a plain failure without its output;
+    // refused again, the job is left to its lease, and the worker's exit
+    // code says work was left behind.
+    let (mut machine, request, _) = exit_with(b"\x00 bytes the store will not take".to_vec());
+    let mut now = Instant::ZERO + Duration::from_millis(20);
+    let result = Err(StoreFailure::permanent("invalid byte sequence"));
+    machine.handle(Event::RecordReply { request, result }, now);
+    assert_eq!(machine.counters().store_errors, 1);
+    let (actions, _) = take(&mut machine);
+    let plain = recorded(&actions);
+    assert!(
+        matches!(
+            plain.as_slice(),
+            [(
+                JobId(1),
+                Outcome::Failed {
+                    exit_code: Some(0),
+                    ..
+                }
+            )]
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(machine.counters().invalid, 1);
+    answer_record(&mut machine, &actions, now, |_| {
+        Err(StoreFailure::permanent("invalid byte sequence"))
+    });
+    let (actions, notes) = take(&mut machine);
+    assert_eq!(recorded(&actions), Vec::new(), "not written a third time");
+    assert!(
+        notes.contains(&What::OutcomeInvalid {
+            job: JobId(1),
+            failure: StoreFailure::permanent("invalid byte sequence"),
+            left_to_lease: true
+        }),
+        "{notes:?}"
+    );
+    let abandoned: Vec<Lease> = machine.abandoned().copied().collect();
+    assert_eq!(abandoned, vec![claimed(1, 1).lease]);
+    // Nothing else happened: without the job left behind, the exit would
+    // be 0.
+    now = now + Duration::from_millis(10);
+    machine.handle(Event::Signal(Signal::Term), now);
+    for _ in 0..100 {
+        let (actions, _) = take(&mut machine);
+        for action in actions {
+            if let Action::Heartbeat { request, .. } = action {
+                let result = Ok(HeartbeatAnswer::default());
+                machine.handle(Event::HeartbeatReply { request, result }, now);
+            }
+        }
+        if machine.exit_code().is_some() {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    assert_eq!(machine.exit_code(), Some(75));
 }
