@@ -1018,3 +1018,29 @@ fn an_outcome_refused_for_good_is_written_plain_then_left_to_its_lease() {
     }
     assert_eq!(machine.exit_code(), Some(75));
 }
+
+#[test]
+fn every_failed_store_call_is_counted() {
+    // The first failure also marks the store down (one note); each one is
+    // counted (`/metrics`' store errors), not only the first.
+    let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
+    let mut now = Instant::ZERO;
+    let mut failed = 0;
+    for _ in 0..100 {
+        let (actions, _) = take(&mut machine);
+        for action in actions {
+            if let Action::Claim { request, .. } = action {
+                let result = Err(StoreFailure::transient("connection refused"));
+                machine.handle(Event::ClaimReply { request, result }, now);
+                failed += 1;
+            }
+        }
+        if failed == 3 {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    assert_eq!(failed, 3, "the machine claims again after a failure");
+    assert_eq!(machine.counters().store_errors, 3);
+}
