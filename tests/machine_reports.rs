@@ -1044,3 +1044,43 @@ fn every_failed_store_call_is_counted() {
     assert_eq!(failed, 3, "the machine claims again after a failure");
     assert_eq!(machine.counters().store_errors, 3);
 }
+
+#[test]
+fn a_drain_asks_for_lost_claims_at_once() {
+    // A claim whose reply was lost may have taken jobs. Shutting down, the
+    // worker asks the store for them at once (a heartbeat naming the claim),
+    // to hand them back before it exits, not at the next heartbeat.
+    let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
+    let (actions, _) = take(&mut machine);
+    let Some(Action::Claim { request, .. }) = actions.first().cloned() else {
+        panic!("a new machine claims first: {actions:?}");
+    };
+    let now = Instant::ZERO + Duration::from_millis(100);
+    let result = Err(StoreFailure::transient("no answer within 1000ms"));
+    machine.handle(Event::ClaimReply { request, result }, now);
+    take(&mut machine);
+    machine.handle(Event::Signal(Signal::Term), now);
+    let (actions, _) = take(&mut machine);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Heartbeat { recover, .. } if recover == &vec![request])),
+        "{actions:?}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "breaks the driver's contract")]
+fn an_event_that_breaks_the_drivers_contract_is_loud_in_debug_builds() {
+    // The executor reports a start of a run the machine never asked for: a
+    // bug in the driver. Release builds count and ignore it (`/status`);
+    // debug builds, which every test runs, stop at once.
+    let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
+    take(&mut machine);
+    machine.handle(
+        Event::JobStarted {
+            lease: claimed(9, 9).lease,
+        },
+        Instant::ZERO,
+    );
+}

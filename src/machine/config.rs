@@ -178,6 +178,39 @@ mod tests {
     }
 
     #[test]
+    fn the_limits_themselves_are_valid() {
+        // Each bound is inclusive: a day's drain, an hour of every other
+        // timing, the shortest lease and poll interval.
+        let edges = [
+            Config {
+                shutdown_timeout: Duration::from_secs(24 * 3600),
+                ..Config::default()
+            },
+            Config {
+                kill_grace: MAX_TIMING,
+                lease: MAX_TIMING,
+                poll_interval: MAX_TIMING,
+                store_grace: MAX_TIMING,
+                max_store_backoff: MAX_TIMING,
+                ..Config::default()
+            },
+            Config {
+                lease: MIN_LEASE,
+                poll_interval: MIN_POLL_INTERVAL,
+                ..Config::default()
+            },
+        ];
+        for config in edges {
+            assert_eq!(config.validate(), Ok(()), "{config:?}");
+        }
+        let past = Config {
+            shutdown_timeout: Duration::from_secs(24 * 3600 + 1),
+            ..Config::default()
+        };
+        assert!(past.validate().is_err());
+    }
+
+    #[test]
     fn limits_are_enforced_with_named_errors() {
         let base = Config::default();
         let bad = [
