@@ -1084,3 +1084,99 @@ fn an_event_that_breaks_the_drivers_contract_is_loud_in_debug_builds() {
         Instant::ZERO,
     );
 }
+
+#[test]
+fn a_finished_runs_kill_timer_does_not_cut_short_the_next_runs_grace() {
+    // Run 1 of job 1 (timeout 1 s) gets TERM at its timeout, KILL due 5 s
+    // later, but exits at once. The job fails, comes back, and this worker
+    // claims it again (run 2), which also times out and ignores TERM: its
+    // KILL is due a full grace after its own TERM, not at run 1's old time.
+    let mut spec = JobSpec {
+        command: vec!["sleep".into(), "60".into()],
+        ..JobSpec::default()
+    };
+    spec.timeout_ms = Some(1_000);
+    let job = |token: i64| ClaimedJob {
+        spec: spec.clone(),
+        ..claimed(1, token)
+    };
+    let at = |ms: u64| Instant::ZERO + Duration::from_millis(ms);
+    let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
+    let mut now = Instant::ZERO;
+    let mut term_at = Vec::new();
+    let mut kill_at = Vec::new();
+    let mut token = 0;
+    for _ in 0..200 {
+        // Answer everything asked at this instant, and what that asks.
+        loop {
+            let (actions, _) = take(&mut machine);
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                match action {
+                    Action::Claim { request, .. } => {
+                        let result = Ok(if token < 2 {
+                            token += 1;
+                            vec![job(token)]
+                        } else {
+                            Vec::new()
+                        });
+                        machine.handle(Event::ClaimReply { request, result }, now);
+                    }
+                    Action::Start { job } => {
+                        machine.handle(Event::JobStarted { lease: job.lease }, now);
+                    }
+                    Action::Signal { job, signal } => {
+                        assert_eq!(job, JobId(1));
+                        match signal {
+                            JobSignal::Term => term_at.push(now),
+                            JobSignal::Kill => kill_at.push(now),
+                        }
+                        // Run 1 obeys its TERM; run 2 ignores it.
+                        if token == 1 && signal == JobSignal::Term {
+                            let exit = Event::JobExited {
+                                lease: job_lease(1, 1),
+                                exit: Exit::Signal(15),
+                                output: Vec::new(),
+                            };
+                            machine.handle(exit, now);
+                        }
+                    }
+                    Action::Record {
+                        request,
+                        completions,
+                    } => {
+                        let result = Ok(written(&completions, JobState::Queued));
+                        machine.handle(Event::RecordReply { request, result }, now);
+                    }
+                    Action::Heartbeat { request, .. } => {
+                        let result = Ok(HeartbeatAnswer::default());
+                        machine.handle(Event::HeartbeatReply { request, result }, now);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !kill_at.is_empty() || now > at(30_000) {
+            break;
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    assert_eq!(token, 2, "job 1 was claimed twice");
+    assert_eq!(term_at.len(), 2, "each run had its TERM at its timeout");
+    assert_eq!(
+        kill_at,
+        vec![term_at[1] + config().kill_grace],
+        "run 2's KILL comes a grace after its TERM ({term_at:?})"
+    );
+    assert!(
+        term_at[1] < term_at[0] + config().kill_grace,
+        "the runs overlap the old grace"
+    );
+}
+
+fn job_lease(job: i64, token: i64) -> Lease {
+    claimed(job, token).lease
+}

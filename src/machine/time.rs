@@ -218,8 +218,13 @@ mod tests {
     fn instants_display_relative_seconds() {
         assert_eq!(Instant::from_millis(1500).to_string(), "+1.500s");
         assert_eq!(
+            Instant::from_millis(5) - Instant::from_millis(2),
+            Duration::from_millis(3)
+        );
+        assert_eq!(
             Instant::from_millis(2) - Instant::from_millis(5),
-            Duration::ZERO
+            Duration::ZERO,
+            "saturates"
         );
     }
 }
