@@ -546,6 +546,39 @@ fn take(machine: &mut Machine) -> (Vec<Action>, Vec<What>) {
     (actions, notes)
 }
 
+/// Drive `machine` from `now` by its own timers: every action it asks for
+/// goes to `answer` (which may feed events back, at the same instant),
+/// until `answer` says it has seen enough or the machine exits. Returns the
+/// instant reached and every note written on the way; fails if neither
+/// happens within `rounds` timers.
+fn drive(
+    machine: &mut Machine,
+    mut now: Instant,
+    rounds: usize,
+    mut answer: impl FnMut(&mut Machine, Action, Instant) -> bool,
+) -> (Instant, Vec<What>) {
+    let mut notes = Vec::new();
+    for _ in 0..rounds {
+        let mut enough = false;
+        loop {
+            let (actions, more) = take(machine);
+            notes.extend(more);
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                enough |= answer(machine, action, now);
+            }
+        }
+        if enough || machine.exit_code().is_some() {
+            return (now, notes);
+        }
+        now = machine.poll_timeout().expect("a timer is set");
+        machine.handle(Event::TimerFired, now);
+    }
+    panic!("nothing seen after {rounds} timers, at {now}: {notes:?}");
+}
+
 /// A machine starting job 1 (token 1: the executor has not answered yet),
 /// claimed by its first claim, whose request id is returned.
 fn starting_job_one() -> (Machine, u64) {
@@ -598,28 +631,17 @@ fn a_start_that_fails_after_the_lease_was_lost_writes_nothing() {
     // starting it (nothing to signal yet). When the start fails, the lease
     // is not ours to write with: the job is left to whoever holds it now.
     let (mut machine, _) = starting_job_one();
-    let mut now = Instant::ZERO;
-    let mut asked = false;
-    for _ in 0..20 {
-        let (actions, _) = take(&mut machine);
-        for action in actions {
-            if let Action::Heartbeat { request, .. } = action {
-                let result = Ok(HeartbeatAnswer {
-                    lost: vec![JobId(1)],
-                    ..HeartbeatAnswer::default()
-                });
-                machine.handle(Event::HeartbeatReply { request, result }, now);
-                asked = true;
-            }
-        }
-        if asked {
-            break;
-        }
-        now = machine.poll_timeout().expect("a timer is set");
-        machine.handle(Event::TimerFired, now);
-    }
-    assert!(asked, "a heartbeat went out");
-    take(&mut machine);
+    let (now, _) = drive(&mut machine, Instant::ZERO, 20, |machine, action, now| {
+        let Action::Heartbeat { request, .. } = action else {
+            return false;
+        };
+        let result = Ok(HeartbeatAnswer {
+            lost: vec![JobId(1)],
+            ..HeartbeatAnswer::default()
+        });
+        machine.handle(Event::HeartbeatReply { request, result }, now);
+        true
+    });
     let failed = Event::StartFailed {
         lease: claimed(1, 1).lease,
         error: "no such image".into(),
@@ -706,21 +728,14 @@ fn a_newer_claim_of_a_finished_unrecorded_job_supersedes_its_outcome() {
     };
     machine.handle(exit, now);
     let mut claim = None;
-    for _ in 0..20 {
-        let (actions, _) = take(&mut machine);
-        for action in actions {
-            // The outcome's write is left unanswered (a slow database):
-            // claims go on beside it.
-            if let Action::Claim { request, .. } = action {
-                claim = Some(request);
-            }
+    // The outcome's write is left unanswered (a slow database): claims go
+    // on beside it.
+    (now, _) = drive(&mut machine, now, 20, |_, action, _| {
+        if let Action::Claim { request, .. } = action {
+            claim = Some(request);
         }
-        if claim.is_some() {
-            break;
-        }
-        now = machine.poll_timeout().expect("a timer is set");
-        machine.handle(Event::TimerFired, now);
-    }
+        claim.is_some()
+    });
     let request = claim.expect("the machine claims beside the write");
     assert_eq!(machine.counters().superseded, 0);
     let result = Ok(vec![claimed(1, 5)]);
@@ -757,29 +772,20 @@ fn a_job_alive_past_its_kill_at_the_exit_deadline_is_not_killed_twice() {
     // was sent KILL once already; the executor's clean-up at exit is what
     // is left, not another KILL.
     let (mut machine, _) = running_job_one();
-    let mut now = Instant::ZERO + Duration::from_secs(1);
+    let now = Instant::ZERO + Duration::from_secs(1);
     machine.handle(Event::Signal(Signal::Term), now);
     let mut signals = Vec::new();
-    let mut notes = Vec::new();
-    for _ in 0..100 {
-        let (actions, more) = take(&mut machine);
-        notes.extend(more);
-        for action in actions {
-            match action {
-                Action::Signal { job, signal } => signals.push((job, signal)),
-                Action::Heartbeat { request, .. } => {
-                    let result = Err(StoreFailure::transient("connection refused"));
-                    machine.handle(Event::HeartbeatReply { request, result }, now);
-                }
-                _ => {}
+    let (_, notes) = drive(&mut machine, now, 100, |machine, action, now| {
+        match action {
+            Action::Signal { job, signal } => signals.push((job, signal)),
+            Action::Heartbeat { request, .. } => {
+                let result = Err(StoreFailure::transient("connection refused"));
+                machine.handle(Event::HeartbeatReply { request, result }, now);
             }
+            _ => {}
         }
-        if machine.exit_code().is_some() {
-            break;
-        }
-        now = machine.poll_timeout().expect("a timer is set");
-        machine.handle(Event::TimerFired, now);
-    }
+        false
+    });
     assert_eq!(machine.exit_code(), Some(75), "{notes:?}");
     assert_eq!(
         signals,
@@ -963,7 +969,7 @@ fn an_outcome_refused_for_good_is_written_plain_then_left_to_its_lease() {
     // refused again, the job is left to its lease, and the worker's exit
     // code says work was left behind.
     let (mut machine, request, _) = exit_with(b"\x00 bytes the store will not take".to_vec());
-    let mut now = Instant::ZERO + Duration::from_millis(20);
+    let now = Instant::ZERO + Duration::from_millis(20);
     let result = Err(StoreFailure::permanent("invalid byte sequence"));
     machine.handle(Event::RecordReply { request, result }, now);
     assert_eq!(machine.counters().store_errors, 1);
@@ -1000,22 +1006,15 @@ fn an_outcome_refused_for_good_is_written_plain_then_left_to_its_lease() {
     assert_eq!(abandoned, vec![claimed(1, 1).lease]);
     // Nothing else happened: without the job left behind, the exit would
     // be 0.
-    now = now + Duration::from_millis(10);
+    let now = now + Duration::from_millis(10);
     machine.handle(Event::Signal(Signal::Term), now);
-    for _ in 0..100 {
-        let (actions, _) = take(&mut machine);
-        for action in actions {
-            if let Action::Heartbeat { request, .. } = action {
-                let result = Ok(HeartbeatAnswer::default());
-                machine.handle(Event::HeartbeatReply { request, result }, now);
-            }
+    drive(&mut machine, now, 100, |machine, action, now| {
+        if let Action::Heartbeat { request, .. } = action {
+            let result = Ok(HeartbeatAnswer::default());
+            machine.handle(Event::HeartbeatReply { request, result }, now);
         }
-        if machine.exit_code().is_some() {
-            break;
-        }
-        now = machine.poll_timeout().expect("a timer is set");
-        machine.handle(Event::TimerFired, now);
-    }
+        false
+    });
     assert_eq!(machine.exit_code(), Some(75));
 }
 
@@ -1024,23 +1023,15 @@ fn every_failed_store_call_is_counted() {
     // The first failure also marks the store down (one note); each one is
     // counted (`/metrics`' store errors), not only the first.
     let mut machine = Machine::new(config(), Instant::ZERO).expect("valid config");
-    let mut now = Instant::ZERO;
     let mut failed = 0;
-    for _ in 0..100 {
-        let (actions, _) = take(&mut machine);
-        for action in actions {
-            if let Action::Claim { request, .. } = action {
-                let result = Err(StoreFailure::transient("connection refused"));
-                machine.handle(Event::ClaimReply { request, result }, now);
-                failed += 1;
-            }
+    drive(&mut machine, Instant::ZERO, 100, |machine, action, now| {
+        if let Action::Claim { request, .. } = action {
+            let result = Err(StoreFailure::transient("connection refused"));
+            machine.handle(Event::ClaimReply { request, result }, now);
+            failed += 1;
         }
-        if failed == 3 {
-            break;
-        }
-        now = machine.poll_timeout().expect("a timer is set");
-        machine.handle(Event::TimerFired, now);
-    }
+        failed == 3
+    });
     assert_eq!(failed, 3, "the machine claims again after a failure");
     assert_eq!(machine.counters().store_errors, 3);
 }
