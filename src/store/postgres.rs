@@ -136,8 +136,8 @@ const JOBS_CHANNEL: &str = "dockhand_jobs";
 const CANCEL_CHANNEL: &str = "dockhand_cancel";
 /// Serialises concurrent migrations (an arbitrary constant). The other
 /// advisory locks use the two-integer form, a separate key space: class
-/// 1146 a worker's calls (`worker_lock!`), 1147 enqueues of several unique
-/// keys (`insert_jobs`) and bulk retries (`bulk`).
+/// 1146 a worker's calls (`worker_lock!`), 1147 statements making several
+/// unique keys live (`lock_live_keys`).
 const MIGRATION_LOCK: i64 = 0x646f_636b_6861_6e64;
 
 const JOB_COLUMNS: &str =
@@ -211,6 +211,19 @@ impl PostgresStore {
 
 /// Wake the listeners of `channel` (LISTEN/NOTIFY); inside a transaction
 /// the notification goes out only when it commits.
+/// Take the lock that orders statements making several unique keys live
+/// at once (an enqueue of two or more keys, each batch of a bulk retry):
+/// class 1147, held to the end of the transaction.
+async fn lock_live_keys<'e, E>(executor: E) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
 async fn notify<'e, E>(executor: E, channel: &str, payload: &str) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
@@ -328,9 +341,7 @@ async fn insert_jobs(
     let mut named = keys.iter().flatten();
     let first = named.next();
     if named.any(|key| Some(key) != first) {
-        sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
-            .execute(&mut *tx)
-            .await?;
+        lock_live_keys(&mut *tx).await?;
     }
     // Rows are inserted, and ids drawn, in input order. A row whose key
     // a live job holds (or an earlier row of this call) is skipped by
@@ -782,9 +793,7 @@ impl Store for PostgresStore {
                 // insert does: without the enqueues' lock (`insert_jobs`) a
                 // retry and a batch of the same keys in another order
                 // waited for each other.
-                sqlx::query("SELECT pg_advisory_xact_lock(1147, 0)")
-                    .execute(&mut *tx)
-                    .await?;
+                lock_live_keys(&mut *tx).await?;
             }
             let changed: Vec<(i64, String)> = match sqlx::query_as(&sql)
                 .bind(&states)
