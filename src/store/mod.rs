@@ -1318,6 +1318,172 @@ mod tests {
         assert!(err.contains("job #2"), "{err}");
     }
 
+    /// Each bound of a job holds at its edge and refuses one past it: the
+    /// limits are part of the contract (`enqueue` answers the same on every
+    /// store), so an off-by-one in either direction is a bug.
+    #[test]
+    fn every_bound_of_a_job_holds_at_its_edge() {
+        let valid = |change: &dyn Fn(&mut NewJob)| {
+            let mut job = NewJob::new(vec!["true".into()]);
+            change(&mut job);
+            validate(&job).map_err(|e| e.to_string())
+        };
+        let refused = |change: &dyn Fn(&mut NewJob), says: &str| {
+            let err = valid(change).expect_err(says);
+            assert!(err.contains(says), "{err} (wanted: {says})");
+        };
+        // Attempts.
+        valid(&|j| j.max_attempts = 1).unwrap();
+        valid(&|j| j.max_attempts = 1000).unwrap();
+        refused(&|j| j.max_attempts = 0, "max_attempts");
+        refused(&|j| j.max_attempts = 1001, "max_attempts");
+        // Delay and run time.
+        let year = Duration::from_secs(366 * 24 * 3600);
+        valid(&|j| j.delay = year).unwrap();
+        refused(&|j| j.delay = year + Duration::from_millis(1), "delay");
+        valid(&|j| j.run_at = Some(0)).unwrap();
+        valid(&|j| j.run_at = Some(MAX_RUN_AT_MS)).unwrap();
+        refused(&|j| j.run_at = Some(-1), "run time");
+        refused(&|j| j.run_at = Some(MAX_RUN_AT_MS + 1), "run time");
+        // Unique key.
+        valid(&|j| j.unique_key = Some("k".into())).unwrap();
+        valid(&|j| j.unique_key = Some("k".repeat(MAX_UNIQUE_KEY_LEN))).unwrap();
+        refused(&|j| j.unique_key = Some(String::new()), "unique key");
+        let long_key = "k".repeat(MAX_UNIQUE_KEY_LEN + 1);
+        refused(&|j| j.unique_key = Some(long_key.clone()), "unique key");
+        refused(&|j| j.unique_key = Some("a\0b".into()), "unique key");
+        // Queue name.
+        valid(&|j| j.queue = "q".repeat(MAX_QUEUE_LEN)).unwrap();
+        refused(&|j| j.queue = "q".repeat(MAX_QUEUE_LEN + 1), "queue name");
+        refused(&|j| j.queue = String::new(), "queue name");
+        refused(
+            &|j| {
+                j.queue = "a
+b"
+                .into()
+            },
+            "queue name",
+        );
+        // Command, environment, image.
+        refused(&|j| j.spec.command = vec![String::new()], "command");
+        valid(&|j| j.spec.command.push(String::new())).unwrap();
+        refused(&|j| j.spec.command.push("a\0".into()), "NUL");
+        refused(&|j| j.spec.image = Some("img\0".into()), "NUL");
+        refused(&|j| j.queue = "q\0".into(), "NUL");
+        refused(
+            &|j| {
+                j.spec.env.insert("A".into(), "b\0".into());
+            },
+            "NUL",
+        );
+        refused(
+            &|j| {
+                j.spec.env.insert("A=B".into(), "c".into());
+            },
+            "environment names",
+        );
+        refused(
+            &|j| {
+                j.spec.env.insert(String::new(), "c".into());
+            },
+            "environment names",
+        );
+        valid(&|j| {
+            j.spec.env.insert("A".into(), "=".into());
+        })
+        .unwrap();
+        refused(&|j| j.spec.image = Some(String::new()), "image");
+        valid(&|j| j.spec.image = Some("busybox".into())).unwrap();
+        // Limits.
+        valid(&|j| j.spec.memory_bytes = Some(MIN_JOB_MEMORY)).unwrap();
+        valid(&|j| j.spec.memory_bytes = Some(MAX_JOB_MEMORY)).unwrap();
+        refused(
+            &|j| j.spec.memory_bytes = Some(MIN_JOB_MEMORY - 1),
+            "at least 6 MiB",
+        );
+        refused(
+            &|j| j.spec.memory_bytes = Some(MAX_JOB_MEMORY + 1),
+            "at most 1 TiB",
+        );
+        valid(&|j| j.spec.cpu_millis = Some(1)).unwrap();
+        valid(&|j| j.spec.cpu_millis = Some(1_024_000)).unwrap();
+        refused(&|j| j.spec.cpu_millis = Some(0), "CPU limit");
+        refused(&|j| j.spec.cpu_millis = Some(1_024_001), "CPU limit");
+        valid(&|j| j.spec.pids = Some(1)).unwrap();
+        valid(&|j| j.spec.pids = Some(MAX_JOB_PIDS)).unwrap();
+        refused(&|j| j.spec.pids = Some(0), "process limit");
+        refused(&|j| j.spec.pids = Some(MAX_JOB_PIDS + 1), "process limit");
+        // The spec's size as JSON: `{"command":["true","x..."]}` padded to
+        // exactly the limit, then one byte more.
+        let base = serde_json::to_vec(&NewJob::new(vec!["true".into(), String::new()]).spec)
+            .map(|v| v.len())
+            .unwrap();
+        let pad = MAX_SPEC_BYTES - base;
+        // The documented sizes themselves (docs/CLI.md), not just the
+        // constants' edges: 64 KiB of spec, 6 MiB to 1 TiB of memory.
+        valid(&|j| j.spec.command.push("x".repeat(65_536 - base))).unwrap();
+        valid(&|j| j.spec.memory_bytes = Some(6 * 1024 * 1024)).unwrap();
+        refused(
+            &|j| j.spec.memory_bytes = Some(6 * 1024 * 1024 - 1),
+            "6 MiB",
+        );
+        valid(&|j| j.spec.memory_bytes = Some(1024_u64.pow(4))).unwrap();
+        refused(
+            &|j| j.spec.memory_bytes = Some(1024_u64.pow(4) + 1),
+            "1 TiB",
+        );
+        valid(&|j| j.spec.command.push("x".repeat(pad))).unwrap();
+        refused(
+            &|j| j.spec.command.push("x".repeat(pad + 1)),
+            "bytes as JSON",
+        );
+    }
+
+    #[test]
+    fn a_schedules_name_and_cron_hold_at_their_edges() {
+        let schedule = |name: &str, cron: &str| Schedule {
+            name: name.into(),
+            cron: cron.into(),
+            job: NewJob::new(vec!["true".into()]),
+            last_slot_ms: 0,
+        };
+        let max_name = "n".repeat(MAX_QUEUE_LEN);
+        let max_cron = "*".repeat(200);
+        validate_schedule(&schedule(&max_name, &max_cron)).unwrap();
+        for (name, cron) in [
+            (String::new(), "* * * * *".to_string()),
+            ("n".repeat(MAX_QUEUE_LEN + 1), "* * * * *".into()),
+            ("a\0".into(), "* * * * *".into()),
+            ("n".into(), String::new()),
+            ("n".into(), "*".repeat(201)),
+            ("n".into(), "* *\0".into()),
+        ] {
+            assert!(
+                validate_schedule(&schedule(&name, &cron)).is_err(),
+                "{name:?} {cron:?}"
+            );
+        }
+        let mut bad_job = schedule("n", "* * * * *");
+        bad_job.job.max_attempts = 0;
+        assert!(validate_schedule(&bad_job).is_err());
+    }
+
+    #[test]
+    fn a_bulk_enqueue_and_a_stream_hold_at_their_edges() {
+        let jobs = vec![NewJob::new(vec!["true".into()]); MAX_BULK];
+        validate_all(&jobs).unwrap();
+        let more = vec![NewJob::new(vec!["true".into()]); MAX_BULK + 1];
+        let err = validate_all(&more).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
+        // One bad job alone is named without a number.
+        let err = validate_all(&[NewJob::new(vec![])])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("job #"), "{err}");
+        check_stream_len(MAX_STREAM).unwrap();
+        assert!(check_stream_len(MAX_STREAM + 1).is_err());
+    }
+
     #[test]
     fn a_timeout_may_be_up_to_thirty_days() {
         let with_timeout = |ms: u64| {
