@@ -13,7 +13,7 @@ use dockhand::job::{
 use dockhand::machine::Phase;
 use dockhand::store::{
     AnyStore, BulkAction, BulkFilter, CancelResult, ClaimRequest, JobFilter, Store, StoreError,
-    WorkerInfo, WorkerStop, KEEP_STOPS, MAX_STOP_TRACE,
+    Wakeup, WorkerInfo, WorkerStop, KEEP_STOPS, MAX_STOP_TRACE,
 };
 
 const W1: &str = "worker-1";
@@ -1826,6 +1826,58 @@ async fn a_pruned_newer_holder_of_a_key_no_longer_blocks_a_retry(store: AnyStore
     );
 }
 
+/// Wait (at most 10 s) for the wake-up `want`, passing over others; fail
+/// with what came instead.
+async fn wake_up(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, want: Wakeup) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(wakeup)) if wakeup == want => return,
+            Ok(Some(other)) => seen.push(other),
+            Ok(None) => panic!("the wake-up channel closed waiting for {want:?}; saw {seen:?}"),
+            Err(_) => panic!("no {want:?} within 10 s; saw {seen:?}"),
+        }
+    }
+}
+
+/// Every backend pushes wake-ups (the worker's latency rests on them): new
+/// jobs, and a cancel asked of a running job, whoever wrote them.
+async fn wakeups_announce_new_jobs_and_cancels_of_running_jobs(store: AnyStore) {
+    let mut rx = store
+        .wakeups()
+        .await
+        .unwrap()
+        .expect("every backend pushes wake-ups");
+    let id = store.enqueue_many(&[job("sleep 100")]).await.unwrap()[0];
+    wake_up(&mut rx, Wakeup::Jobs).await;
+    let running = claim_one(&store, W1).await;
+    assert_eq!(running.lease.job, id);
+    assert_eq!(store.cancel(id).await.unwrap(), CancelResult::Requested);
+    wake_up(&mut rx, Wakeup::Cancel(id)).await;
+}
+
+/// The instance id names one database (the Docker executor tells its own
+/// containers from another deployment's by it): the same on every ask,
+/// the backend's own through `AnyStore`, and another database's differs.
+async fn the_instance_id_names_one_database(store: AnyStore) {
+    let id = store.instance_id().await.unwrap();
+    assert!(!id.is_empty());
+    assert_eq!(store.instance_id().await.unwrap(), id);
+    let (own, (other, _guard)) = match &store {
+        AnyStore::Memory(s) => (s.instance_id().await, support::memory_store("other").await),
+        AnyStore::Sqlite(s) => (s.instance_id().await, support::sqlite_store("other").await),
+        AnyStore::Postgres(s) => (
+            s.instance_id().await,
+            support::postgres_store("the_instance_id_of_another").await,
+        ),
+    };
+    assert_eq!(own.unwrap(), id);
+    let other = other.instance_id().await.unwrap();
+    assert!(!other.is_empty());
+    assert_ne!(other, id, "two databases share an instance id");
+}
+
 macro_rules! conformance {
     ($backend:ident, $open:path; $($test:ident),* $(,)?) => {
         mod $backend {
@@ -1880,6 +1932,8 @@ macro_rules! suite {
                 heartbeats_judge_each_lease_by_its_token,
                 list_filters_and_pages,
                 activity_counts_finished_jobs_per_minute,
+                wakeups_announce_new_jobs_and_cancels_of_running_jobs,
+                the_instance_id_names_one_database,
             );
         )*
     };

@@ -1167,10 +1167,16 @@ impl Store for SqliteStore {
         // 50 ms) and every half second.
         let (tx, rx) = mpsc::channel(WAKEUP_CAPACITY);
         let mut watcher = self.options.connect().await?;
+        // The first reading is taken before the caller holds the channel:
+        // taken later, it would count a commit made in between as the
+        // starting point and announce nothing.
+        let first: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut watcher)
+            .await?;
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let mut sent: BTreeSet<i64> = BTreeSet::new();
-            let mut version: Option<i64> = None;
+            let mut version = Some(first);
             let mut cancels_checked = tokio::time::Instant::now();
             let mut last_change = tokio::time::Instant::now();
             loop {
