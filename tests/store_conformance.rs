@@ -2003,3 +2003,94 @@ fn sqlite_schema_too_new_is_refused_by_the_cli() {
         "{stderr}"
     );
 }
+
+/// What a worker does with a database error rests on its kind: a busy or
+/// unreachable database is waited out, a statement the database refuses is
+/// not repeated. Real errors from the server, through the store's own
+/// conversion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_errors_are_sorted_by_what_a_retry_can_do() {
+    let (store, _guard) = support::postgres_store("postgres_errors_are_sorted").await;
+    let AnyStore::Postgres(pg) = &store else {
+        panic!("not a PostgreSQL store")
+    };
+    let pool = pg.pool();
+    let refused = StoreError::from(sqlx::query("SELECT 1 / 0").execute(pool).await.unwrap_err());
+    assert!(matches!(refused, StoreError::Database(_)), "{refused:?}");
+    let duplicate = StoreError::from(
+        sqlx::query("INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance")
+            .execute(pool)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(duplicate, StoreError::Constraint(_)),
+        "{duplicate:?}"
+    );
+    // Lock not available (55P03): another transaction holds the table.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut other = pool.begin().await.unwrap();
+    let busy = StoreError::from(
+        sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE NOWAIT")
+            .execute(&mut *other)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(busy, StoreError::Temporary(_)), "{busy:?}");
+    assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
+}
+
+/// The same for SQLite: a write lock held by another connection (BUSY) is
+/// waited out; a missing table or a duplicate key is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_errors_are_sorted_by_what_a_retry_can_do() {
+    use sqlx::Connection;
+    use std::str::FromStr;
+    let (_store, guard) = support::sqlite_store("sqlite_errors_are_sorted").await;
+    let support::Guard::Dir(dir) = &guard else {
+        panic!("an SQLite store lives in a directory")
+    };
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .busy_timeout(Duration::ZERO);
+    let mut first = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let mut second = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let refused = StoreError::from(
+        sqlx::query("SELECT * FROM no_such_table")
+            .execute(&mut first)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(refused, StoreError::Database(_)), "{refused:?}");
+    let duplicate = StoreError::from(
+        sqlx::query("INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance")
+            .execute(&mut first)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(duplicate, StoreError::Constraint(_)),
+        "{duplicate:?}"
+    );
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let busy = StoreError::from(
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut second)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(busy, StoreError::Temporary(_)), "{busy:?}");
+    assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
+}

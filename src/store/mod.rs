@@ -1484,6 +1484,65 @@ b"
         assert!(check_stream_len(MAX_STREAM + 1).is_err());
     }
 
+    /// The codes that make a worker wait and retry rather than give up:
+    /// judged wrong, an outage fails jobs for good (transient taken for
+    /// permanent) or a bad request is retried for ever (the reverse).
+    #[test]
+    fn database_codes_are_told_transient_or_permanent() {
+        let transient = [
+            "08006", "08001", "40001", "40P01", "53300", "53100", "55P03", "57P01", "57P03",
+            "58030", // PostgreSQL
+            "5", "6", "10", "13", "14", "517", "262", "266", // SQLite, extended too
+        ];
+        for code in transient {
+            assert!(transient_code(Some(code)), "{code} is transient");
+        }
+        let permanent = [
+            "23505", "23514", "42601", "42P01", "55000", "22012", "XX000", // PostgreSQL
+            "1", "19", "2067", "275", "11", // SQLite
+            "", "abc", "5x",
+        ];
+        for code in permanent {
+            assert!(!transient_code(Some(code)), "{code} is permanent");
+        }
+        assert!(!transient_code(None));
+    }
+
+    #[test]
+    fn only_outages_and_busy_databases_are_worth_retrying() {
+        assert!(StoreError::Unreachable("down".into()).is_transient());
+        assert!(StoreError::Temporary("busy".into()).is_transient());
+        for permanent in [
+            StoreError::InvalidJob("bad".into()),
+            StoreError::Constraint("dup".into()),
+            StoreError::NotFound(JobId(1)),
+            StoreError::Corrupt("row".into()),
+            StoreError::Database("syntax".into()),
+            StoreError::SchemaTooNew { found: 9, known: 7 },
+        ] {
+            assert!(!permanent.is_transient(), "{permanent}");
+        }
+        // sqlx's own errors: the network and the pool are outages, a row
+        // that does not decode is corrupt.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(matches!(
+            StoreError::from(sqlx::Error::Io(io)),
+            StoreError::Unreachable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unreachable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::ColumnNotFound("x".into())),
+            StoreError::Corrupt(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::Database(_)
+        ));
+    }
+
     #[test]
     fn a_timeout_may_be_up_to_thirty_days() {
         let with_timeout = |ms: u64| {
