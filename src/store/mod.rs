@@ -1544,6 +1544,81 @@ b"
     }
 
     #[test]
+    fn prune_takes_only_finished_states_and_at_least_one() {
+        assert!(check_prunable(&[]).is_err());
+        let err = check_prunable(&[JobState::Succeeded, JobState::Running])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not running"), "{err}");
+        assert!(check_prunable(&[JobState::Queued]).is_err());
+        check_prunable(&[JobState::Succeeded, JobState::Failed, JobState::Cancelled]).unwrap();
+    }
+
+    #[test]
+    fn a_stop_trace_is_kept_up_to_64_kib_and_cut_on_a_character() {
+        let whole = "t".repeat(64 * 1024);
+        assert_eq!(WorkerStop::new("w", 0, &whole).trace, whole);
+        let over = format!("{whole}!");
+        let cut = WorkerStop::new("w", 1, &over);
+        assert_eq!(cut.trace, format!("{whole}\n[trace cut]\n"));
+        assert_eq!((cut.worker_id.as_str(), cut.exit_code), ("w", 1));
+        // A two-byte character across the limit is left out whole.
+        let split = format!("{}é", "t".repeat(64 * 1024 - 1));
+        let cut = WorkerStop::new("w", 0, &split).trace;
+        assert_eq!(cut, format!("{}\n[trace cut]\n", "t".repeat(64 * 1024 - 1)));
+    }
+
+    #[test]
+    fn a_listing_is_bounded_and_so_is_its_search_text() {
+        let filter = |text: Option<String>, limit: Option<u32>| JobFilter {
+            text,
+            limit,
+            ..JobFilter::default()
+        };
+        filter(Some("s".repeat(MAX_FILTER_TEXT)), None)
+            .check()
+            .unwrap();
+        assert!(filter(Some("s".repeat(MAX_FILTER_TEXT + 1)), None)
+            .check()
+            .is_err());
+        assert_eq!(filter(None, None).limit(), 1000);
+        assert_eq!(filter(None, Some(5)).limit(), 5);
+        assert_eq!(filter(None, Some(u32::MAX)).limit(), i64::from(MAX_LIST));
+    }
+
+    /// The default `enqueue_stream` (the in-memory store's) takes up to
+    /// `MAX_BULK` jobs, then refuses the whole input.
+    #[tokio::test]
+    async fn the_default_stream_takes_up_to_max_bulk_jobs() {
+        let stream = |total: usize| {
+            let mut left = total;
+            move || -> Result<Option<Vec<NewJob>>, StoreError> {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let n = left.min(10_000);
+                left -= n;
+                Ok(Some(vec![NewJob::new(vec!["true".into()]); n]))
+            }
+        };
+        let store = memory::MemoryStore::new();
+        let mut next = stream(MAX_BULK);
+        assert_eq!(
+            store.enqueue_stream(&mut next).await.unwrap().len(),
+            MAX_BULK
+        );
+        let store = memory::MemoryStore::new();
+        let mut next = stream(MAX_BULK + 1);
+        let err = store
+            .enqueue_stream(&mut next)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most"), "{err}");
+        assert!(store.list(&JobFilter::default()).await.unwrap().is_empty());
+    }
+
+    #[test]
     fn a_timeout_may_be_up_to_thirty_days() {
         let with_timeout = |ms: u64| {
             let mut job = NewJob::new(vec!["true".into()]);
