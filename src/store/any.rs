@@ -208,3 +208,35 @@ impl Store for AnyStore {
         delegate!(self, s => s.wakeups())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_by_their_scheme_before_any_connection() {
+        for good in [
+            "memory://",
+            "sqlite://dockhand.db",
+            "sqlite::memory:",
+            "postgres://u@h/db",
+            "postgresql://h:5433/db",
+        ] {
+            AnyStore::check_url(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "mysql://h/db",
+            "memory",
+            "memory://x",
+            "",
+            "postgres://h:port/db",
+        ] {
+            match AnyStore::check_url(bad) {
+                Err(StoreError::BadUrl { url, .. }) => assert_eq!(url, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let err = AnyStore::check_url("mysql://h/db").unwrap_err().to_string();
+        assert!(err.contains("expected postgres://"), "{err}");
+    }
+}
