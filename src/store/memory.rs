@@ -52,9 +52,6 @@ struct State {
     stops: VecDeque<WorkerStop>,
     subscribers: Vec<mpsc::Sender<Wakeup>>,
     rng: fastrand::Rng,
-    fail_next: u32,
-    /// Outcomes whose output holds these bytes are refused as invalid (tests).
-    refuse_output: Option<Vec<u8>>,
 }
 
 /// An in-process store. Clones share the same data.
@@ -96,8 +93,6 @@ impl MemoryStore {
                 stops: VecDeque::new(),
                 subscribers: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
-                fail_next: 0,
-                refuse_output: None,
             })),
             epoch_ms,
             origin: tokio::time::Instant::now(),
@@ -114,17 +109,6 @@ impl MemoryStore {
             clock: Some(clock),
             ..Self::with_seed(epoch_ms, seed)
         }
-    }
-
-    /// Make the next `n` calls fail as if the store were unreachable (tests).
-    pub fn fail_next(&self, n: u32) {
-        self.lock().fail_next = n;
-    }
-
-    /// Refuse, as a database refuses a value it cannot store, every batch of
-    /// outcomes in which some output contains `bytes` (tests of isolation).
-    pub fn refuse_outputs_containing(&self, bytes: &[u8]) {
-        self.lock().refuse_output = Some(bytes.to_vec());
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -150,16 +134,6 @@ impl MemoryStore {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.jumped_ms
             .fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Lock, failing if a failure was injected.
-    fn begin(&self) -> Result<MutexGuard<'_, State>, StoreError> {
-        let mut state = self.lock();
-        if state.fail_next > 0 {
-            state.fail_next -= 1;
-            return Err(StoreError::Unreachable("injected failure".into()));
-        }
-        Ok(state)
     }
 }
 
@@ -331,7 +305,7 @@ impl Store for MemoryStore {
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, StoreError> {
         validate_all(jobs)?;
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let mut answers = Vec::with_capacity(jobs.len());
         for new in jobs {
             if let Some(key) = &new.unique_key {
@@ -367,7 +341,7 @@ impl Store for MemoryStore {
             request.lease,
             request.claim_id,
         );
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let mut ready: Vec<(i32, i64, i64)> = state
             .jobs
             .values()
@@ -418,7 +392,7 @@ impl Store for MemoryStore {
     ) -> Result<HeartbeatAnswer, StoreError> {
         let now = self.now_ms();
         let expires = now + lease.as_millis() as i64;
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let mut answer = HeartbeatAnswer::default();
         for held in leases {
             match state.leased(worker, *held) {
@@ -455,19 +429,7 @@ impl Store for MemoryStore {
         completions: &[Completion],
     ) -> Result<Vec<(JobId, RecordResult)>, StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
-        if let Some(bad) = &state.refuse_output {
-            if completions.iter().any(|c| {
-                c.output
-                    .windows(bad.len().max(1))
-                    .any(|w| w == bad.as_slice())
-            }) {
-                // Like a database refusing a value: the whole batch fails.
-                return Err(StoreError::Database(
-                    "invalid byte sequence in an outcome (injected)".into(),
-                ));
-            }
-        }
+        let mut state = self.lock();
         let mut results = Vec::with_capacity(completions.len());
         for completion in completions {
             let lease = completion.lease;
@@ -518,7 +480,7 @@ impl Store for MemoryStore {
 
     async fn reap_expired(&self) -> Result<u64, StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let expired: Vec<i64> = state
             .jobs
             .values()
@@ -561,7 +523,7 @@ impl Store for MemoryStore {
 
     async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let current = state
             .jobs
             .get(&id.0)
@@ -575,7 +537,7 @@ impl Store for MemoryStore {
 
     async fn retry(&self, id: JobId) -> Result<bool, StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let row = state.jobs.get(&id.0).ok_or(StoreError::NotFound(id))?;
         if !state.retryable(&row.job) {
             return Ok(false);
@@ -596,7 +558,7 @@ impl Store for MemoryStore {
         let before = filter
             .older_than
             .map(|d| now.saturating_sub(d.as_millis() as i64));
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let chosen: Vec<JobId> = state
             .jobs
             .values()
@@ -635,7 +597,7 @@ impl Store for MemoryStore {
     ) -> Result<u64, StoreError> {
         super::check_prunable(states)?;
         let before = self.now_ms().saturating_sub(older_than.as_millis() as i64);
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let doomed: Vec<i64> = state
             .jobs
             .values()
@@ -663,7 +625,7 @@ impl Store for MemoryStore {
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let now = self.now_ms();
-        let state = self.begin()?;
+        let state = self.lock();
         let mut queues: BTreeMap<&str, QueueStats> = BTreeMap::new();
         for row in state.jobs.values() {
             let job = &row.job;
@@ -694,7 +656,7 @@ impl Store for MemoryStore {
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, StoreError> {
         super::validate_queue_name(queue)?;
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let changed = if paused {
             state.paused.insert(queue.to_string())
         } else {
@@ -708,7 +670,7 @@ impl Store for MemoryStore {
 
     async fn put_schedule(&self, schedule: &Schedule) -> Result<bool, StoreError> {
         super::validate_schedule(schedule)?;
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let mut new = schedule.clone();
         let replaced = match state.schedules.get(&schedule.name) {
             Some(old) => {
@@ -722,16 +684,16 @@ impl Store for MemoryStore {
     }
 
     async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.begin()?.schedules.remove(name).is_some())
+        Ok(self.lock().schedules.remove(name).is_some())
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
-        Ok(self.begin()?.schedules.values().cloned().collect())
+        Ok(self.lock().schedules.values().cloned().collect())
     }
 
     async fn fire_schedule(&self, name: &str, slot_ms: i64) -> Result<Option<JobId>, StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         let Some(schedule) = state.schedules.get_mut(name) else {
             return Ok(None);
         };
@@ -756,14 +718,14 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state.jobs.get(&id.0).map(|row| row.job.clone()))
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, StoreError> {
         filter.check()?;
         let now = self.now_ms();
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state
             .jobs
             .values()
@@ -796,18 +758,18 @@ impl Store for MemoryStore {
     }
 
     async fn history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state.events.get(&id.0).cloned().unwrap_or_default())
     }
 
     async fn output(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state.jobs.get(&id.0).and_then(|row| row.output.clone()))
     }
 
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         state.workers.insert(
             info.id.clone(),
             WorkerRow {
@@ -825,7 +787,7 @@ impl Store for MemoryStore {
 
     async fn deregister_worker(&self, stop: &WorkerStop) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let mut state = self.begin()?;
+        let mut state = self.lock();
         state.workers.remove(&stop.worker_id);
         state.stops.retain(|kept| kept.worker_id != stop.worker_id);
         state.stops.push_back(WorkerStop {
@@ -844,7 +806,7 @@ impl Store for MemoryStore {
         let oldest = self
             .now_ms()
             .saturating_sub(KEEP_STOPS_FOR.as_millis() as i64);
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state
             .stops
             .iter()
@@ -856,7 +818,7 @@ impl Store for MemoryStore {
 
     async fn activity(&self, span: Duration) -> Result<Vec<Activity>, StoreError> {
         let since = self.now_ms().saturating_sub(span.as_millis() as i64);
-        let state = self.begin()?;
+        let state = self.lock();
         let mut minutes: BTreeMap<i64, Activity> = BTreeMap::new();
         for row in state.jobs.values() {
             let Some(at) = row.job.finished_at.filter(|at| *at >= since) else {
@@ -881,7 +843,7 @@ impl Store for MemoryStore {
 
     async fn workers(&self, lease: Duration) -> Result<Vec<WorkerRow>, StoreError> {
         let now = self.now_ms();
-        let state = self.begin()?;
+        let state = self.lock();
         Ok(state
             .workers
             .values()
@@ -907,7 +869,7 @@ impl Store for MemoryStore {
     }
 
     async fn report_engine(&self, worker: &str, state: &str) -> Result<(), StoreError> {
-        let mut state_lock = self.begin()?;
+        let mut state_lock = self.lock();
         if let Some(row) = state_lock.workers.get_mut(worker) {
             row.docker = Some(state.to_string());
         }
