@@ -662,7 +662,18 @@ async fn requests_are_guarded() {
     let job = store.get(JobId(id)).await.expect("get").expect("job");
     assert_eq!(job.state, JobState::Cancelled);
 
-    // Limits: a body over 16 KiB, a head that never ends.
+    // Limits: a body of 16 KiB is read, one byte more is refused (README),
+    // and so is a head that never ends.
+    let padded = |len: usize| {
+        let start = format!("csrf={csrf}&pad=");
+        format!("{start}{}", "x".repeat(len - start.len()))
+    };
+    let origin = format!("Origin: http://{addr}\r\n");
+    let retry = format!("/jobs/{id}/retry");
+    let (code, head, _) = post(&addr, &retry, &origin, &padded(16 * 1024));
+    assert_eq!(code, 303, "a body of 16 KiB: {head}");
+    let (code, head, _) = post(&addr, &retry, &origin, &padded(16 * 1024 + 1));
+    assert_eq!(code, 413, "a body of 16 KiB and a byte: {head}");
     let big = format!("csrf={csrf}&pad={}", "x".repeat(64 * 1024));
     let (code, _, _) = post(&addr, &format!("/jobs/{id}/retry"), "", &big);
     assert_eq!(code, 413);

@@ -214,6 +214,21 @@ mod tests {
     }
 
     #[test]
+    fn a_token_file_is_read_up_to_4_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t".repeat(4096)).unwrap();
+        assert_eq!(load_token(Some(&path), None), Ok(Some("t".repeat(4096))));
+        // One byte more is refused, not cut to a token the operator never wrote.
+        std::fs::write(&path, "t".repeat(4097)).unwrap();
+        let err = load_token(Some(&path), None).unwrap_err();
+        assert!(err.contains("over 4096 bytes"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = load_token(Some(&missing), None).unwrap_err();
+        assert!(err.contains("cannot read the token file"), "{err}");
+    }
+
+    #[test]
     fn sessions_need_a_login_when_locked() {
         let sessions = Sessions::new(Some("0123456789abcdef".into())).unwrap();
         assert!(sessions.visitor(None, None).is_none());
