@@ -2004,6 +2004,13 @@ fn sqlite_schema_too_new_is_refused_by_the_cli() {
     );
 }
 
+/// The store's reading of the error the statement `$sql` meets on `$on`.
+macro_rules! refusal {
+    ($on:expr, $sql:expr) => {
+        StoreError::from(sqlx::query($sql).execute($on).await.expect_err($sql))
+    };
+}
+
 /// What a worker does with a database error rests on its kind: a busy or
 /// unreachable database is waited out, a statement the database refuses is
 /// not repeated. Real errors from the server, through the store's own
@@ -2015,13 +2022,11 @@ async fn postgres_errors_are_sorted_by_what_a_retry_can_do() {
         panic!("not a PostgreSQL store")
     };
     let pool = pg.pool();
-    let refused = StoreError::from(sqlx::query("SELECT 1 / 0").execute(pool).await.unwrap_err());
+    let refused = refusal!(pool, "SELECT 1 / 0");
     assert!(matches!(refused, StoreError::Database(_)), "{refused:?}");
-    let duplicate = StoreError::from(
-        sqlx::query("INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance")
-            .execute(pool)
-            .await
-            .unwrap_err(),
+    let duplicate = refusal!(
+        pool,
+        "INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance"
     );
     assert!(
         matches!(duplicate, StoreError::Constraint(_)),
@@ -2034,11 +2039,9 @@ async fn postgres_errors_are_sorted_by_what_a_retry_can_do() {
         .await
         .unwrap();
     let mut other = pool.begin().await.unwrap();
-    let busy = StoreError::from(
-        sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE NOWAIT")
-            .execute(&mut *other)
-            .await
-            .unwrap_err(),
+    let busy = refusal!(
+        &mut *other,
+        "LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE NOWAIT"
     );
     assert!(matches!(busy, StoreError::Temporary(_)), "{busy:?}");
     assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
@@ -2064,18 +2067,11 @@ async fn sqlite_errors_are_sorted_by_what_a_retry_can_do() {
     let mut second = sqlx::SqliteConnection::connect_with(&options)
         .await
         .unwrap();
-    let refused = StoreError::from(
-        sqlx::query("SELECT * FROM no_such_table")
-            .execute(&mut first)
-            .await
-            .unwrap_err(),
-    );
+    let refused = refusal!(&mut first, "SELECT * FROM no_such_table");
     assert!(matches!(refused, StoreError::Database(_)), "{refused:?}");
-    let duplicate = StoreError::from(
-        sqlx::query("INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance")
-            .execute(&mut first)
-            .await
-            .unwrap_err(),
+    let duplicate = refusal!(
+        &mut first,
+        "INSERT INTO dockhand_instance (id) SELECT id FROM dockhand_instance"
     );
     assert!(
         matches!(duplicate, StoreError::Constraint(_)),
@@ -2085,12 +2081,7 @@ async fn sqlite_errors_are_sorted_by_what_a_retry_can_do() {
         .execute(&mut first)
         .await
         .unwrap();
-    let busy = StoreError::from(
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut second)
-            .await
-            .unwrap_err(),
-    );
+    let busy = refusal!(&mut second, "BEGIN IMMEDIATE");
     assert!(matches!(busy, StoreError::Temporary(_)), "{busy:?}");
     assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
 }
