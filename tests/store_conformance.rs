@@ -1709,6 +1709,23 @@ async fn schedules_fire_each_slot_once(store: AnyStore) {
     bad.job.spec.command.clear();
     assert!(store.put_schedule(&bad).await.is_err());
     assert!(store.schedules().await.unwrap().is_empty());
+    // The template's delay, run time and unique key are not used: each
+    // slot's job is due when its slot fires, and keyless.
+    let mut later = schedule.clone();
+    later.name = "later".into();
+    later.job.delay = Duration::from_secs(3600);
+    later.job.run_at = Some(4_102_444_800_000); // the year 2100
+    later.job.unique_key = Some("later".into());
+    store.put_schedule(&later).await.unwrap();
+    let fired = store.fire_schedule("later", 5_000).await.unwrap().unwrap();
+    let made = get(&store, fired).await;
+    assert_eq!(made.unique_key, None);
+    assert!(
+        made.run_at - made.created_at < 60_000,
+        "due at {} for a job made at {}",
+        made.run_at,
+        made.created_at
+    );
 }
 
 async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {

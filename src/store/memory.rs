@@ -1001,3 +1001,31 @@ fn interrupt(row: &mut Row, now: i64) {
         row.job.run_at = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A simulation's store reads the clock it is given, not tokio's.
+    #[tokio::test]
+    async fn a_store_with_a_clock_reads_that_clock() {
+        let clock = Arc::new(AtomicI64::new(5_000));
+        let store = MemoryStore::with_clock(1_000_000, 7, clock.clone());
+        let first = store
+            .enqueue_many(&[NewJob::new(vec!["true".into()])])
+            .await
+            .unwrap()[0];
+        clock.store(9_000, Ordering::Relaxed);
+        let second = store
+            .enqueue_many(&[NewJob::new(vec!["true".into()])])
+            .await
+            .unwrap()[0];
+        let created = |id| {
+            let store = store.clone();
+            async move { store.get(id).await.unwrap().unwrap().created_at }
+        };
+        assert_eq!(created(first).await, 1_005_000);
+        assert_eq!(created(second).await, 1_009_000);
+    }
+}
