@@ -209,8 +209,6 @@ impl PostgresStore {
     }
 }
 
-/// Wake the listeners of `channel` (LISTEN/NOTIFY); inside a transaction
-/// the notification goes out only when it commits.
 /// Take the lock that orders statements making several unique keys live
 /// at once (an enqueue of two or more keys, each batch of a bulk retry):
 /// class 1147, held to the end of the transaction.
@@ -224,6 +222,8 @@ where
     Ok(())
 }
 
+/// Wake the listeners of `channel` (LISTEN/NOTIFY); inside a transaction
+/// the notification goes out only when it commits.
 async fn notify<'e, E>(executor: E, channel: &str, payload: &str) -> Result<(), StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,

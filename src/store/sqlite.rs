@@ -1176,7 +1176,7 @@ impl Store for SqliteStore {
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let mut sent: BTreeSet<i64> = BTreeSet::new();
-            let mut version = Some(first);
+            let mut version = first;
             let mut cancels_checked = tokio::time::Instant::now();
             let mut last_change = tokio::time::Instant::now();
             loop {
@@ -1193,8 +1193,9 @@ impl Store for SqliteStore {
                     .fetch_one(&mut watcher)
                     .await
                     .ok();
-                let changed = now.is_some() && version.is_some() && now != version;
-                if now.is_some() {
+                // A failed reading changes nothing; the next one compares.
+                let changed = now.is_some_and(|now| now != version);
+                if let Some(now) = now {
                     version = now;
                 }
                 if changed {
