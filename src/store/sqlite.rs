@@ -108,7 +108,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let file = options.get_filename();
-        if !create && file != std::path::Path::new(":memory:") && !file.exists() {
+        if !create && !names_memory(url) && !file.exists() {
             return Err(StoreError::BadUrl {
                 url: redact_url(url),
                 reason: format!(
@@ -145,6 +145,17 @@ impl SqliteStore {
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Whether `url` names an in-memory database, read as sqlx reads it
+/// (`sqlite::memory:`, `sqlite://:memory:`, `?mode=memory`): it has no file
+/// to find. (sqlx names such a database `file:sqlx-in-memory-N`, so its
+/// file name does not tell.)
+fn names_memory(url: &str) -> bool {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
 }
 
 fn lease_ms(lease: Duration) -> i64 {
@@ -1226,5 +1237,31 @@ impl Store for SqliteStore {
             }
         });
         Ok(Some(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_databases_are_told_from_files() {
+        for memory in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://jobs.db?mode=memory",
+            "sqlite://jobs.db?cache=shared&mode=memory",
+        ] {
+            assert!(names_memory(memory), "{memory}");
+        }
+        for file in [
+            "sqlite://jobs.db",
+            "sqlite:jobs.db",
+            "sqlite:///var/lib/dockhand/:memory:.db",
+            "sqlite://jobs.db?mode=rwc",
+            "sqlite://jobs.db?mode=memoryless",
+        ] {
+            assert!(!names_memory(file), "{file}");
+        }
     }
 }
