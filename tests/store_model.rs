@@ -360,12 +360,12 @@ async fn rows<S: Store>(store: &S) -> String {
             job.worker_id,
             job.unique_key,
         ));
-        // The history's kinds, holders and tokens (times are each store's
-        // own clock).
+        // The history's kinds, holders, tokens and details (times are each
+        // store's own clock).
         for event in store.history(job.id).await.expect("history") {
             out.push_str(&format!(
-                "  {} {:?} {:?}\n",
-                event.kind, event.worker_id, event.lease_token
+                "  {} {:?} {:?} {:?}\n",
+                event.kind, event.worker_id, event.lease_token, event.detail
             ));
         }
     }

@@ -266,11 +266,13 @@ fn record_sql() -> String {
         ), history AS (
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
             SELECT upd.id, {event}, $7, upd.token,
-                concat_ws('; ',
+                -- concat_ws of nothing is '', and no detail is NULL, as in
+                -- the other stores.
+                NULLIF(concat_ws('; ',
                     CASE WHEN upd.kind = 'failed' AND upd.state = 'cancelled'
                         THEN 'attempt failed: ' || coalesce(upd.error, '') ELSE upd.error END,
                     CASE WHEN b.late
-                        THEN 'accepted after the lease expired: nobody had claimed the job since' END)
+                        THEN 'accepted after the lease expired: nobody had claimed the job since' END), '')
             FROM upd LEFT JOIN before b ON b.id = upd.id
         ), refused AS (
             INSERT INTO job_events (job_id, kind, worker_id, lease_token, detail)
