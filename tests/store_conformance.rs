@@ -1845,17 +1845,160 @@ async fn a_pruned_newer_holder_of_a_key_no_longer_blocks_a_retry(store: AnyStore
 
 /// Wait (at most 10 s) for the wake-up `want`, passing over others; fail
 /// with what came instead.
-async fn wake_up(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, want: Wakeup) {
+async fn wake_up(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, want: Wakeup, after: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(wakeup)) if wakeup == want => return,
             Ok(Some(other)) => seen.push(other),
-            Ok(None) => panic!("the wake-up channel closed waiting for {want:?}; saw {seen:?}"),
-            Err(_) => panic!("no {want:?} within 10 s; saw {seen:?}"),
+            Ok(None) => {
+                panic!(
+                    "the wake-up channel closed waiting for {want:?} after {after}; saw {seen:?}"
+                )
+            }
+            Err(_) => panic!("no {want:?} within 10 s after {after}; saw {seen:?}"),
         }
     }
+}
+
+/// Take what is pending until the channel has been quiet for 300 ms (at
+/// most 5 s), so that the next wake-up awaited is the next write's.
+async fn quiet(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// A worker that sleeps until its next poll would leave a job waiting up
+/// to a poll interval, so every write that makes a job claimable, or asks
+/// a running job to stop, must be announced: whichever call made it.
+async fn every_write_that_frees_a_job_or_stops_a_run_is_announced(store: AnyStore) {
+    let mut rx = store
+        .wakeups()
+        .await
+        .unwrap()
+        .expect("every backend pushes wake-ups");
+    let mut one = job("sleep 100");
+    one.max_attempts = 1;
+    let mut chunks = vec![vec![one]].into_iter();
+    let mut next = move || -> Result<Option<Vec<NewJob>>, StoreError> { Ok(chunks.next()) };
+    quiet(&mut rx).await;
+    let id = store.enqueue_stream(&mut next).await.unwrap()[0].id;
+    wake_up(&mut rx, Wakeup::Jobs, "a streamed enqueue").await;
+
+    let run = claim_one(&store, W1).await;
+    quiet(&mut rx).await;
+    let interrupted = Outcome::Interrupted {
+        reason: "shutdown".into(),
+    };
+    store
+        .record(W1, &[done(run.lease, interrupted)])
+        .await
+        .unwrap();
+    wake_up(&mut rx, Wakeup::Jobs, "an interruption requeued").await;
+
+    store
+        .claim(&ClaimRequest::new(
+            W1,
+            &queues(),
+            1,
+            Duration::from_millis(200),
+            1,
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    quiet(&mut rx).await;
+    assert_eq!(store.reap_expired().await.unwrap(), 1);
+    wake_up(&mut rx, Wakeup::Jobs, "a reap requeued").await;
+
+    let run = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(run.lease, failed(1))])
+        .await
+        .unwrap();
+    assert_eq!(get(&store, id).await.state, JobState::Failed);
+    quiet(&mut rx).await;
+    assert!(store.retry(id).await.unwrap());
+    wake_up(&mut rx, Wakeup::Jobs, "a retry").await;
+
+    let run = claim_one(&store, W1).await;
+    quiet(&mut rx).await;
+    let all = BulkFilter::default();
+    assert_eq!(
+        store.bulk(BulkAction::Cancel, &all, false).await.unwrap(),
+        1
+    );
+    wake_up(
+        &mut rx,
+        Wakeup::Cancel(id),
+        "a bulk cancel of a running job",
+    )
+    .await;
+    store
+        .record(W1, &[done(run.lease, Outcome::Cancelled)])
+        .await
+        .unwrap();
+    quiet(&mut rx).await;
+    assert_eq!(store.bulk(BulkAction::Retry, &all, false).await.unwrap(), 1);
+    wake_up(&mut rx, Wakeup::Jobs, "a bulk retry").await;
+
+    assert!(store.set_paused("default", true).await.unwrap());
+    quiet(&mut rx).await;
+    assert!(store.set_paused("default", false).await.unwrap());
+    wake_up(&mut rx, Wakeup::Jobs, "a queue resumed").await;
+
+    let schedule = dockhand::store::Schedule {
+        name: "often".into(),
+        cron: "* * * * *".into(),
+        job: job("echo often"),
+        last_slot_ms: 1_000,
+    };
+    store.put_schedule(&schedule).await.unwrap();
+    quiet(&mut rx).await;
+    assert!(store
+        .fire_schedule("often", 60_000)
+        .await
+        .unwrap()
+        .is_some());
+    wake_up(&mut rx, Wakeup::Jobs, "a schedule fired").await;
+}
+
+/// A stream is one enqueue in chunks: the answers in input order across
+/// chunks (a key given in an earlier chunk is found), and its bound counts
+/// every chunk so far, not the last one: 6,401 jobs in chunks of 3,200
+/// are far under it.
+async fn a_stream_answers_across_its_chunks(store: AnyStore) {
+    let mut chunks = vec![
+        (0..3_200)
+            .map(|i| job(&format!("s {i}")))
+            .collect::<Vec<_>>(),
+        (0..3_199)
+            .map(|i| job(&format!("t {i}")))
+            .chain([keyed("k", "stream-key")])
+            .collect(),
+        vec![keyed("k", "stream-key")],
+    ]
+    .into_iter();
+    let mut next = move || -> Result<Option<Vec<NewJob>>, StoreError> { Ok(chunks.next()) };
+    let answers = store
+        .enqueue_stream(&mut next)
+        .await
+        .unwrap_or_else(|e| panic!("6,401 jobs in three chunks: {e}"));
+    assert_eq!(answers.len(), 6_401);
+    assert!(answers.windows(2).take(6_399).all(|w| w[0].id < w[1].id));
+    assert!(answers[..6_400].iter().all(|a| !a.existed));
+    assert_eq!(
+        (answers[6_400].id, answers[6_400].existed),
+        (answers[6_399].id, true),
+        "the key of the second chunk holds in the third"
+    );
+    assert_eq!(store.queue_stats().await.unwrap()[0].ready, 6_400);
 }
 
 /// Every backend pushes wake-ups (the worker's latency rests on them): new
@@ -1867,11 +2010,11 @@ async fn wakeups_announce_new_jobs_and_cancels_of_running_jobs(store: AnyStore) 
         .unwrap()
         .expect("every backend pushes wake-ups");
     let id = store.enqueue_many(&[job("sleep 100")]).await.unwrap()[0];
-    wake_up(&mut rx, Wakeup::Jobs).await;
+    wake_up(&mut rx, Wakeup::Jobs, "an enqueue").await;
     let running = claim_one(&store, W1).await;
     assert_eq!(running.lease.job, id);
     assert_eq!(store.cancel(id).await.unwrap(), CancelResult::Requested);
-    wake_up(&mut rx, Wakeup::Cancel(id)).await;
+    wake_up(&mut rx, Wakeup::Cancel(id), "a cancel of a running job").await;
 }
 
 /// The instance id names one database (the Docker executor tells its own
@@ -1950,6 +2093,8 @@ macro_rules! suite {
                 list_filters_and_pages,
                 activity_counts_finished_jobs_per_minute,
                 wakeups_announce_new_jobs_and_cancels_of_running_jobs,
+                every_write_that_frees_a_job_or_stops_a_run_is_announced,
+                a_stream_answers_across_its_chunks,
                 the_instance_id_names_one_database,
             );
         )*
@@ -2101,4 +2246,48 @@ async fn sqlite_errors_are_sorted_by_what_a_retry_can_do() {
     let busy = refusal!(&mut second, "BEGIN IMMEDIATE");
     assert!(matches!(busy, StoreError::Temporary(_)), "{busy:?}");
     assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
+}
+
+/// An SQLite file holds every job's spec and output, so it is its owner's
+/// alone (0600), whether the store made it or found it readable by others;
+/// and a store that must find a database (read-only commands) refuses a
+/// missing file with a one-line error instead of making an empty one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_their_owners_alone_and_a_missing_one_is_not_made() {
+    use dockhand::store::SqliteStore;
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("missing.db");
+    let err = SqliteStore::open_existing(&format!("sqlite://{}", missing.display()))
+        .await
+        .expect_err("a missing file is refused");
+    assert!(matches!(err, StoreError::BadUrl { .. }), "{err:?}");
+    assert!(err.to_string().contains("no database file"), "{err}");
+    assert!(!missing.exists(), "the refusal made the file");
+    for memory in ["sqlite::memory:", "sqlite://:memory:"] {
+        SqliteStore::open_existing(memory)
+            .await
+            .unwrap_or_else(|e| panic!("{memory} needs no file: {e}"));
+    }
+
+    let made = dir.path().join("made.db");
+    let store = SqliteStore::open(&format!("sqlite://{}", made.display()))
+        .await
+        .expect("open makes the file");
+    store.migrate().await.unwrap();
+    assert_eq!(mode(&made), 0o600, "a new database file");
+    SqliteStore::open_existing(&format!("sqlite://{}", made.display()))
+        .await
+        .expect("an existing file opens");
+
+    let found = dir.path().join("found.db");
+    std::fs::write(&found, b"").unwrap();
+    std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o644)).unwrap();
+    SqliteStore::open_existing(&format!("sqlite://{}", found.display()))
+        .await
+        .expect("an empty file is an empty database");
+    assert_eq!(mode(&found), 0o600, "a database file others could read");
 }
