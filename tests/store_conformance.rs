@@ -447,14 +447,34 @@ async fn hand_back_changes_no_counters(store: AnyStore) {
         (stored.state, stored.attempts, stored.interruptions),
         (JobState::Queued, 0, 0)
     );
-    assert_eq!(
-        claim_one(&store, W2).await.lease.job,
-        ids[0],
-        "claimable again at once"
-    );
+    let again = claim_one(&store, W2).await;
+    assert_eq!(again.lease.job, ids[0], "claimable again at once");
     assert!(kinds(&store, ids[0])
         .await
         .contains(&"handed-back".to_string()));
+    // A hand-back is a run that never happened: the last run's output
+    // stays, and the job has no start time until it starts again.
+    let interrupted = Completion {
+        lease: again.lease,
+        outcome: Outcome::Interrupted {
+            reason: "worker shutdown".into(),
+        },
+        output: b"the last run\n".to_vec(),
+    };
+    store.record(W2, &[interrupted]).await.unwrap();
+    let unstarted = claim_one(&store, W1).await;
+    let handed_back = Completion {
+        lease: unstarted.lease,
+        outcome: Outcome::HandBack,
+        output: Vec::new(),
+    };
+    store.record(W1, &[handed_back]).await.unwrap();
+    let stored = get(&store, ids[0]).await;
+    assert_eq!((stored.state, stored.started_at), (JobState::Queued, None));
+    assert_eq!(
+        store.output(ids[0]).await.unwrap().as_deref(),
+        Some(&b"the last run\n"[..])
+    );
 }
 
 async fn cancel_queued_and_running(store: AnyStore) {
@@ -945,6 +965,26 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
     assert_eq!(
         (reaped.state, reaped.interruptions),
         (JobState::Cancelled, 0)
+    );
+    // Its late outcome is still accepted (nobody claimed the job since),
+    // and has no interruption to undo: the reap counted none.
+    let late = store
+        .record(W1, &[done(last.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        vec![(
+            ids[4],
+            RecordResult::Recorded {
+                state: JobState::Succeeded
+            }
+        )]
+    );
+    let after = get(&store, ids[4]).await;
+    assert_eq!(
+        (after.state, after.attempts, after.interruptions),
+        (JobState::Succeeded, 1, 0)
     );
     // Nothing is left to claim: no cancelled job runs again.
     assert!(store

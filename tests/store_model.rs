@@ -322,7 +322,10 @@ async fn answer<S: Store>(store: &S, op: &Op, leases: &[(usize, Lease)], jobs: u
             let completion = Completion {
                 lease: *lease,
                 outcome: outcome(kind),
-                output: b"out".to_vec(),
+                // Each record's own bytes, so the rows show whose output
+                // a job kept.
+                output: format!("{kind:?} by {} under {}", WORKERS[*worker], lease.token.0)
+                    .into_bytes(),
             };
             format!("{:?}", store.record(WORKERS[*worker], &[completion]).await)
         }
@@ -347,18 +350,30 @@ async fn rows<S: Store>(store: &S) -> String {
         .await
         .expect("list");
     for job in jobs.iter().rev() {
+        let output = store.output(job.id).await.expect("output");
         out.push_str(&format!(
-            "#{} {} {} att={} int={} cancel={} exit={:?} token={} worker={:?} key={:?}\n",
+            "#{} {} {} prio={} att={}/{} int={}/{} cancel={} exit={:?} error={:?} token={} worker={:?} key={:?}\n",
             job.id,
             job.queue,
             job.state.as_str(),
+            job.priority,
             job.attempts,
+            job.max_attempts,
             job.interruptions,
+            job.max_interruptions,
             job.cancel_requested,
             job.exit_code,
+            job.error,
             job.lease_token,
             job.worker_id,
             job.unique_key,
+        ));
+        // Times are each store's own clock; whether a job has them is not.
+        out.push_str(&format!(
+            "  started={} finished={} output={:?}\n",
+            job.started_at.is_some(),
+            job.finished_at.is_some(),
+            output.as_deref().map(String::from_utf8_lossy),
         ));
         // The history's kinds, holders, tokens and details (times are each
         // store's own clock).
