@@ -814,6 +814,106 @@ async fn heartbeats_judge_each_lease_by_its_token(store: AnyStore) {
         .await
         .unwrap();
     assert!(answer.lost.is_empty(), "{answer:?}");
+    // A heartbeat naming only a stale lease extends nothing: the job's
+    // current lease, short, runs out and is reaped.
+    store
+        .record(W1, &[done(second.lease, Outcome::HandBack)])
+        .await
+        .unwrap();
+    let short = Duration::from_millis(200);
+    let third = store
+        .claim(&ClaimRequest::new(W1, &queues(), 1, short, 3))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(third.lease.job, first.lease.job);
+    let answer = store
+        .heartbeat(W1, Phase::Running, &[second.lease], LEASE, &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.lost, vec![first.lease.job]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.reap_expired().await.unwrap(),
+        1,
+        "a stale lease's heartbeat extended the current one"
+    );
+}
+
+/// Make every job's run time `by` earlier, as if that much time passed
+/// (the in-memory store moves its clock instead).
+async fn time_passes(store: &AnyStore, by: Duration) {
+    let ms = by.as_millis() as i64;
+    match store {
+        AnyStore::Memory(memory) => memory.advance(by),
+        AnyStore::Sqlite(sqlite) => {
+            sqlx::query("UPDATE jobs SET run_at = run_at - ?")
+                .bind(ms)
+                .execute(sqlite.pool())
+                .await
+                .unwrap();
+        }
+        AnyStore::Postgres(pg) => {
+            sqlx::query("UPDATE jobs SET run_at = run_at - $1 * interval '1 millisecond'")
+                .bind(ms)
+                .execute(pg.pool())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The backoff doubles from `RETRY_BASE` (1 s) and stops at `RETRY_CAP`
+/// (600 s), with ±25 % jitter: the eleventh failure waits about 600 s, not
+/// 1,024 s.
+async fn the_backoff_doubles_up_to_its_cap(store: AnyStore) {
+    let mut new = job("exit 1");
+    new.max_attempts = 20;
+    let id = store.enqueue_many(&[new]).await.unwrap()[0];
+    let mut delays = Vec::new();
+    for attempt in 1..=11 {
+        let run = claim_one(&store, W1).await;
+        store
+            .record(W1, &[done(run.lease, failed(1))])
+            .await
+            .unwrap();
+        let stored = get(&store, id).await;
+        assert_eq!((stored.state, stored.attempts), (JobState::Queued, attempt));
+        delays.push(stored.run_at - stored.started_at.expect("started"));
+        time_passes(&store, Duration::from_secs(800)).await;
+    }
+    let (first, tenth, last) = (delays[0], delays[9], delays[10]);
+    assert!((700..=1_400).contains(&first), "{delays:?}");
+    assert!(
+        (384_000..=641_000).contains(&tenth),
+        "512 s ± 25 %: {delays:?}"
+    );
+    assert!(
+        (450_000..=751_000).contains(&last),
+        "the cap, 600 s ± 25 %: {delays:?}"
+    );
+}
+
+/// A claim from several queues takes the highest priority first, whichever
+/// queue holds it, then the oldest.
+async fn a_claim_from_several_queues_takes_the_highest_priority_first(store: AnyStore) {
+    let mut old_low = job("old, low");
+    old_low.queue = "a".into();
+    let id_old_low = store.enqueue_many(&[old_low]).await.unwrap()[0];
+    let mut new_high = job("new, high");
+    new_high.queue = "b".into();
+    new_high.priority = 5;
+    let id_new_high = store.enqueue_many(&[new_high]).await.unwrap()[0];
+    let both = vec!["a".to_string(), "b".to_string()];
+    let mut order = Vec::new();
+    for claim in 1..=2 {
+        let taken = store
+            .claim(&ClaimRequest::new(W1, &both, 1, LEASE, claim))
+            .await
+            .unwrap();
+        order.extend(taken.iter().map(|c| c.lease.job));
+    }
+    assert_eq!(order, vec![id_new_high, id_old_low]);
 }
 
 /// The outcome of a run whose lease expired and was reaped is still accepted
@@ -2150,6 +2250,8 @@ macro_rules! suite {
                 activity_counts_finished_jobs_per_minute,
                 wakeups_announce_new_jobs_and_cancels_of_running_jobs,
                 every_write_that_frees_a_job_or_stops_a_run_is_announced,
+                the_backoff_doubles_up_to_its_cap,
+                a_claim_from_several_queues_takes_the_highest_priority_first,
                 a_stream_answers_across_its_chunks,
                 the_instance_id_names_one_database,
             );

@@ -142,6 +142,11 @@ impl SqliteStore {
         })
     }
 
+    /// The pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
