@@ -1208,6 +1208,14 @@ async fn claims_whose_reply_was_lost_are_recovered_by_heartbeat(store: AnyStore)
             }
         )]
     );
+    // Asked again, only the claim's job that still runs comes back: the
+    // finished one would run twice.
+    let again = store
+        .heartbeat(W1, Phase::Running, &[], LEASE, &[7])
+        .await
+        .unwrap();
+    let again: Vec<Lease> = again.recovered.iter().map(|j| j.lease).collect();
+    assert_eq!(again, vec![recovered[1]], "a finished job was recovered");
 }
 
 /// A worker sends its heartbeat and its outcome writes independently, so
