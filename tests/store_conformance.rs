@@ -894,6 +894,44 @@ async fn the_backoff_doubles_up_to_its_cap(store: AnyStore) {
     );
 }
 
+/// What the last attempt said stays until another attempt says otherwise:
+/// an interruption or a hand-back (no attempt) keeps its exit code and
+/// error; a success clears the error and has exit code 0.
+async fn the_last_attempts_exit_code_and_error_stay_until_another_attempt(store: AnyStore) {
+    let mut new = job("flaky");
+    new.max_attempts = 3;
+    let id = store.enqueue_many(&[new]).await.unwrap()[0];
+    let said = |job: &dockhand::store::Job| (job.exit_code, job.error.clone());
+    let failed_said = (Some(3), Some("exit code 3".to_string()));
+    let run = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(run.lease, failed(3))])
+        .await
+        .unwrap();
+    assert_eq!(said(&get(&store, id).await), failed_said);
+    time_passes(&store, Duration::from_secs(10)).await;
+    let interrupted = Outcome::Interrupted {
+        reason: "worker shutdown".into(),
+    };
+    for outcome in [interrupted, Outcome::HandBack] {
+        let run = claim_one(&store, W1).await;
+        store.record(W1, &[done(run.lease, outcome)]).await.unwrap();
+        let stored = get(&store, id).await;
+        assert_eq!(stored.state, JobState::Queued);
+        assert_eq!(said(&stored), failed_said, "after no attempt");
+    }
+    let run = claim_one(&store, W1).await;
+    store
+        .record(W1, &[done(run.lease, Outcome::Succeeded)])
+        .await
+        .unwrap();
+    let stored = get(&store, id).await;
+    assert_eq!(
+        (stored.state, said(&stored)),
+        (JobState::Succeeded, (Some(0), None))
+    );
+}
+
 /// A claim from several queues takes the highest priority first, whichever
 /// queue holds it, then the oldest.
 async fn a_claim_from_several_queues_takes_the_highest_priority_first(store: AnyStore) {
@@ -2259,6 +2297,7 @@ macro_rules! suite {
                 wakeups_announce_new_jobs_and_cancels_of_running_jobs,
                 every_write_that_frees_a_job_or_stops_a_run_is_announced,
                 the_backoff_doubles_up_to_its_cap,
+                the_last_attempts_exit_code_and_error_stay_until_another_attempt,
                 a_claim_from_several_queues_takes_the_highest_priority_first,
                 a_stream_answers_across_its_chunks,
                 the_instance_id_names_one_database,
