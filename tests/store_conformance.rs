@@ -52,6 +52,19 @@ async fn claim_one(store: &AnyStore, worker: &str) -> ClaimedJob {
     claimed.remove(0)
 }
 
+/// Record `outcome` of the run under `lease` and require it written, the
+/// job left in `state`.
+async fn record_as(
+    store: &AnyStore,
+    worker: &str,
+    lease: Lease,
+    outcome: Outcome,
+    state: JobState,
+) {
+    let result = store.record(worker, &[done(lease, outcome)]).await.unwrap();
+    assert_eq!(result, vec![(lease.job, RecordResult::Recorded { state })]);
+}
+
 async fn get(store: &AnyStore, id: JobId) -> dockhand::store::Job {
     store.get(id).await.unwrap().expect("job exists")
 }
@@ -974,19 +987,14 @@ async fn late_outcome_after_a_reap_is_accepted_until_the_job_is_claimed_again(st
         assert_eq!(get(&store, *id).await.interruptions, 1);
     }
     // Job 1: nobody claimed it since; its late success is accepted, once.
-    let late = store
-        .record(W1, &[done(claimed[0].lease, Outcome::Succeeded)])
-        .await
-        .unwrap();
-    assert_eq!(
-        late,
-        vec![(
-            ids[0],
-            RecordResult::Recorded {
-                state: JobState::Succeeded
-            }
-        )]
-    );
+    record_as(
+        &store,
+        W1,
+        claimed[0].lease,
+        Outcome::Succeeded,
+        JobState::Succeeded,
+    )
+    .await;
     let stored = get(&store, ids[0]).await;
     assert_eq!(
         (stored.state, stored.attempts, stored.interruptions),
@@ -1106,19 +1114,14 @@ async fn a_pending_cancel_wins_over_every_requeue(store: AnyStore) {
     );
     // Its late outcome is still accepted (nobody claimed the job since),
     // and has no interruption to undo: the reap counted none.
-    let late = store
-        .record(W1, &[done(last.lease, Outcome::Succeeded)])
-        .await
-        .unwrap();
-    assert_eq!(
-        late,
-        vec![(
-            ids[4],
-            RecordResult::Recorded {
-                state: JobState::Succeeded
-            }
-        )]
-    );
+    record_as(
+        &store,
+        W1,
+        last.lease,
+        Outcome::Succeeded,
+        JobState::Succeeded,
+    )
+    .await;
     let after = get(&store, ids[4]).await;
     assert_eq!(
         (after.state, after.attempts, after.interruptions),
