@@ -853,29 +853,6 @@ async fn heartbeats_judge_each_lease_by_its_token(store: AnyStore) {
     );
 }
 
-/// Make every job's run time `by` earlier, as if that much time passed
-/// (the in-memory store moves its clock instead).
-async fn time_passes(store: &AnyStore, by: Duration) {
-    let ms = by.as_millis() as i64;
-    match store {
-        AnyStore::Memory(memory) => memory.advance(by),
-        AnyStore::Sqlite(sqlite) => {
-            sqlx::query("UPDATE jobs SET run_at = run_at - ?")
-                .bind(ms)
-                .execute(sqlite.pool())
-                .await
-                .unwrap();
-        }
-        AnyStore::Postgres(pg) => {
-            sqlx::query("UPDATE jobs SET run_at = run_at - $1 * interval '1 millisecond'")
-                .bind(ms)
-                .execute(pg.pool())
-                .await
-                .unwrap();
-        }
-    }
-}
-
 /// The backoff doubles from `RETRY_BASE` (1 s) and stops at `RETRY_CAP`
 /// (600 s), with ±25 % jitter: the eleventh failure waits about 600 s, not
 /// 1,024 s.
@@ -893,7 +870,7 @@ async fn the_backoff_doubles_up_to_its_cap(store: AnyStore) {
         let stored = get(&store, id).await;
         assert_eq!((stored.state, stored.attempts), (JobState::Queued, attempt));
         delays.push(stored.run_at - stored.started_at.expect("started"));
-        time_passes(&store, Duration::from_secs(800)).await;
+        support::time_passes(&store, Duration::from_secs(800)).await;
     }
     let (first, tenth, last) = (delays[0], delays[9], delays[10]);
     assert!((700..=1_400).contains(&first), "{delays:?}");
@@ -922,7 +899,7 @@ async fn the_last_attempts_exit_code_and_error_stay_until_another_attempt(store:
         .await
         .unwrap();
     assert_eq!(said(&get(&store, id).await), failed_said);
-    time_passes(&store, Duration::from_secs(10)).await;
+    support::time_passes(&store, Duration::from_secs(10)).await;
     let interrupted = Outcome::Interrupted {
         reason: "worker shutdown".into(),
     };

@@ -175,23 +175,8 @@ impl Stores {
     /// Time passes: every store's clock is `JUMP` later.
     async fn advance(&self) {
         self.memory.advance(JUMP);
-        let ms = JUMP.as_millis();
-        sql(
-            &self.postgres_url,
-            &format!(
-                "UPDATE jobs SET run_at = run_at - interval '{ms} milliseconds',
-                    lease_expires_at = lease_expires_at - interval '{ms} milliseconds'"
-            ),
-        )
-        .await;
-        sql(
-            &self.sqlite_url,
-            &format!(
-                "UPDATE jobs SET run_at = run_at - {ms},
-                    lease_expires_at = lease_expires_at - {ms}"
-            ),
-        )
-        .await;
+        support::time_passes(&self.sqlite, JUMP).await;
+        support::time_passes(&self.postgres, JUMP).await;
     }
 }
 

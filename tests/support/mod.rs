@@ -66,6 +66,35 @@ pub async fn postgres_store(name: &str) -> (AnyStore, Guard) {
     (AnyStore::Postgres(store), Guard::None)
 }
 
+/// Time passes for a store's jobs: every job's run time and lease deadline
+/// move `by` earlier, as if that much time went by (the in-memory store
+/// moves its clock instead). Used by the conformance suite and the model.
+pub async fn time_passes(store: &AnyStore, by: std::time::Duration) {
+    let ms = by.as_millis() as i64;
+    match store {
+        AnyStore::Memory(memory) => memory.advance(by),
+        AnyStore::Sqlite(sqlite) => {
+            sqlx::query(
+                "UPDATE jobs SET run_at = run_at - ?1, lease_expires_at = lease_expires_at - ?1",
+            )
+            .bind(ms)
+            .execute(sqlite.pool())
+            .await
+            .expect("move the SQLite jobs' times");
+        }
+        AnyStore::Postgres(pg) => {
+            sqlx::query(
+                "UPDATE jobs SET run_at = run_at - $1 * interval '1 millisecond',
+                    lease_expires_at = lease_expires_at - $1 * interval '1 millisecond'",
+            )
+            .bind(ms)
+            .execute(pg.pool())
+            .await
+            .expect("move the PostgreSQL jobs' times");
+        }
+    }
+}
+
 // ---- the real binary -------------------------------------------------------
 
 use std::io::{BufRead, BufReader};
