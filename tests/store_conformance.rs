@@ -2394,6 +2394,154 @@ async fn postgres_errors_are_sorted_by_what_a_retry_can_do() {
     assert!(busy.is_transient() && !refused.is_transient() && !duplicate.is_transient());
 }
 
+/// A failed keyed job, its worker's run over: what an operator retries.
+async fn failed_keyed(store: &AnyStore, key: &str) -> JobId {
+    let mut new = keyed("keyed", key);
+    new.max_attempts = 1;
+    let id = store.enqueue_many(&[new]).await.unwrap()[0];
+    let run = claim_one(store, W1).await;
+    assert_eq!(run.lease.job, id);
+    record_as(store, W1, run.lease, failed(1), JobState::Failed).await;
+    id
+}
+
+/// Wait until one of this database's sessions waits on a lock (a retry
+/// waiting on the unique index for another transaction's insert).
+async fn a_session_waits_on_a_lock(pool: &sqlx::PgPool, what: &str) {
+    support::eventually(what, Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+}
+
+/// A retry (one job, or in bulk) finds a key's newest job by its snapshot;
+/// an enqueue of that key by a transaction still open is not in it, so
+/// the retry's update waits on the unique index for that transaction and,
+/// once it commits, fails with a unique violation. The retry must then give
+/// way as its guard would have had it seen the new job: one job refused,
+/// a bulk retry taking the other keys. Deterministic: the enqueue is held
+/// open until the retry is seen waiting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_retry_that_waited_on_an_enqueue_of_its_key_gives_way() {
+    let (store, _guard) = support::postgres_store("a_retry_that_waited").await;
+    let AnyStore::Postgres(pg) = &store else {
+        panic!("not a PostgreSQL store")
+    };
+    let pool = pg.pool().clone();
+    let bound = Duration::from_secs(TEST_BOUND_SECS);
+    let test = async {
+        let one = failed_keyed(&store, "one").await;
+        let taken = failed_keyed(&store, "taken").await;
+        let free = failed_keyed(&store, "free").await;
+        // Another producer's enqueue of a key, not yet committed (written
+        // as the store writes a job, so only the key matters).
+        let enqueue_of = |id: JobId| {
+            let pool = pool.clone();
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                let new: i64 = sqlx::query_scalar(
+                    "INSERT INTO jobs (queue, spec, max_attempts, unique_key)
+                     SELECT queue, spec, max_attempts, unique_key FROM jobs WHERE id = $1
+                     RETURNING id",
+                )
+                .bind(id.0)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+                (tx, JobId(new))
+            }
+        };
+
+        let (open, newer) = enqueue_of(one).await;
+        let retry = tokio::spawn({
+            let store = store.clone();
+            async move { store.retry(one).await }
+        });
+        a_session_waits_on_a_lock(&pool, "the retry to wait on the open enqueue").await;
+        open.commit().await.unwrap();
+        let answer = retry.await.unwrap();
+        assert!(
+            matches!(answer, Ok(false)),
+            "a retry of a key a newer job took is refused, not an error: {answer:?}"
+        );
+        assert_eq!(get(&store, one).await.state, JobState::Failed);
+        assert_eq!(get(&store, newer).await.state, JobState::Queued);
+
+        let (open, newer) = enqueue_of(taken).await;
+        let bulk = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .bulk(BulkAction::Retry, &BulkFilter::default(), false)
+                    .await
+            }
+        });
+        a_session_waits_on_a_lock(&pool, "the bulk retry to wait on the open enqueue").await;
+        open.commit().await.unwrap();
+        let answer = bulk.await.unwrap();
+        assert!(
+            matches!(answer, Ok(1)),
+            "the bulk retry gives way on the taken key and retries the free one: {answer:?}"
+        );
+        assert_eq!(get(&store, taken).await.state, JobState::Failed);
+        assert_eq!(get(&store, newer).await.state, JobState::Queued);
+        assert_eq!(get(&store, free).await.state, JobState::Queued);
+    };
+    tokio::time::timeout(bound, test)
+        .await
+        .expect("the retries finish within the bound");
+}
+
+/// A change the database refuses for good (here a trigger that raises on
+/// every update of a job) is an error for the caller, tried once: neither
+/// taken for a lost key race (a refused retry) nor tried again batch after
+/// batch. A sequence counts the tries, as its values outlive the rollbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_retry_the_database_refuses_is_an_error_tried_once() {
+    let (store, _guard) = support::postgres_store("a_retry_the_database_refuses").await;
+    let AnyStore::Postgres(pg) = &store else {
+        panic!("not a PostgreSQL store")
+    };
+    let id = failed_keyed(&store, "refused").await;
+    sqlx::raw_sql(
+        "CREATE SEQUENCE tries;
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM nextval('tries'); RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(pg.pool())
+    .await
+    .unwrap();
+    let tries = || async {
+        let tries: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM tries")
+                .fetch_one(pg.pool())
+                .await
+                .unwrap();
+        tries
+    };
+    let bound = Duration::from_secs(TEST_BOUND_SECS);
+    let answer = tokio::time::timeout(bound, store.retry(id))
+        .await
+        .expect("a refused retry ends");
+    assert!(matches!(answer, Err(StoreError::Database(_))), "{answer:?}");
+    assert_eq!(tries().await, 1, "the retry was tried once");
+    let all = BulkFilter::default();
+    let answer = tokio::time::timeout(bound, store.bulk(BulkAction::Retry, &all, false))
+        .await
+        .expect("a refused bulk retry ends");
+    assert!(matches!(answer, Err(StoreError::Database(_))), "{answer:?}");
+    assert_eq!(tries().await, 2, "the bulk retry was tried once");
+    assert_eq!(get(&store, id).await.state, JobState::Failed);
+}
+
 /// The same for SQLite: a write lock held by another connection (BUSY) is
 /// waited out; a missing table or a duplicate key is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
