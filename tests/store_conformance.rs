@@ -2135,6 +2135,47 @@ async fn every_write_that_frees_a_job_or_stops_a_run_is_announced(store: AnyStor
     wake_up(&mut rx, Wakeup::Jobs, "a schedule fired").await;
 }
 
+/// No wake-up within half a second of `after` (a PostgreSQL notification
+/// arrives in milliseconds; one held up longer lets this pass, never fail).
+async fn nothing_announced(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, after: &str) {
+    if let Ok(Some(wakeup)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        panic!("{wakeup:?} after {after}, which frees no job and stops no run");
+    }
+}
+
+/// A wake-up makes every idle worker of the fleet ask for jobs at once, so
+/// the stores that announce writes (not SQLite, whose watcher sees every
+/// commit of another connection) announce only what frees a job or stops
+/// a run: a bulk change that changed nothing, a cancel of a queued job, a
+/// pause, or a resume of a queue that was not paused wakes nobody.
+async fn writes_that_free_no_job_announce_nothing(store: AnyStore) {
+    let mut rx = store
+        .wakeups()
+        .await
+        .unwrap()
+        .expect("every backend pushes wake-ups");
+    let ids = store.enqueue_many(&[job("one"), job("two")]).await.unwrap();
+    wake_up(&mut rx, Wakeup::Jobs, "an enqueue").await;
+    quiet(&mut rx).await;
+    let all = BulkFilter::default();
+    assert_eq!(store.bulk(BulkAction::Retry, &all, false).await.unwrap(), 0);
+    nothing_announced(&mut rx, "a bulk retry of nothing").await;
+    assert_eq!(store.cancel(ids[0]).await.unwrap(), CancelResult::Cancelled);
+    nothing_announced(&mut rx, "a cancel of a queued job").await;
+    assert_eq!(
+        store.bulk(BulkAction::Cancel, &all, false).await.unwrap(),
+        1
+    );
+    nothing_announced(&mut rx, "a bulk cancel of a queued job").await;
+    assert!(store.set_paused("default", true).await.unwrap());
+    nothing_announced(&mut rx, "a pause").await;
+    assert!(store.set_paused("default", false).await.unwrap());
+    wake_up(&mut rx, Wakeup::Jobs, "a resume").await;
+    quiet(&mut rx).await;
+    assert!(!store.set_paused("default", false).await.unwrap());
+    nothing_announced(&mut rx, "a resume of a queue that was not paused").await;
+}
+
 /// A stream is one enqueue in chunks: the answers in input order across
 /// chunks (a key given in an earlier chunk is found), and its bound counts
 /// every chunk so far, not the last one: 6,401 jobs in chunks of 3,200
@@ -2291,6 +2332,13 @@ suite! {
     sqlite => crate::support::sqlite_store,
     postgres => crate::support::postgres_store,
 }
+
+// What only the stores that announce each write can promise (SQLite's
+// watcher wakes on any commit of another connection).
+conformance!(memory_announcing, crate::support::memory_store;
+    writes_that_free_no_job_announce_nothing);
+conformance!(postgres_announcing, crate::support::postgres_store;
+    writes_that_free_no_job_announce_nothing);
 
 /// A database migrated by a newer dockhand is refused with an error that says so.
 async fn schema_too_new_is_refused(store: AnyStore) {
