@@ -1898,8 +1898,9 @@ async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
     let mut jobs: Vec<NewJob> = (0..1_200).map(|i| job(&format!("p {i}"))).collect();
     jobs[0].max_attempts = 1;
     let ids = store.enqueue_many(&jobs).await.unwrap();
-    // 1,000 cancelled (more than one batch of each kind), one failed, one
-    // running, the rest queued.
+    // 1,001 cancelled (more than one batch: a prune that stopped after a
+    // full batch left the last one), one failed, one running, the rest
+    // queued.
     let filter = BulkFilter::default();
     let claimed = store
         .claim(&ClaimRequest::new(W1, &queues(), 2, LEASE, 1))
@@ -1909,7 +1910,7 @@ async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
         .record(W1, &[done(claimed[0].lease, failed(1))])
         .await
         .unwrap();
-    let mut cancel: Vec<JobId> = ids[2..1_002].to_vec();
+    let mut cancel: Vec<JobId> = ids[2..1_003].to_vec();
     cancel.sort();
     for id in &cancel {
         store.cancel(*id).await.unwrap();
@@ -1930,7 +1931,7 @@ async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
             .prune(&[JobState::Cancelled], Duration::from_millis(10), true)
             .await
             .unwrap(),
-        1_000,
+        1_001,
         "dry run"
     );
     assert_eq!(
@@ -1938,7 +1939,7 @@ async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
             .prune(&[JobState::Cancelled], Duration::from_millis(10), false)
             .await
             .unwrap(),
-        1_000
+        1_001
     );
     assert!(store.get(cancel[0]).await.unwrap().is_none());
     assert!(
@@ -1959,7 +1960,7 @@ async fn prune_deletes_old_finished_jobs_with_their_history(store: AnyStore) {
     );
     // Live jobs stay, and cannot be asked for.
     assert_eq!(get(&store, ids[1]).await.state, JobState::Running);
-    assert_eq!(store.queue_stats().await.unwrap()[0].ready, 198);
+    assert_eq!(store.queue_stats().await.unwrap()[0].ready, 197);
     assert!(store
         .prune(&[JobState::Running], Duration::ZERO, false)
         .await
