@@ -2217,6 +2217,9 @@ async fn wakeups_announce_new_jobs_and_cancels_of_running_jobs(store: AnyStore) 
         .await
         .unwrap()
         .expect("every backend pushes wake-ups");
+    // Nothing written, nothing announced: a wake-up is a claim by every
+    // idle worker of the fleet.
+    nothing_announced(&mut rx, "no write at all").await;
     let id = store.enqueue_many(&[job("sleep 100")]).await.unwrap()[0];
     wake_up(&mut rx, Wakeup::Jobs, "an enqueue").await;
     let running = claim_one(&store, W1).await;
@@ -2672,4 +2675,18 @@ async fn sqlite_files_are_their_owners_alone_and_a_missing_one_is_not_made() {
         .await
         .expect("an empty file is an empty database");
     assert_eq!(mode(&found), 0o600, "a database file others could read");
+
+    // Only others' access is taken away: a file already its owner's alone
+    // keeps the mode its owner chose.
+    let own = dir.path().join("own.db");
+    std::fs::write(&own, b"").unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+    SqliteStore::open_existing(&format!("sqlite://{}", own.display()))
+        .await
+        .expect("an empty file is an empty database");
+    assert_eq!(
+        mode(&own),
+        0o700,
+        "a database file only its owner could read"
+    );
 }
