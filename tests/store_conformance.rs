@@ -2010,6 +2010,15 @@ async fn a_pruned_newer_holder_of_a_key_no_longer_blocks_a_retry(store: AnyStore
     );
 }
 
+/// The store's wake-ups: every backend pushes them.
+async fn wakeups_of(store: &AnyStore) -> tokio::sync::mpsc::Receiver<Wakeup> {
+    store
+        .wakeups()
+        .await
+        .unwrap()
+        .expect("every backend pushes wake-ups")
+}
+
 /// Wait (at most 10 s) for the wake-up `want`, passing over others; fail
 /// with what came instead.
 async fn wake_up(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, want: Wakeup, after: &str) {
@@ -2045,11 +2054,7 @@ async fn quiet(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>) {
 /// to a poll interval, so every write that makes a job claimable, or asks
 /// a running job to stop, must be announced: whichever call made it.
 async fn every_write_that_frees_a_job_or_stops_a_run_is_announced(store: AnyStore) {
-    let mut rx = store
-        .wakeups()
-        .await
-        .unwrap()
-        .expect("every backend pushes wake-ups");
+    let mut rx = wakeups_of(&store).await;
     let mut one = job("sleep 100");
     one.max_attempts = 1;
     let mut chunks = vec![vec![one]].into_iter();
@@ -2150,11 +2155,7 @@ async fn nothing_announced(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>, after: 
 /// a run: a bulk change that changed nothing, a cancel of a queued job, a
 /// pause, or a resume of a queue that was not paused wakes nobody.
 async fn writes_that_free_no_job_announce_nothing(store: AnyStore) {
-    let mut rx = store
-        .wakeups()
-        .await
-        .unwrap()
-        .expect("every backend pushes wake-ups");
+    let mut rx = wakeups_of(&store).await;
     let ids = store.enqueue_many(&[job("one"), job("two")]).await.unwrap();
     wake_up(&mut rx, Wakeup::Jobs, "an enqueue").await;
     quiet(&mut rx).await;
@@ -2212,11 +2213,7 @@ async fn a_stream_answers_across_its_chunks(store: AnyStore) {
 /// Every backend pushes wake-ups (the worker's latency rests on them): new
 /// jobs, and a cancel asked of a running job, whoever wrote them.
 async fn wakeups_announce_new_jobs_and_cancels_of_running_jobs(store: AnyStore) {
-    let mut rx = store
-        .wakeups()
-        .await
-        .unwrap()
-        .expect("every backend pushes wake-ups");
+    let mut rx = wakeups_of(&store).await;
     // Nothing written, nothing announced: a wake-up is a claim by every
     // idle worker of the fleet.
     nothing_announced(&mut rx, "no write at all").await;
