@@ -475,6 +475,7 @@ fn fleet_survives_chaos_losing_nothing() {
         db: Db {
             url: url.clone(),
             dir: support::job_dir(),
+            postgres: None,
         },
         active: Vec::new(),
         leaving: Vec::new(),

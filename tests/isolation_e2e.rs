@@ -30,9 +30,11 @@ exit 0
 "#;
 
 /// A PostgreSQL database owned by a role whose password appears nowhere
-/// else: returns the URL with it, and the password.
-async fn database_with_a_secret(name: &str) -> (String, String) {
-    let url = support::fresh_postgres_database(name).await;
+/// else: returns the database (dropped with the role when it goes), the
+/// URL with the password, and the password.
+async fn database_with_a_secret(name: &str) -> (support::PgDatabase, String, String) {
+    let mut database = support::fresh_postgres_database(name).await;
+    let url = database.url.clone();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -42,7 +44,8 @@ async fn database_with_a_secret(name: &str) -> (String, String) {
     let admin = dockhand::store::PostgresStore::connect_with(&url, 1)
         .await
         .unwrap();
-    let db = url.rsplit_once('/').unwrap().1.to_string();
+    let db = database.name().to_string();
+    database.drop_role_after(&role);
     for statement in [
         format!("CREATE ROLE {role} LOGIN PASSWORD '{secret}'"),
         format!("ALTER DATABASE {db} OWNER TO {role}"),
@@ -52,7 +55,11 @@ async fn database_with_a_secret(name: &str) -> (String, String) {
     }
     admin.pool().close().await;
     let server = url.rsplit_once('@').unwrap().1;
-    (format!("postgres://{role}:{secret}@{server}"), secret)
+    (
+        database,
+        format!("postgres://{role}:{secret}@{server}"),
+        secret,
+    )
 }
 
 fn output(url: &str, id: i64) -> String {
@@ -102,7 +109,7 @@ async fn assert_snooping_finds_nothing(url: &str, id: i64, secret: &str) {
 /// it) runs the job as nobody: the job finds no password anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_workers_job_finds_no_password() {
-    let (url, secret) = database_with_a_secret("rootsnoop").await;
+    let (_database, url, secret) = database_with_a_secret("rootsnoop").await;
     let dir = support::job_dir();
     let url_file = dir.path().join("database-url");
     std::fs::write(&url_file, format!("{url}\n")).unwrap();
@@ -134,7 +141,7 @@ async fn a_root_workers_job_finds_no_password() {
 /// itself: being non-dumpable, its /proc entries are still closed to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_root_workers_job_finds_no_password() {
-    let (url, secret) = database_with_a_secret("usersnoop").await;
+    let (_database, url, secret) = database_with_a_secret("usersnoop").await;
     let dir = support::job_dir();
     let enqueue = Command::new(bin())
         .env("DATABASE_URL", &url)

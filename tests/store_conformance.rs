@@ -2368,6 +2368,45 @@ async fn postgres_schema_too_new_is_refused() {
     schema_too_new_is_refused(store).await;
 }
 
+/// The test support's own promise: a test's database (and a role made for
+/// it) is dropped when its guard goes, even with a store still connected,
+/// so that a mutation run of hundreds of suites leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_tests_database_goes_with_its_guard() {
+    let (store, guard) = support::postgres_store("goes_with_its_guard").await;
+    let support::Guard::Postgres(mut database) = guard else {
+        panic!("a PostgreSQL store's guard holds its database");
+    };
+    let name = database.name().to_string();
+    let admin = dockhand::store::PostgresStore::connect_with(&support::postgres_base_url(), 1)
+        .await
+        .expect("connect to the test server");
+    let role = format!("job_guard_{}", std::process::id());
+    sqlx::query(&format!("CREATE ROLE {role}"))
+        .execute(admin.pool())
+        .await
+        .expect("create role");
+    database.drop_role_after(&role);
+    let count = |sql: &'static str, of: String| {
+        let pool = admin.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(of)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    let databases = "SELECT count(*) FROM pg_database WHERE datname = $1";
+    let roles = "SELECT count(*) FROM pg_roles WHERE rolname = $1";
+    assert_eq!(count(databases, name.clone()).await, 1);
+    assert_eq!(count(roles, role.clone()).await, 1);
+    drop(database);
+    assert_eq!(count(databases, name).await, 0, "the database is dropped");
+    assert_eq!(count(roles, role).await, 0, "the role is dropped");
+    drop(store);
+}
+
 #[test]
 fn sqlite_schema_too_new_is_refused_by_the_cli() {
     let dir = tempfile::tempdir().unwrap();

@@ -118,6 +118,7 @@ struct Stores {
     sqlite_url: String,
     postgres: AnyStore,
     postgres_url: String,
+    _postgres_db: support::PgDatabase,
     _dir: tempfile::TempDir,
 }
 
@@ -127,7 +128,8 @@ impl Stores {
         let sqlite_url = format!("sqlite://{}", dir.path().join("model.db").display());
         let sqlite = AnyStore::open(&sqlite_url).await.expect("sqlite");
         sqlite.migrate().await.expect("migrate sqlite");
-        let postgres_url = support::fresh_postgres_database("store_model").await;
+        let postgres_db = support::fresh_postgres_database("store_model").await;
+        let postgres_url = postgres_db.url.clone();
         let postgres = AnyStore::open(&postgres_url).await.expect("postgres");
         postgres.migrate().await.expect("migrate postgres");
         Stores {
@@ -136,6 +138,7 @@ impl Stores {
             sqlite_url,
             postgres,
             postgres_url,
+            _postgres_db: postgres_db,
             _dir: dir,
         }
     }

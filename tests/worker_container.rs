@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dockhand::job::{JobSpec, JobState, NewJob};
 use dockhand::store::{AnyStore, JobFilter, Store};
-use support::{eventually, fresh_postgres_database, Db};
+use support::{eventually, Db};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -103,10 +103,7 @@ struct Setup {
 async fn setup(name: &str) -> Setup {
     let tag = format!("dockhand-worker-test:{name}-{}", std::process::id());
     build_worker_image(&tag);
-    let db = Db {
-        url: fresh_postgres_database(name).await,
-        dir: support::job_dir(),
-    };
+    let db = Db::postgres(name).await;
     let store = db.store().await;
     store.migrate().await.expect("migrate");
     Setup {

@@ -587,7 +587,11 @@ fn unreachable_database_is_one_line_without_the_password() {
 fn idle_worker_exits_at_once_on_term() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("idle.db").display());
-    let db = Db { url, dir };
+    let db = Db {
+        url,
+        dir,
+        postgres: None,
+    };
     let mut worker = db.worker(&[]);
     let sent = Instant::now();
     worker.signal(SIGTERM);

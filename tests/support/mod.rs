@@ -8,12 +8,14 @@ use dockhand::store::{AnyStore, MemoryStore, PostgresStore, SqliteStore, Store};
 pub mod engine;
 pub use serde_json;
 
-/// Keeps a test's resources (temp dir) alive.
+/// Keeps a test's resources (temp dir, database) alive.
 pub enum Guard {
     /// Nothing to keep.
     None,
     /// A temporary directory.
     Dir(tempfile::TempDir),
+    /// A PostgreSQL database of the test's own.
+    Postgres(PgDatabase),
 }
 
 pub async fn memory_store(_name: &str) -> (AnyStore, Guard) {
@@ -35,8 +37,73 @@ pub fn postgres_base_url() -> String {
     })
 }
 
-/// A fresh, empty database on the test server; returns its URL.
-pub async fn fresh_postgres_database(name: &str) -> String {
+/// A test's own PostgreSQL database, dropped (with the roles it was given
+/// to) when this goes. Every conformance test makes one, so a mutation run
+/// of a hundred suites would otherwise leave thousands on the server.
+pub struct PgDatabase {
+    /// The database's URL, as the test server's role.
+    pub url: String,
+    name: String,
+    roles: Vec<String>,
+}
+
+impl PgDatabase {
+    /// The database's name on the server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A role the test made for this database, dropped after it.
+    pub fn drop_role_after(&mut self, role: &str) {
+        self.roles.push(role.to_string());
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let mut statements = vec![format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )];
+        statements.extend(
+            self.roles
+                .iter()
+                .map(|r| format!("DROP ROLE IF EXISTS {r}")),
+        );
+        // A drop runs inside the test's runtime, which cannot wait on a
+        // future here; a thread with its own runtime can. A failure leaves
+        // the database to the next `scripts/services.sh`, which drops what
+        // is left; it must not turn a passing test into a panic.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let admin = PostgresStore::connect_with(&postgres_base_url(), 1)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for statement in &statements {
+                    sqlx::query(statement)
+                        .execute(admin.pool())
+                        .await
+                        .map_err(|e| format!("{statement}: {e}"))?;
+                }
+                admin.pool().close().await;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("left for scripts/services.sh to drop: {e}"),
+            Err(_) => eprintln!("left for scripts/services.sh to drop: {}", self.name),
+        }
+    }
+}
+
+/// A fresh, empty database on the test server, dropped when the answer goes.
+pub async fn fresh_postgres_database(name: &str) -> PgDatabase {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let base = postgres_base_url();
     let db = format!(
@@ -53,17 +120,24 @@ pub async fn fresh_postgres_database(name: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("create database {db}: {e}"));
     admin.pool().close().await;
-    match base.rsplit_once('/') {
+    let url = match base.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{db}"),
         None => panic!("DOCKHAND_TEST_PG must end in /DATABASE"),
+    };
+    PgDatabase {
+        url,
+        name: db,
+        roles: Vec::new(),
     }
 }
 
 pub async fn postgres_store(name: &str) -> (AnyStore, Guard) {
-    let url = fresh_postgres_database(name).await;
-    let store = PostgresStore::connect_with(&url, 3).await.expect("connect");
+    let db = fresh_postgres_database(name).await;
+    let store = PostgresStore::connect_with(&db.url, 3)
+        .await
+        .expect("connect");
     store.migrate().await.expect("migrate postgres");
-    (AnyStore::Postgres(store), Guard::None)
+    (AnyStore::Postgres(store), Guard::Postgres(db))
 }
 
 /// Time passes for a store's jobs: every job's run time and lease deadline
@@ -116,20 +190,28 @@ pub fn job_dir() -> tempfile::TempDir {
 pub struct Db {
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database this test made, dropped with it.
+    pub postgres: Option<PgDatabase>,
 }
 
 impl Db {
     pub async fn postgres(name: &str) -> Db {
+        let postgres = fresh_postgres_database(name).await;
         Db {
-            url: fresh_postgres_database(name).await,
+            url: postgres.url.clone(),
             dir: job_dir(),
+            postgres: Some(postgres),
         }
     }
 
     pub async fn sqlite(_name: &str) -> Db {
         let dir = job_dir();
         let url = format!("sqlite://{}", dir.path().join("dockhand.db").display());
-        Db { url, dir }
+        Db {
+            url,
+            dir,
+            postgres: None,
+        }
     }
 
     /// The same database through the library, for assertions.
