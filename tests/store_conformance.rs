@@ -446,6 +446,12 @@ async fn interruptions_use_no_attempt_and_quarantine(store: AnyStore) {
         .error
         .unwrap_or_default()
         .contains("max_interruptions"));
+    // The history says the job failed, not that it was interrupted a third
+    // time: `dockhand show` and the dashboard read the last event.
+    assert_eq!(
+        kinds(&store, ids[0]).await.last().map(String::as_str),
+        Some("failed")
+    );
 }
 
 async fn hand_back_changes_no_counters(store: AnyStore) {
@@ -602,14 +608,20 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         .register_worker(&info("silent", Duration::ZERO))
         .await
         .unwrap();
+    // Silent for more than half its lease but less than the lost bound
+    // (LOST_AFTER_LEASES = 2 leases) after the sleep below: not lost.
+    store
+        .register_worker(&info("halfway", Duration::from_millis(1500)))
+        .await
+        .unwrap();
     store.enqueue_many(&[job("sleep 1")]).await.unwrap();
     let claimed = claim_one(&store, W1).await;
     let rows = store.workers(lease).await.unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|w| !w.lost));
     let w1 = rows.iter().find(|w| w.info.id == W1).unwrap();
     assert_eq!(w1.running_jobs, vec![claimed.lease.job]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     store
         .heartbeat(W2, Phase::Draining, &[], lease, &[])
         .await
@@ -623,6 +635,7 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
     assert!(lost.contains(&(W2, false, "draining")), "{lost:?}");
     assert!(lost.contains(&("patient", false, "running")), "{lost:?}");
     assert!(lost.contains(&("silent", true, "running")), "{lost:?}");
+    assert!(lost.contains(&("halfway", false, "running")), "{lost:?}");
     let leases: Vec<(&str, Duration)> = rows
         .iter()
         .map(|w| (w.info.id.as_str(), w.info.lease))
@@ -636,7 +649,7 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         .deregister_worker(&WorkerStop::new(W2, 75, "0.000s SIGTERM\n"))
         .await
         .unwrap();
-    assert_eq!(store.workers(lease).await.unwrap().len(), 3);
+    assert_eq!(store.workers(lease).await.unwrap().len(), 4);
     // How it stopped is kept, newest first, one record per worker.
     store
         .deregister_worker(&WorkerStop::new("patient", 0, ""))
