@@ -608,10 +608,11 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         .register_worker(&info("silent", Duration::ZERO))
         .await
         .unwrap();
-    // Silent for more than half its lease but less than the lost bound
-    // (LOST_AFTER_LEASES = 2 leases) after the sleep below: not lost.
+    // Silent for one and a half leases below: more than a lease (or a
+    // lease plus two milliseconds, or half of one), less than the lost
+    // bound of LOST_AFTER_LEASES = 2 leases: not lost.
     store
-        .register_worker(&info("halfway", Duration::from_millis(1500)))
+        .register_worker(&info("halfway", Duration::from_secs(10)))
         .await
         .unwrap();
     store.enqueue_many(&[job("sleep 1")]).await.unwrap();
@@ -621,7 +622,7 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
     assert!(rows.iter().all(|w| !w.lost));
     let w1 = rows.iter().find(|w| w.info.id == W1).unwrap();
     assert_eq!(w1.running_jobs, vec![claimed.lease.job]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    support::time_passes(&store, Duration::from_secs(15)).await;
     store
         .heartbeat(W2, Phase::Draining, &[], lease, &[])
         .await

@@ -140,9 +140,10 @@ pub async fn postgres_store(name: &str) -> (AnyStore, Guard) {
     (AnyStore::Postgres(store), Guard::Postgres(db))
 }
 
-/// Time passes for a store's jobs: every job's run time and lease deadline
-/// move `by` earlier, as if that much time went by (the in-memory store
-/// moves its clock instead). Used by the conformance suite and the model.
+/// Time passes for a store's jobs and workers: every job's run time and
+/// lease deadline, and every worker's last heartbeat, move `by` earlier, as
+/// if that much time went by (the in-memory store moves its clock
+/// instead). Used by the conformance suite and the model.
 pub async fn time_passes(store: &AnyStore, by: std::time::Duration) {
     let ms = by.as_millis() as i64;
     match store {
@@ -155,6 +156,11 @@ pub async fn time_passes(store: &AnyStore, by: std::time::Duration) {
             .execute(sqlite.pool())
             .await
             .expect("move the SQLite jobs' times");
+            sqlx::query("UPDATE workers SET heartbeat_at = heartbeat_at - ?1")
+                .bind(ms)
+                .execute(sqlite.pool())
+                .await
+                .expect("move the SQLite workers' heartbeats");
         }
         AnyStore::Postgres(pg) => {
             sqlx::query(
@@ -165,6 +171,13 @@ pub async fn time_passes(store: &AnyStore, by: std::time::Duration) {
             .execute(pg.pool())
             .await
             .expect("move the PostgreSQL jobs' times");
+            sqlx::query(
+                "UPDATE workers SET heartbeat_at = heartbeat_at - $1 * interval '1 millisecond'",
+            )
+            .bind(ms)
+            .execute(pg.pool())
+            .await
+            .expect("move the PostgreSQL workers' heartbeats");
         }
     }
 }
