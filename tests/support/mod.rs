@@ -41,7 +41,7 @@ pub fn postgres_base_url() -> String {
 /// to) when this goes. Every conformance test makes one, so a mutation run
 /// of a hundred suites would otherwise leave thousands on the server.
 pub struct PgDatabase {
-    /// The database's URL, as the test server's role.
+    /// The database's URL, with the test server's credentials.
     pub url: String,
     name: String,
     roles: Vec<String>,
