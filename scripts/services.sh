@@ -35,22 +35,23 @@ export DOCKHAND_TEST_PG="postgres://dockhand:dockhand@127.0.0.1:${pg_port}/dockh
 echo "PostgreSQL $pg_version/$pg_name on port $pg_port"
 # Drop databases (and the roles some were given to) that earlier runs left:
 # each test drops its own, but a killed or crashed test run cannot. A name
-# ends in its test process's pid and a counter; a live process's are left
-# alone, as a test run beside this one still uses them. One psql session
-# for all: a psql per database cost a third of a second each.
-# Database names end in _PID_COUNTER, role names in _PID.
-leftovers() {
-  su postgres -c "psql -qtAX -c \"$1\"" | while read -r name; do
+# ends in its test process's pid (and, on this cluster's databases, a
+# counter after it); a live process's are left alone, as a test run beside
+# this one still uses them. One psql session for all: a psql per database
+# cost a third of a second each.
+# `drop_leftovers PORT KIND QUERY [counter]` drops what QUERY names.
+drop_leftovers() {
+  local port=$1 kind=$2 query=$3 counter=${4:-}
+  su postgres -c "psql -p $port -qtAX -c \"$query\"" | while read -r name; do
     pid=$name
-    [ "$2" = DATABASE ] && pid=${name%_*}
+    [ -n "$counter" ] && pid=${name%_*}
     pid=${pid##*_}
-    [ -d "/proc/$pid" ] || printf 'DROP %s IF EXISTS %s;\n' "$2" "$name"
-  done
+    [ -d "/proc/$pid" ] || printf 'DROP %s IF EXISTS %s;\n' "$kind" "$name"
+  done | su postgres -c "psql -p $port -qX" >/dev/null 2>&1 || true
 }
-{
-  leftovers "select datname from pg_database where datname like 'dht\\_%'" DATABASE
-  leftovers "select rolname from pg_roles where rolname ~ '^job_[a-z]+_[0-9]+\$'" ROLE
-} | su postgres -c "psql -qX" >/dev/null 2>&1 || true
+test_databases="select datname from pg_database where datname like 'dht\\_%'"
+drop_leftovers "$pg_port" DATABASE "$test_databases" counter
+drop_leftovers "$pg_port" ROLE "select rolname from pg_roles where rolname ~ '^job_[a-z]+_[0-9]+\$'"
 
 # Clusters of their own for the tests that stop and restart the server (the
 # restart test and the chaos test), so neither disturbs the tests running in
@@ -73,6 +74,7 @@ extra_cluster() {
     || die "cluster $name does not answer"
   su postgres -c "psql -p $port -qtAc \"select 1 from pg_database where datname='dockhand_test'\"" | grep -q 1 \
     || su postgres -c "createdb -p $port -O dockhand dockhand_test"
+  drop_leftovers "$port" DATABASE "$test_databases"
   echo "postgres://dockhand:dockhand@127.0.0.1:${port}/dockhand_test"
 }
 DOCKHAND_TEST_PG_RESTART=$(extra_cluster dockhand_restart 54329)
