@@ -608,9 +608,9 @@ async fn workers_register_and_are_flagged_lost(store: AnyStore) {
         .register_worker(&info("silent", Duration::ZERO))
         .await
         .unwrap();
-    // Silent for one and a half leases below: more than a lease (or a
-    // lease plus two milliseconds, or half of one), less than the lost
-    // bound of LOST_AFTER_LEASES = 2 leases: not lost.
+    // Fifteen seconds silent below: one and a half of its leases, past
+    // one lease but short of the lost bound (LOST_AFTER_LEASES = 2
+    // leases): not lost. A bound of half a lease called it lost.
     store
         .register_worker(&info("halfway", Duration::from_secs(10)))
         .await
