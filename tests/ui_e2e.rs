@@ -677,6 +677,18 @@ async fn requests_are_guarded() {
     let big = format!("csrf={csrf}&pad={}", "x".repeat(64 * 1024));
     let (code, _, _) = post(&addr, &format!("/jobs/{id}/retry"), "", &big);
     assert_eq!(code, 413);
+    // The 16 KiB retry queued the job again; a retry of a queued job
+    // changes nothing, and the page says so.
+    let (code, head, _) = post(&addr, &retry, &origin, &format!("csrf={csrf}"));
+    assert_eq!(code, 303, "{head}");
+    let notice = format!("/jobs/{id}?notice=not-retried");
+    assert!(head.contains(&format!("location: {notice}")), "{head}");
+    let (code, _, page) = get(&addr, &notice, "");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Not retried: only failed or cancelled jobs"),
+        "{page}"
+    );
     let started = Instant::now();
     let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
     slow.set_read_timeout(Some(Duration::from_secs(30)))
