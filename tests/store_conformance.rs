@@ -2718,24 +2718,27 @@ async fn sqlite_files_are_their_owners_alone_and_a_missing_one_is_not_made() {
         .await
         .expect("an existing file opens");
 
-    let found = dir.path().join("found.db");
-    std::fs::write(&found, b"").unwrap();
-    std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o644)).unwrap();
-    SqliteStore::open_existing(&format!("sqlite://{}", found.display()))
-        .await
-        .expect("an empty file is an empty database");
-    assert_eq!(mode(&found), 0o600, "a database file others could read");
-
+    // An empty file found with mode `before`: its mode once opened.
+    let found_with = |name: &'static str, before: u32| {
+        let path = dir.path().join(name);
+        async move {
+            std::fs::write(&path, b"").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(before)).unwrap();
+            SqliteStore::open_existing(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("an empty file is an empty database");
+            mode(&path)
+        }
+    };
+    assert_eq!(
+        found_with("found.db", 0o644).await,
+        0o600,
+        "a database file others could read"
+    );
     // Only others' access is taken away: a file already its owner's alone
     // keeps the mode its owner chose.
-    let own = dir.path().join("own.db");
-    std::fs::write(&own, b"").unwrap();
-    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
-    SqliteStore::open_existing(&format!("sqlite://{}", own.display()))
-        .await
-        .expect("an empty file is an empty database");
     assert_eq!(
-        mode(&own),
+        found_with("own.db", 0o700).await,
         0o700,
         "a database file only its owner could read"
     );
