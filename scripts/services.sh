@@ -35,18 +35,21 @@ export DOCKHAND_TEST_PG="postgres://dockhand:dockhand@127.0.0.1:${pg_port}/dockh
 echo "PostgreSQL $pg_version/$pg_name on port $pg_port"
 # Drop databases (and the roles some were given to) that earlier runs left:
 # each test drops its own, but a killed or crashed test run cannot. A name
-# ends in its test process's pid (and, on this cluster's databases, a
-# counter after it); a live process's are left alone, as a test run beside
+# ends in its test process's pid and a counter after it (a role's in the
+# pid alone); a live process's are left alone, as a test run beside
 # this one still uses them. One psql session for all: a psql per database
 # cost a third of a second each.
 # `drop_leftovers PORT KIND QUERY [counter]` drops what QUERY names.
 drop_leftovers() {
-  local port=$1 kind=$2 query=$3 counter=${4:-}
+  local port=$1 kind=$2 query=$3 counter=${4:-} force=''
+  # A process the dead test left behind (a worker it never stopped) may
+  # still hold a session; nothing else should, so it is cut off.
+  [ "$kind" = DATABASE ] && force=' WITH (FORCE)'
   su postgres -c "psql -p $port -qtAX -c \"$query\"" | while read -r name; do
     pid=$name
     [ -n "$counter" ] && pid=${name%_*}
     pid=${pid##*_}
-    [ -d "/proc/$pid" ] || printf 'DROP %s IF EXISTS %s;\n' "$kind" "$name"
+    [ -d "/proc/$pid" ] || printf 'DROP %s IF EXISTS %s%s;\n' "$kind" "$name" "$force"
   done | su postgres -c "psql -p $port -qX" >/dev/null 2>&1 || true
 }
 test_databases="select datname from pg_database where datname like 'dht\\_%'"
@@ -74,7 +77,7 @@ extra_cluster() {
     || die "cluster $name does not answer"
   su postgres -c "psql -p $port -qtAc \"select 1 from pg_database where datname='dockhand_test'\"" | grep -q 1 \
     || su postgres -c "createdb -p $port -O dockhand dockhand_test"
-  drop_leftovers "$port" DATABASE "$test_databases"
+  drop_leftovers "$port" DATABASE "$test_databases" counter
   echo "postgres://dockhand:dockhand@127.0.0.1:${port}/dockhand_test"
 }
 DOCKHAND_TEST_PG_RESTART=$(extra_cluster dockhand_restart 54329)

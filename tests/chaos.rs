@@ -438,20 +438,9 @@ fn fleet_survives_chaos_losing_nothing() {
         .expect("runtime");
     let cluster = env("DOCKHAND_TEST_PG_CHAOS_CLUSTER");
     let base = env("DOCKHAND_TEST_PG_CHAOS");
-    let db_name = format!("dht_chaos_{}", std::process::id());
-    let url = rt.block_on(async {
-        let admin = PostgresStore::connect_with(&base, 1)
-            .await
-            .expect("chaos cluster reachable");
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {db_name}"),
-            format!("CREATE DATABASE {db_name}"),
-        ] {
-            sqlx::query(&sql).execute(admin.pool()).await.expect(&sql);
-        }
-        admin.pool().close().await;
-        format!("{}/{db_name}", base.rsplit_once('/').expect("URL/DB").0)
-    });
+    // Its own database on the chaos cluster, dropped with the fleet.
+    let postgres = rt.block_on(support::fresh_postgres_database_on(&base, "chaos"));
+    let url = postgres.url.clone();
     let store = rt.block_on(async {
         let store = PostgresStore::connect_with(&url, 2).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -475,7 +464,7 @@ fn fleet_survives_chaos_losing_nothing() {
         db: Db {
             url: url.clone(),
             dir: support::job_dir(),
-            postgres: None,
+            postgres: Some(postgres),
         },
         active: Vec::new(),
         leaving: Vec::new(),

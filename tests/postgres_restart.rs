@@ -3,6 +3,8 @@
 //! nothing. Runs on its own cluster (`DOCKHAND_TEST_PG_RESTART`, set up by
 //! `./scripts/test`) so the restart cannot disturb other tests.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,21 +32,8 @@ fn pg_ctl(action: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_survives_a_server_restart_losing_nothing() {
     const JOBS: usize = 600;
-    let url = env("DOCKHAND_TEST_PG_RESTART");
-    let admin = PostgresStore::connect_with(&url, 1)
-        .await
-        .expect("restart cluster reachable");
-    let db = format!("dht_restart_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    admin.pool().close().await;
-    let url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
+    let db = support::fresh_postgres_database_on(&env("DOCKHAND_TEST_PG_RESTART"), "restart").await;
+    let url = db.url.clone();
     let store = PostgresStore::connect_with(&url, 3).await.unwrap();
     store.migrate().await.unwrap();
     let jobs: Vec<NewJob> = (0..JOBS)
@@ -197,44 +186,34 @@ async fn store_survives_a_server_restart_losing_nothing() {
 /// The real binary, a real server stop, `--lease 3s`, the server down 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_lease_does_not_rerun_a_finished_job() {
-    let base = env("DOCKHAND_TEST_PG_RESTART");
-    let admin = PostgresStore::connect_with(&base, 1)
-        .await
-        .expect("restart cluster reachable");
-    let db = format!("dht_outage_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db}"))
-        .execute(admin.pool())
-        .await
-        .unwrap();
-    admin.pool().close().await;
-    let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
-    let dir = tempfile::tempdir().unwrap();
-    // The job runs as `nobody` (a root worker's default job user).
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    }
-    let effects = dir.path().join("effects");
-    let bin = env!("CARGO_BIN_EXE_dockhand");
-    let enqueue = Command::new(bin)
-        .args(["--database-url", &url, "enqueue", "--", "sh", "-c"])
-        .arg(format!(
-            "sleep 1; echo \"$DOCKHAND_JOB_ID\" >> {}",
-            effects.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(enqueue.status.success(), "{enqueue:?}");
-    let mut worker = Command::new(bin)
-        .args(["--database-url", &url, "worker", "--lease", "3s"])
-        .args(["--poll-interval", "200ms", "--shutdown-timeout", "2s"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Its own database on the restart cluster and a scratch directory the
+    // job (run as `nobody`) can write to, both gone with `db`; the worker is
+    // killed when `worker` goes, so a failed assertion leaves no worker on.
+    let postgres =
+        support::fresh_postgres_database_on(&env("DOCKHAND_TEST_PG_RESTART"), "outage").await;
+    let db = support::Db {
+        url: postgres.url.clone(),
+        dir: support::job_dir(),
+        postgres: Some(postgres),
+    };
+    let url = db.url.clone();
+    let effects = db.path("effects");
+    db.enqueue(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("sleep 1; echo \"$DOCKHAND_JOB_ID\" >> {effects}"),
+        ],
+    );
+    let mut worker = db.worker(&[
+        "--lease",
+        "3s",
+        "--poll-interval",
+        "200ms",
+        "--shutdown-timeout",
+        "2s",
+    ]);
     let store = PostgresStore::connect_with(&url, 1).await.unwrap();
     let running = Instant::now() + Duration::from_secs(30);
     loop {
@@ -263,13 +242,9 @@ async fn an_outage_longer_than_the_lease_does_not_rerun_a_finished_job() {
     };
     // Give a wrongly requeued job the time to run again before judging.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
-    let status = worker.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = worker.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    worker.signal(libc::SIGTERM);
+    let code = worker.wait(Duration::from_secs(30));
+    let stderr = worker.stderr();
     let events: Vec<(String,)> =
         sqlx::query_as("SELECT kind FROM job_events WHERE job_id = $1 ORDER BY id")
             .bind(job.id.0)
@@ -295,5 +270,5 @@ async fn an_outage_longer_than_the_lease_does_not_rerun_a_finished_job() {
         1,
         "{kinds:?}"
     );
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
 }

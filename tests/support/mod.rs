@@ -45,6 +45,8 @@ pub struct PgDatabase {
     pub url: String,
     name: String,
     roles: Vec<String>,
+    /// The server's URL the database was made on, and is dropped through.
+    server: String,
 }
 
 impl PgDatabase {
@@ -61,6 +63,7 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
+        let server = self.server.clone();
         let mut statements = vec![format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
@@ -80,7 +83,7 @@ impl Drop for PgDatabase {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async move {
-                let admin = PostgresStore::connect_with(&postgres_base_url(), 1)
+                let admin = PostgresStore::connect_with(&server, 1)
                     .await
                     .map_err(|e| e.to_string())?;
                 for statement in &statements {
@@ -104,17 +107,24 @@ impl Drop for PgDatabase {
 
 /// A fresh, empty database on the test server, dropped when the answer goes.
 pub async fn fresh_postgres_database(name: &str) -> PgDatabase {
+    fresh_postgres_database_on(&postgres_base_url(), name).await
+}
+
+/// A fresh, empty database on the server at `base` (a URL ending in
+/// `/DATABASE`, e.g. the restart or chaos test's own cluster), dropped when
+/// the answer goes. Its name carries the test process's id, so
+/// `scripts/services.sh` can drop what a killed run left.
+pub async fn fresh_postgres_database_on(base: &str, name: &str) -> PgDatabase {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let base = postgres_base_url();
     let db = format!(
         "dht_{}_{}_{}",
         name.chars().take(30).collect::<String>(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = PostgresStore::connect_with(&base, 1)
+    let admin = PostgresStore::connect_with(base, 1)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at DOCKHAND_TEST_PG is not reachable: {e}"));
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is not reachable: {e}"));
     sqlx::query(&format!("CREATE DATABASE {db}"))
         .execute(admin.pool())
         .await
@@ -122,12 +132,13 @@ pub async fn fresh_postgres_database(name: &str) -> PgDatabase {
     admin.pool().close().await;
     let url = match base.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{db}"),
-        None => panic!("DOCKHAND_TEST_PG must end in /DATABASE"),
+        None => panic!("{base} must end in /DATABASE"),
     };
     PgDatabase {
         url,
         name: db,
         roles: Vec::new(),
+        server: base.to_string(),
     }
 }
 
