@@ -65,17 +65,26 @@ struct EngineReport {
     shown: Option<EngineState>,
     stored: Arc<Mutex<Option<EngineState>>>,
     busy: Arc<AtomicBool>,
+    /// The machine asked for a heartbeat since the last check.
+    heartbeat: bool,
 }
 
 impl EngineReport {
+    /// Notes an action the machine asked for: a heartbeat is the moment a
+    /// registry write that failed, or was skipped while another was in
+    /// flight, is tried again.
+    fn saw(&mut self, action: &Action) {
+        self.heartbeat |= matches!(action, Action::Heartbeat { .. });
+    }
+
     fn check<S: Store + Clone>(
         &mut self,
         state: Option<EngineState>,
-        heartbeat: bool,
         observer: &Arc<dyn Observer>,
         store: &S,
         config: &ShellConfig,
     ) {
+        let heartbeat = std::mem::take(&mut self.heartbeat);
         let Some(state) = state else { return };
         let changed = self.shown != Some(state);
         if changed {
@@ -200,12 +209,11 @@ where
     let code = loop {
         take_notes(&mut machine, &monitor, &worker_id, &mut trace);
         let mut exit = None;
-        let mut heartbeat = false;
         while let Some(action) = machine.poll_action() {
             match action {
                 Action::Exit { code } => exit = Some(code),
                 action => {
-                    heartbeat |= matches!(action, Action::Heartbeat { .. });
+                    engine.saw(&action);
                     monitor.on_action(&action);
                     perform(
                         action,
@@ -219,7 +227,7 @@ where
                 }
             }
         }
-        engine.check(executor.engine(), heartbeat, &monitor, &store, &config);
+        engine.check(executor.engine(), &monitor, &store, &config);
         if let Some(code) = exit {
             // Notes made by the last event.
             take_notes(&mut machine, &monitor, &worker_id, &mut trace);
@@ -531,6 +539,8 @@ mod tests {
             }
         }
 
+        /// The engine is seen in `state`, after the machine asked for a
+        /// heartbeat or not.
         fn check(&mut self, state: Option<EngineState>, heartbeat: bool) {
             let Harness {
                 report,
@@ -538,7 +548,16 @@ mod tests {
                 store,
                 config,
             } = self;
-            report.check(state, heartbeat, observer, store, config);
+            report.saw(&Action::Reap { request: 1 });
+            if heartbeat {
+                report.saw(&Action::Heartbeat {
+                    request: 2,
+                    phase: Phase::Running,
+                    leases: Vec::new(),
+                    recover: Vec::new(),
+                });
+            }
+            report.check(state, observer, store, config);
         }
 
         /// A registry write is in flight.
@@ -574,6 +593,25 @@ mod tests {
         assert!(!h.writing(), "stored already: a heartbeat writes nothing");
         h.check(Some(EngineState::Unreachable), false);
         assert!(h.writing(), "the next change is written");
+        h.settled().await;
+        assert_eq!(h.stored(), Some(EngineState::Unreachable));
+    }
+
+    #[tokio::test]
+    async fn a_change_met_while_a_write_is_in_flight_is_written_with_the_next_heartbeat() {
+        let mut h = Harness::new(Arc::new(NoObserver));
+
+        h.check(Some(EngineState::Reachable), false);
+        assert!(h.writing());
+        // The engine goes away before that write lands: one write at a
+        // time, so this change is not written now.
+        h.check(Some(EngineState::Unreachable), false);
+        h.settled().await;
+        assert_eq!(h.stored(), Some(EngineState::Reachable));
+        h.check(Some(EngineState::Unreachable), false);
+        assert!(!h.writing(), "no change and no heartbeat: nothing written");
+        h.check(Some(EngineState::Unreachable), true);
+        assert!(h.writing(), "the heartbeat writes what the registry lacks");
         h.settled().await;
         assert_eq!(h.stored(), Some(EngineState::Unreachable));
     }
