@@ -157,3 +157,46 @@ fn apply(line: &[u8], groups: &mut BTreeSet<i32>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::MAX_CONCURRENCY;
+
+    fn applied(lines: &[&str]) -> BTreeSet<i32> {
+        let mut groups = BTreeSet::new();
+        for line in lines {
+            apply(line.as_bytes(), &mut groups);
+        }
+        groups
+    }
+
+    #[test]
+    fn groups_are_guarded_and_released_by_their_lines() {
+        assert_eq!(applied(&["+12", "+13", "-12"]), BTreeSet::from([13]));
+        // A release of a group never guarded changes nothing.
+        assert_eq!(applied(&["+12", "-14"]), BTreeSet::from([12]));
+        // Group 1 and below are never guarded: the watchdog's kill(-1, ..)
+        // would signal every process it may signal, and 0 its own group.
+        // Lines it cannot read are skipped.
+        assert_eq!(
+            applied(&["+1", "+0", "+-5", "x12", "+", "", "+12a", "12", "+2"]),
+            BTreeSet::from([2])
+        );
+    }
+
+    #[test]
+    fn the_guarded_set_is_bounded_and_a_release_makes_room() {
+        let bound = 4 * MAX_CONCURRENCY as i32;
+        let mut groups = BTreeSet::new();
+        for pgid in 2..2 + bound + 10 {
+            apply(format!("+{pgid}").as_bytes(), &mut groups);
+        }
+        assert_eq!(groups.len(), bound as usize);
+        assert_eq!(groups.last(), Some(&(1 + bound)), "the first ones are kept");
+        apply(b"-2", &mut groups);
+        apply(b"+5000000", &mut groups);
+        assert!(groups.contains(&5_000_000), "a release makes room");
+        assert_eq!(groups.len(), bound as usize);
+    }
+}
