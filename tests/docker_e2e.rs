@@ -45,14 +45,17 @@ async fn container_job_succeeds_with_its_logs() {
         &[
             "sh",
             "-c",
-            "echo \"$GREETING from $DOCKHAND_JOB_ID\"; echo oops >&2",
+            "echo \"$GREETING from $DOCKHAND_JOB_ID, attempt $DOCKHAND_ATTEMPT\"; echo oops >&2",
         ],
     );
     let mut worker = db.worker(&["--poll-interval", "100ms"]);
     let job = wait_state(&db, id, JobState::Succeeded).await;
     assert_eq!(job.exit_code, Some(0));
     let logs = String::from_utf8_lossy(&db.cli(&["logs", &id.to_string()]).stdout).into_owned();
-    assert!(logs.contains(&format!("hello from {id}")), "{logs}");
+    assert!(
+        logs.contains(&format!("hello from {id}, attempt 1")),
+        "{logs}"
+    );
     assert!(logs.contains("oops"), "{logs}");
     worker.signal(libc::SIGTERM);
     assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());

@@ -279,7 +279,11 @@ async fn two_workers_run_every_job_exactly_once(db: Db) {
 async fn retries_timeouts_and_cancels(db: Db) {
     let failing = db.enqueue(
         &["--max-attempts", "2"],
-        &["sh", "-c", "echo boom >&2; exit 3"],
+        &[
+            "sh",
+            "-c",
+            "echo \"boom on attempt $DOCKHAND_ATTEMPT\" >&2; exit 3",
+        ],
     );
     let slow = db.enqueue(
         &["--timeout", "500ms", "--max-attempts", "1"],
@@ -325,7 +329,11 @@ async fn retries_timeouts_and_cancels(db: Db) {
             .count(),
         1
     );
-    assert_eq!(db.cli(&["logs", &failing.to_string()]).stdout, b"boom\n");
+    // The output kept is the last attempt's, which was told its number.
+    assert_eq!(
+        String::from_utf8_lossy(&db.cli(&["logs", &failing.to_string()]).stdout),
+        "boom on attempt 2\n"
+    );
     let again = db.cli(&["cancel", &failing.to_string()]);
     assert_eq!(
         again.status.code(),
