@@ -19,7 +19,7 @@ const LONG: Duration = Duration::from_secs(30);
 /// and the worker's (its shim's parent's) memory, open files and maps.
 const SNOOP: &str = r#"
 W=$(cut -d' ' -f4 /proc/$PPID/stat)
-echo "uid=$(id -u) worker=$W"
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G) worker=$W"
 for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do tr '\0' ' ' 2>/dev/null < "$f"; echo; done
 echo "R$((40+2)) $(cat /proc/$W/environ 2>&1 | tr '\0' ' ')"
 echo "--- worker mem"; dd if=/proc/$W/mem bs=1 count=16 skip=4194304 2>&1 | tail -1
@@ -85,9 +85,11 @@ async fn assert_snooping_finds_nothing(url: &str, id: i64, secret: &str) {
     .await;
     let seen = output(url, id);
     assert_eq!(job.state, JobState::Succeeded, "{seen}");
+    // Nobody's group alone: none of the worker's supplementary groups
+    // (a `docker` group would open the engine's socket to the job).
     assert!(
-        seen.contains("uid=65534"),
-        "the job runs as nobody:\n{seen}"
+        seen.contains("uid=65534 gid=65534 groups=65534 worker="),
+        "the job runs as nobody, in nobody's group alone:\n{seen}"
     );
     assert!(
         !seen.contains(secret),
@@ -124,17 +126,29 @@ async fn a_root_workers_job_finds_no_password() {
         .trim()
         .parse()
         .unwrap();
-    let mut worker = Command::new(bin())
+    let mut worker = Command::new(bin());
+    worker
         .arg("--database-url-file")
         .arg(&url_file)
         .args(["worker", "--poll-interval", "100ms"])
         .current_dir(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    // The worker holds supplementary groups (adm, disk), as a root
+    // service's often do: its job must not.
+    // SAFETY: setgroups is async-signal-safe; nothing else runs here.
+    unsafe {
+        worker.pre_exec(|| {
+            let groups: [libc::gid_t; 2] = [4, 6];
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut worker = support::Worker::adopt(worker.spawn().unwrap());
     assert_snooping_finds_nothing(&url, id, &secret).await;
-    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
-    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0);
 }
 
 /// A worker running as an ordinary user (here nobody) runs the job as
@@ -153,7 +167,7 @@ async fn a_non_root_workers_job_finds_no_password() {
         .trim()
         .parse()
         .unwrap();
-    let mut worker = Command::new(bin())
+    let worker = Command::new(bin())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &url)
@@ -164,9 +178,10 @@ async fn a_non_root_workers_job_finds_no_password() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut worker = support::Worker::adopt(worker);
     assert_snooping_finds_nothing(&url, id, &secret).await;
-    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
-    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0);
 }
 
 /// The SQLite file holds every job's spec: a job running as nobody cannot

@@ -487,4 +487,31 @@ mod tests {
         assert!(resolve_program("/no/such/program", None).is_err());
         assert!(resolve_program("sh", Some(&"/nowhere".to_string())).is_err());
     }
+
+    #[test]
+    fn only_executable_files_are_programs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let script = file("script", 0o755);
+        let group_only = file("group-only", 0o710);
+        file("plain", 0o644);
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        let path = dir.path().display().to_string();
+        assert_eq!(resolve_program("script", Some(&path)), Ok(script));
+        assert_eq!(resolve_program("group-only", Some(&path)), Ok(group_only));
+        // A file without an execute bit, or a directory (whose bits are
+        // set), is no program: the job fails to start with a clear error
+        // instead of with the kernel's.
+        for name in ["plain", "folder"] {
+            let full = dir.path().join(name).display().to_string();
+            assert!(resolve_program(name, Some(&path)).is_err(), "{name}");
+            assert!(resolve_program(&full, None).is_err(), "{full}");
+        }
+    }
 }

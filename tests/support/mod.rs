@@ -315,7 +315,7 @@ impl Db {
 
     /// Start a long-running command and wait for `ready` on its stderr.
     pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Worker {
-        let mut child = Command::new(bin())
+        let child = Command::new(bin())
             .arg("--database-url")
             .arg(&self.url)
             .args(args)
@@ -326,19 +326,7 @@ impl Db {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn worker");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let worker = Worker {
-            child,
-            lines,
-            exit: None,
-        };
+        let worker = Worker::adopt(child);
         worker.wait_for_line(ready, Duration::from_secs(20));
         worker
     }
@@ -356,6 +344,27 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Takes charge of a `dockhand` process the test started itself (with
+    /// its own environment, user or groups): its stderr, if piped, is
+    /// collected, and it is killed if the test ends (or fails) before it
+    /// exits, so a failed assertion leaves no worker running.
+    pub fn adopt(mut child: Child) -> Worker {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Worker {
+            child,
+            lines,
+            exit: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
