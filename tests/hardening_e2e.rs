@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -166,36 +165,25 @@ fn silent_server() -> (std::net::TcpListener, String) {
 #[test]
 fn signals_during_start_up_are_handled() {
     let (_server, url) = silent_server();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["--database-url", &url, "worker"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if the test fails: it would keep calling the silent server.
+    let mut worker = support::Worker::adopt(child);
     std::thread::sleep(Duration::from_millis(500));
-    let pid = child.id() as i32;
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    worker.signal(libc::SIGUSR1);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        worker.child.try_wait().unwrap().is_none(),
         "USR1 killed the worker"
     );
     let sent = Instant::now();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(sent.elapsed() < LONG, "the worker did not exit on TERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    worker.signal(libc::SIGTERM);
+    let code = worker.wait(LONG);
+    let stderr = worker.stderr();
+    assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("phase=starting"), "{stderr}");
     assert!(
         sent.elapsed() < Duration::from_secs(3),
@@ -253,20 +241,12 @@ async fn a_worker_with_a_closed_stderr_keeps_working() {
         .spawn()
         .unwrap();
     drop(child.stderr.take());
+    let mut worker = support::Worker::adopt(child);
     wait_state(&db, id, JobState::Succeeded).await;
-    let pid = child.id() as i32;
-    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    worker.signal(libc::SIGUSR1);
     std::thread::sleep(Duration::from_millis(200));
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < LONG, "the worker did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(0));
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0);
     let job = db.store().await.get(JobId(id)).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Succeeded);
 }
