@@ -154,6 +154,101 @@ async fn container_timeout_and_cancel() {
     assert_no_containers_left(&db).await;
 }
 
+/// The configuration the engine holds for job `id`'s container
+/// (`docker inspect`), while it runs.
+async fn container_config(db: &Db, id: i64) -> support::serde_json::Value {
+    let store = store_id(db).await;
+    let name = eventually("the job's container", LONG, || {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter"])
+            .arg(format!("label=dockhand.store={store}"))
+            .arg("--filter")
+            .arg(format!("label=dockhand.job_id={id}"))
+            .output()
+            .expect("docker ps");
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        async move { (!name.is_empty()).then_some(name) }
+    })
+    .await;
+    let out = std::process::Command::new("docker")
+        .args(["inspect", &name])
+        .output()
+        .expect("docker inspect");
+    assert!(out.status.success(), "{out:?}");
+    let all: support::serde_json::Value = support::serde_json::from_slice(&out.stdout).unwrap();
+    all[0].clone()
+}
+
+/// A container job is other people's code: its container gets the job's
+/// limits (or the worker's defaults), swap no more than its memory, no
+/// privileges, NET_RAW and SYS_ADMIN dropped, no way to gain privileges,
+/// an init as PID 1, and no terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_confined_by_its_limits() {
+    let db = Db::postgres("docker_confined").await;
+    let image = test_image();
+    let own = db.enqueue(
+        &[
+            "--image", &image, "--memory", "64m", "--cpus", "0.5", "--pids", "50",
+        ],
+        &["sleep", "30"],
+    );
+    let defaults = db.enqueue(&["--image", &image], &["sleep", "30"]);
+    let mut worker = db.worker(&[
+        "--poll-interval",
+        "100ms",
+        "--concurrency",
+        "2",
+        "--docker-memory",
+        "96m",
+        "--docker-cpus",
+        "0.25",
+        "--docker-pids",
+        "40",
+    ]);
+    for (id, memory, nano_cpus, pids) in [
+        (own, 64 << 20, 500_000_000, 50),
+        (defaults, 96 << 20, 250_000_000, 40),
+    ] {
+        wait_state(&db, id, JobState::Running).await;
+        let config = container_config(&db, id).await;
+        let host = &config["HostConfig"];
+        let limits = (
+            host["Memory"].as_i64(),
+            host["MemorySwap"].as_i64(),
+            host["NanoCpus"].as_i64(),
+            host["PidsLimit"].as_i64(),
+        );
+        assert_eq!(
+            limits,
+            (Some(memory), Some(memory), Some(nano_cpus), Some(pids)),
+            "job {id}: {host}"
+        );
+        assert_eq!(host["Privileged"], false, "{host}");
+        assert_eq!(host["Init"], true, "{host}");
+        let dropped: Vec<&str> = host["CapDrop"]
+            .as_array()
+            .map(|caps| caps.iter().filter_map(|c| c.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            dropped.contains(&"NET_RAW") && dropped.contains(&"SYS_ADMIN"),
+            "{host}"
+        );
+        assert!(
+            host["SecurityOpt"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o == "no-new-privileges")),
+            "{host}"
+        );
+        assert_eq!(config["Config"]["Tty"], false, "{config}");
+        assert!(db.cli(&["cancel", &id.to_string()]).status.success());
+        wait_state(&db, id, JobState::Cancelled).await;
+    }
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    assert_no_containers_left(&db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_worker_leaves_an_orphan_that_the_next_worker_removes() {
     let db = Db::postgres("docker_orphan").await;

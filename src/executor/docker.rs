@@ -311,12 +311,12 @@ impl DockerExecutor {
             cmd: Some(spec.command.clone()),
             env: Some(env),
             labels: Some(labels),
-            attach_stdout: Some(false),
-            attach_stderr: Some(false),
-            tty: Some(false),
+            // Not attached and no terminal (the API's defaults): the output
+            // is read from the container's logs once it exits.
             host_config: Some(HostConfig {
                 // An init as PID 1 forwards TERM to the job and reaps its children.
                 init: Some(true),
+                // The API's default, stated: a job never runs privileged.
                 privileged: Some(false),
                 memory: Some(memory as i64),
                 memory_swap: Some(memory as i64),
