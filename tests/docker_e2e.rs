@@ -59,6 +59,12 @@ async fn container_job_succeeds_with_its_logs() {
     assert!(logs.contains("oops"), "{logs}");
     worker.signal(libc::SIGTERM);
     assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
+    // The job's first claim: no container of an earlier one to remove.
+    assert!(
+        !worker.stderr().contains("earlier claim"),
+        "{}",
+        worker.stderr()
+    );
     assert_no_containers_at_exit(&db).await;
 }
 
@@ -430,6 +436,17 @@ async fn an_engine_that_comes_back_is_used_without_a_restart() {
         async move { (fleet["workers"][0]["docker"] == "reachable").then_some(()) }
     })
     .await;
+    // The operator is told of each change once, not of every ping.
+    let log = worker.stderr();
+    let told = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        (
+            told("jobs with an image are left to other workers"),
+            told("Docker engine reachable")
+        ),
+        (1, 1),
+        "{log}"
+    );
     worker.signal(libc::SIGTERM);
     assert_eq!(worker.wait(LONG), 0, "{}", worker.stderr());
     assert_no_containers_at_exit(&db).await;

@@ -753,4 +753,32 @@ mod tests {
         assert_eq!(exit_from_code(137), Exit::Signal(9));
         assert_eq!(exit_from_code(143), Exit::Signal(15));
     }
+
+    #[test]
+    fn limits_docker_would_not_enforce_are_refused() {
+        let limits = Limits {
+            memory_bytes: 512 << 20,
+            cpu_millis: 1000,
+            pids: 512,
+        };
+        assert!(limits.validate().is_ok());
+        // Zero is "no limit" to the engine: a library user's typo must not
+        // run hostile code unconfined.
+        for zero in [
+            Limits {
+                memory_bytes: 0,
+                ..limits
+            },
+            Limits {
+                cpu_millis: 0,
+                ..limits
+            },
+            Limits { pids: 0, ..limits },
+        ] {
+            assert!(
+                matches!(zero.validate(), Err(ExecError::InvalidLimits(_))),
+                "{zero:?}"
+            );
+        }
+    }
 }
