@@ -1028,4 +1028,40 @@ mod tests {
         assert_eq!(created(first).await, 1_005_000);
         assert_eq!(created(second).await, 1_009_000);
     }
+
+    /// The simulation's time moves in whole milliseconds, so it meets the
+    /// exact edges the SQL stores' clocks pass over: a lease still holds at
+    /// its deadline, and a delayed job is scheduled until its run time,
+    /// ready from it (both as the SQL stores compare, `<` and `>`).
+    #[tokio::test]
+    async fn a_lease_holds_at_its_deadline_and_a_job_is_ready_at_its_run_time() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let store = MemoryStore::with_clock(1_000_000, 7, clock.clone());
+        let queues = vec!["default".to_string()];
+        store
+            .enqueue_many(&[NewJob::new(vec!["true".into()])])
+            .await
+            .unwrap();
+        let delayed = NewJob {
+            delay: Duration::from_millis(500),
+            ..NewJob::new(vec!["true".into()])
+        };
+        store.enqueue_many(&[delayed]).await.unwrap();
+        let request = ClaimRequest::new("w1", &queues, 1, Duration::from_secs(1), 1);
+        assert_eq!(store.claim(&request).await.unwrap().len(), 1);
+        let stats = |store: MemoryStore| async move {
+            let stats = store.queue_stats().await.unwrap();
+            (stats[0].ready, stats[0].scheduled)
+        };
+
+        clock.store(499, Ordering::Relaxed);
+        assert_eq!(stats(store.clone()).await, (0, 1), "499 ms of 500");
+        clock.store(500, Ordering::Relaxed);
+        assert_eq!(stats(store.clone()).await, (1, 0), "at its run time");
+
+        clock.store(1_000, Ordering::Relaxed);
+        assert_eq!(store.reap_expired().await.unwrap(), 0, "at the deadline");
+        clock.store(1_001, Ordering::Relaxed);
+        assert_eq!(store.reap_expired().await.unwrap(), 1, "a millisecond past");
+    }
 }
