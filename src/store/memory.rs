@@ -1064,4 +1064,52 @@ mod tests {
         clock.store(1_001, Ordering::Relaxed);
         assert_eq!(store.reap_expired().await.unwrap(), 1, "a millisecond past");
     }
+
+    /// "Older than a minute" is strictly older, at the millisecond, for a
+    /// bulk action (a queued job since its run time) and for prune (a
+    /// finished job since it finished), as in the SQL stores.
+    #[tokio::test]
+    async fn older_than_means_strictly_older() {
+        let clock = Arc::new(AtomicI64::new(0));
+        let store = MemoryStore::with_clock(1_000_000, 7, clock.clone());
+        let minute = Duration::from_secs(60);
+        let queues = vec!["default".to_string()];
+        let jobs = vec![NewJob::new(vec!["true".into()]); 2];
+        store.enqueue_many(&jobs).await.unwrap();
+        let old_queued = BulkFilter {
+            older_than: Some(minute),
+            ..BulkFilter::default()
+        };
+        let cancels = |store: MemoryStore| {
+            let filter = old_queued.clone();
+            async move { store.bulk(BulkAction::Cancel, &filter, true).await.unwrap() }
+        };
+        clock.store(60_000, Ordering::Relaxed);
+        assert_eq!(cancels(store.clone()).await, 0, "queued exactly a minute");
+        clock.store(60_001, Ordering::Relaxed);
+        assert_eq!(cancels(store.clone()).await, 2);
+
+        let request = ClaimRequest::new("w1", &queues, 1, Duration::from_secs(30), 1);
+        let claimed = store.claim(&request).await.unwrap();
+        let done = Completion {
+            lease: claimed[0].lease,
+            outcome: Outcome::Succeeded,
+            output: Vec::new(),
+        };
+        store.record("w1", &[done]).await.unwrap();
+        let prunable = |store: MemoryStore| async move {
+            store
+                .prune(&[JobState::Succeeded], minute, true)
+                .await
+                .unwrap()
+        };
+        clock.store(120_001, Ordering::Relaxed);
+        assert_eq!(
+            prunable(store.clone()).await,
+            0,
+            "finished exactly a minute ago"
+        );
+        clock.store(120_002, Ordering::Relaxed);
+        assert_eq!(prunable(store.clone()).await, 1);
+    }
 }
