@@ -661,6 +661,15 @@ async fn requests_are_guarded() {
     assert_eq!(code, 303, "{head}");
     let job = store.get(JobId(id)).await.expect("get").expect("job");
     assert_eq!(job.state, JobState::Cancelled);
+    // The page it leads to says what was done.
+    let notice = format!("/jobs/{id}?notice=cancelled");
+    assert!(head.contains(&format!("location: {notice}")), "{head}");
+    let (code, _, page) = get(&addr, &notice, "");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<p class=\"notice\" role=\"status\">Cancelled.</p>"),
+        "{page}"
+    );
 
     // Limits: a body of 16 KiB is read, one byte more is refused (README),
     // and so is a head that never ends.
