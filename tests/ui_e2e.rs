@@ -511,6 +511,10 @@ async fn dashboard_in_a_browser(db: Db, backend: &str) {
         .await
         .expect("goto");
     assert_eq!(text_of(&browser, "#phase").await, "running");
+    // Its jobs: the ones it ran or runs, not the queue it never served.
+    let mut held = ids_listed(&browser).await;
+    held.sort_unstable();
+    assert_eq!(held, vec![failing, to_cancel, holding]);
     script(&browser, "window.__stayed = 42; return 0").await;
     worker.signal(libc::SIGTERM);
     let signalled = Instant::now();

@@ -2,6 +2,7 @@
 //! a job's command, output or error shows as text, whatever bytes it holds.
 //! Elements marked `data-live` are replaced by the script every second.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -379,11 +380,11 @@ pub fn jobs(
 
 /// A job's output as text a person can read: invalid UTF-8 shown as �,
 /// URL passwords and the values of its secret-looking variables hidden.
-fn shown_output(job: &Job, output: &[u8]) -> (String, bool) {
+fn shown_output(env: &BTreeMap<String, String>, output: &[u8]) -> (String, bool) {
     let cut = output.len() > MAX_OUTPUT_SHOWN;
     let tail = &output[output.len() - output.len().min(MAX_OUTPUT_SHOWN)..];
     let mut text = redact_text(&String::from_utf8_lossy(tail));
-    for (key, value) in &job.spec.env {
+    for (key, value) in env {
         // A short value would hide ordinary words; such a secret is weak
         // anyway, and the CLI's `logs` shows output as it is.
         if is_secret_key(key) && value.len() >= 4 {
@@ -454,7 +455,7 @@ pub fn job(
             h2 { "Output" }
             @match output {
                 Some(bytes) if !bytes.is_empty() => {
-                    @let (text, cut) = shown_output(job, bytes);
+                    @let (text, cut) = shown_output(&job.spec.env, bytes);
                     @if cut { p.note { "The last " (MAX_OUTPUT_SHOWN / 1024) " KiB; " code { "dockhand logs " (job.id) } " prints all that was kept." } }
                     pre #output { (text) }
                 }
@@ -582,5 +583,32 @@ mod tests {
     fn query_values_are_escaped() {
         assert_eq!(query_escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
         assert_eq!(query_escape("emails-2"), "emails-2");
+    }
+
+    #[test]
+    fn a_jobs_output_is_shown_whole_up_to_64_kib_then_its_tail() {
+        let env = BTreeMap::from([("API_TOKEN".to_string(), "s3cr3t".to_string())]);
+        let mut output = b"first line, token s3cr3t\n".to_vec();
+        output.resize(64 * 1024, b'x');
+        let redacted_len = 64 * 1024 - "s3cr3t".len() + "[redacted]".len();
+        let (text, cut) = shown_output(&env, &output);
+        assert!(!cut);
+        assert!(
+            text.starts_with("first line, token [redacted]\n"),
+            "{}",
+            &text[..40]
+        );
+        assert_eq!(text.len(), redacted_len);
+        // One byte more: the first goes.
+        output.push(b'y');
+        let (text, cut) = shown_output(&env, &output);
+        assert!(cut);
+        assert!(
+            text.starts_with("irst line, token [redacted]\n"),
+            "{}",
+            &text[..40]
+        );
+        assert!(text.ends_with("xy"));
+        assert_eq!(text.len(), redacted_len);
     }
 }
