@@ -605,6 +605,15 @@ fn get(addr: &str, path: &str, headers: &str) -> (u16, String, String) {
     )
 }
 
+/// An action's answer (`head`) redirects to `location`, and the page there
+/// says `words`.
+fn leads_to_notice(addr: &str, head: &str, location: &str, words: &str) {
+    assert!(head.contains(&format!("location: {location}")), "{head}");
+    let (code, _, page) = get(addr, location, "");
+    assert_eq!(code, 200);
+    assert!(page.contains(words), "{page}");
+}
+
 /// The request guards, below the browser: host names, origins, the form
 /// secret, the body and header limits, and the token.
 #[tokio::test]
@@ -666,13 +675,11 @@ async fn requests_are_guarded() {
     let job = store.get(JobId(id)).await.expect("get").expect("job");
     assert_eq!(job.state, JobState::Cancelled);
     // The page it leads to says what was done.
-    let notice = format!("/jobs/{id}?notice=cancelled");
-    assert!(head.contains(&format!("location: {notice}")), "{head}");
-    let (code, _, page) = get(&addr, &notice, "");
-    assert_eq!(code, 200);
-    assert!(
-        page.contains("<p class=\"notice\" role=\"status\">Cancelled.</p>"),
-        "{page}"
+    leads_to_notice(
+        &addr,
+        &head,
+        &format!("/jobs/{id}?notice=cancelled"),
+        "<p class=\"notice\" role=\"status\">Cancelled.</p>",
     );
 
     // Limits: a body of 16 KiB is read, one byte more is refused (README),
@@ -694,13 +701,11 @@ async fn requests_are_guarded() {
     // changes nothing, and the page says so.
     let (code, head, _) = post(&addr, &retry, &origin, &format!("csrf={csrf}"));
     assert_eq!(code, 303, "{head}");
-    let notice = format!("/jobs/{id}?notice=not-retried");
-    assert!(head.contains(&format!("location: {notice}")), "{head}");
-    let (code, _, page) = get(&addr, &notice, "");
-    assert_eq!(code, 200);
-    assert!(
-        page.contains("Not retried: only failed or cancelled jobs"),
-        "{page}"
+    leads_to_notice(
+        &addr,
+        &head,
+        &format!("/jobs/{id}?notice=not-retried"),
+        "Not retried: only failed or cancelled jobs",
     );
     let started = Instant::now();
     let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
